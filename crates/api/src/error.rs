@@ -1,0 +1,154 @@
+//! The API's one error type and its one mapping to HTTP. Handlers return `ApiError`; the response
+//! carries the error as an extension, and the request middleware renders the JSON body (it knows the
+//! request id). A 500 tells the client nothing internal; the cause is logged.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use voltrun_auth::RetryAfter;
+use voltrun_domain::ValidationError;
+use voltrun_storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("email or password is wrong")]
+    InvalidCredentials,
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error("too many requests; retry in {} s", .0.0)]
+    RateLimited(RetryAfter),
+    #[error("{0}")]
+    EngineUnavailable(String),
+    #[error("the server is overloaded; retry later")]
+    Overloaded,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The `error` object of every error response.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable, snake_case.
+    pub code: String,
+    pub message: String,
+    /// The request field that failed validation, for 422s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    pub request_id: String,
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
+            Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::Corrupt(_)
+            | StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::UnsupportedUrl(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                "internal server error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let field = match &self {
+            Self::Validation(v) => Some(v.field.to_string()),
+            _ => None,
+        };
+        let mut response = status.into_response();
+        if let Self::RateLimited(RetryAfter(secs)) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(ErrorDetail {
+            code: code.to_string(),
+            message,
+            field,
+        });
+        response
+    }
+}
+
+/// A generic error for a response that arrived without one (the router's 404 and 405, say).
+pub fn detail_for_status(status: StatusCode) -> ErrorDetail {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "request timed out"),
+        s if s.is_server_error() => ("internal_error", "internal server error"),
+        _ => ("bad_request", "bad request"),
+    };
+    ErrorDetail {
+        code: code.into(),
+        message: message.into(),
+        field: None,
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,156 @@
+//! VoltRun's HTTP API: the axum router, its shared state, and the handlers. Handlers are thin:
+//! extract and parse the request, call storage, auth or the engine, map the result. SQL lives in the
+//! storage crate, credentials logic in the auth crate, execution behind the engine trait.
+
+mod caller;
+mod code;
+mod error;
+mod extract;
+mod metrics;
+mod middleware;
+mod openapi;
+mod pagination;
+mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use voltrun_auth::{JwtKeys, PasswordHasher, RateLimiter, SecretBox};
+use voltrun_engine::Engine;
+use voltrun_storage::Store;
+
+pub use error::{ApiError, ErrorBody};
+pub use openapi::openapi_document;
+
+/// Limits on authentication attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    /// Login and register attempts per client address per minute.
+    pub attempts_per_address_per_minute: u32,
+    /// Failed logins per account per 15 minutes before the account is locked for the rest of the window.
+    pub failed_logins_per_account: u32,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            attempts_per_address_per_minute: 30,
+            failed_logins_per_account: 10,
+        }
+    }
+}
+
+/// What the API needs from the outside, built once by the binary.
+#[derive(Debug)]
+pub struct ApiConfig {
+    pub jwt_secret: Vec<u8>,
+    pub access_token_ttl_s: i64,
+    pub refresh_token_ttl_s: i64,
+    pub env_encryption_key: [u8; 32],
+    pub auth_limits: AuthLimits,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<dyn Engine>,
+    jwt: JwtKeys,
+    hasher: PasswordHasher,
+    secret_box: SecretBox,
+    refresh_token_ttl_s: i64,
+    address_limiter: RateLimiter,
+    account_failures: RateLimiter,
+    trust_forwarded_for: bool,
+    api_key_touches: caller::KeyTouches,
+    started: Instant,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        engine: Arc<dyn Engine>,
+        config: ApiConfig,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            store,
+            engine,
+            jwt: JwtKeys::new(&config.jwt_secret, config.access_token_ttl_s),
+            hasher: PasswordHasher::new().map_err(ApiError::internal)?,
+            secret_box: SecretBox::new(&config.env_encryption_key),
+            refresh_token_ttl_s: config.refresh_token_ttl_s,
+            address_limiter: RateLimiter::new(
+                config.auth_limits.attempts_per_address_per_minute,
+                Duration::from_secs(60),
+            ),
+            account_failures: RateLimiter::new(
+                config.auth_limits.failed_logins_per_account,
+                Duration::from_secs(15 * 60),
+            ),
+            trust_forwarded_for: config.trust_forwarded_for,
+            api_key_touches: caller::KeyTouches::default(),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// Bodies of function uploads: a 50 MiB zip, base64-encoded (4/3), plus the JSON around it.
+const FUNCTION_BODY_LIMIT: usize = 50 * 1024 * 1024 * 4 / 3 + 64 * 1024;
+/// Synchronous invocation payloads, as Lambda: 6 MiB.
+pub const SYNC_EVENT_LIMIT: usize = 6 * 1024 * 1024;
+/// Asynchronous invocation payloads, as Lambda: 1 MiB.
+pub const ASYNC_EVENT_LIMIT: usize = 1024 * 1024;
+/// Everything else.
+const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// The whole API.
+pub fn router(state: SharedState) -> Router {
+    metrics::init();
+    let functions_body = DefaultBodyLimit::max(FUNCTION_BODY_LIMIT);
+    let api = Router::new()
+        .route("/auth/register", post(routes::auth::register))
+        .route("/auth/login", post(routes::auth::login))
+        .route("/auth/refresh", post(routes::auth::refresh))
+        .route("/auth/logout", post(routes::auth::logout))
+        .route("/auth/me", get(routes::auth::me))
+        .route("/keys", get(routes::keys::list).post(routes::keys::create))
+        .route("/keys/{id}", axum::routing::delete(routes::keys::delete))
+        .route(
+            "/functions",
+            get(routes::functions::list)
+                .post(routes::functions::create)
+                .layer(functions_body),
+        )
+        .route(
+            "/functions/{id}",
+            get(routes::functions::get)
+                .put(routes::functions::update)
+                .delete(routes::functions::delete)
+                .layer(functions_body),
+        )
+        .route("/functions/{id}/code", get(routes::functions::code))
+        .route(
+            "/functions/{id}/execute",
+            post(routes::executions::execute).layer(DefaultBodyLimit::max(SYNC_EVENT_LIMIT)),
+        )
+        .route("/executions", get(routes::executions::list))
+        .route("/executions/{id}", get(routes::executions::get))
+        .route("/executions/{id}/logs", get(routes::executions::logs))
+        .route("/runtimes", get(routes::system::runtimes))
+        .route("/openapi.json", get(routes::system::openapi_json));
+
+    Router::new()
+        .nest("/api", api)
+        .route("/health", get(routes::system::health))
+        .route("/metrics", get(routes::system::metrics))
+        .route("/docs", get(routes::system::docs))
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(state)
+}

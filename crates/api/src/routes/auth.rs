@@ -1,0 +1,284 @@
+//! `/api/auth`: register, login, refresh (rotating, with reuse detection), logout, me.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use voltrun_auth::secrets::{random_token, sha256_hex};
+use voltrun_domain::user::{Email, Password, User, parse_display_name};
+use voltrun_storage::{NewRefreshToken, NextRefreshToken, RefreshOutcome};
+
+use super::blocking;
+use crate::SharedState;
+use crate::caller::{ClientAddress, SessionUser};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserResponse {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<User> for UserResponse {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    /// Single use: refreshing returns a new one and spends this one.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until `access_token` expires.
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuthResponse {
+    pub user: UserResponse,
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+}
+
+fn issue_access_token(state: &SharedState, user_id: Uuid, now: DateTime<Utc>) -> ApiResult<String> {
+    state
+        .jwt
+        .issue(user_id, now.timestamp())
+        .map_err(ApiError::internal)
+}
+
+/// Starts a new refresh-token family for a fresh login.
+async fn new_session(state: &SharedState, user_id: Uuid) -> ApiResult<TokenPair> {
+    let now = voltrun_storage::now();
+    let refresh_token = random_token(32);
+    state
+        .store
+        .insert_refresh_token(&NewRefreshToken {
+            id: Uuid::now_v7(),
+            user_id,
+            family_id: Uuid::now_v7(),
+            token_hash: sha256_hex(&refresh_token),
+            created_at: now,
+            expires_at: now + Duration::seconds(state.refresh_token_ttl_s),
+        })
+        .await?;
+    Ok(TokenPair {
+        access_token: issue_access_token(state, user_id, now)?,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: state.jwt.ttl_s(),
+    })
+}
+
+fn limit_address(state: &SharedState, address: &str) -> ApiResult<()> {
+    state
+        .address_limiter
+        .hit(address)
+        .map_err(ApiError::RateLimited)
+}
+
+/// Register a new user.
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = AuthResponse), (status = 409, body = crate::ErrorBody),
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+pub async fn register(
+    State(state): State<SharedState>,
+    ClientAddress(address): ClientAddress,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+    limit_address(&state, &address)?;
+    let email = Email::parse(&req.email)?;
+    let password = Password::parse(req.password, &email)?;
+    let name = parse_display_name(req.name)?;
+    let hasher = state.hasher.clone();
+    let password_hash = blocking(move || hasher.hash(password.expose()))
+        .await?
+        .map_err(ApiError::internal)?;
+    let user = User {
+        id: Uuid::now_v7(),
+        email: email.as_str().to_string(),
+        name,
+        password_hash,
+        created_at: voltrun_storage::now(),
+    };
+    state.store.create_user(&user).await.map_err(|e| match e {
+        voltrun_storage::StoreError::Conflict(_) => {
+            ApiError::Conflict("an account with this email exists".into())
+        }
+        other => other.into(),
+    })?;
+    tracing::info!(user_id = %user.id, "user registered");
+    let tokens = new_session(&state, user.id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AuthResponse {
+            user: user.into(),
+            tokens,
+        }),
+    ))
+}
+
+/// Log in with email and password.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody),
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+pub async fn login(
+    State(state): State<SharedState>,
+    ClientAddress(address): ClientAddress,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<AuthResponse>> {
+    limit_address(&state, &address)?;
+    // An unparseable email cannot belong to an account: same answer as a wrong password.
+    let email = Email::parse(&req.email)
+        .map(|e| e.as_str().to_string())
+        .unwrap_or_default();
+    let account_key = format!("login:{email}");
+    state
+        .account_failures
+        .check(&account_key)
+        .map_err(ApiError::RateLimited)?;
+    let user = if email.is_empty() {
+        None
+    } else {
+        state.store.user_by_email(&email).await?
+    };
+    let hasher = state.hasher.clone();
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    // The same Argon2 work runs whether or not the account exists.
+    let ok = blocking(move || hasher.verify(&req.password, stored.as_deref())).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        let _ = state.account_failures.hit(&account_key);
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.account_failures.reset(&account_key);
+    let tokens = new_session(&state, user.id).await?;
+    Ok(Json(AuthResponse {
+        user: user.into(),
+        tokens,
+    }))
+}
+
+fn parse_refresh_token(raw: &str) -> ApiResult<String> {
+    let ok = raw.len() == 43
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(sha256_hex(raw))
+    } else {
+        Err(ApiError::Unauthorized("refresh token is not valid".into()))
+    }
+}
+
+/// Exchange a refresh token for a new token pair. Each refresh token works once; presenting a spent
+/// one revokes every token of its family (the session), as a stolen token may have been used.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody)))]
+pub async fn refresh(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<AuthResponse>> {
+    let presented = parse_refresh_token(&req.refresh_token)?;
+    let now = voltrun_storage::now();
+    let next_token = random_token(32);
+    let next = NextRefreshToken {
+        id: Uuid::now_v7(),
+        token_hash: sha256_hex(&next_token),
+        expires_at: now + Duration::seconds(state.refresh_token_ttl_s),
+    };
+    match state
+        .store
+        .rotate_refresh_token(&presented, &next, now)
+        .await?
+    {
+        RefreshOutcome::Rotated { user_id } => {
+            let user = state
+                .store
+                .user_by_id(user_id)
+                .await?
+                .ok_or(ApiError::Unauthorized("account no longer exists".into()))?;
+            let tokens = TokenPair {
+                access_token: issue_access_token(&state, user_id, now)?,
+                refresh_token: next_token,
+                token_type: "Bearer",
+                expires_in: state.jwt.ttl_s(),
+            };
+            Ok(Json(AuthResponse {
+                user: user.into(),
+                tokens,
+            }))
+        }
+        RefreshOutcome::Reused => {
+            tracing::warn!("refresh token reused; its session is revoked");
+            Err(ApiError::Unauthorized(
+                "refresh token was already used; the session is revoked, log in again".into(),
+            ))
+        }
+        RefreshOutcome::Invalid => Err(ApiError::Unauthorized("refresh token is not valid".into())),
+    }
+}
+
+/// End a session: revokes the refresh token's family.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204, description = "Logged out (also when the token was already invalid)")))]
+pub async fn logout(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    if let Ok(presented) = parse_refresh_token(&req.refresh_token) {
+        state
+            .store
+            .revoke_refresh_family(&presented, voltrun_storage::now())
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The logged-in user.
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = UserResponse), (status = 401, body = crate::ErrorBody)))]
+pub async fn me(
+    State(state): State<SharedState>,
+    SessionUser(user_id): SessionUser,
+) -> ApiResult<Json<UserResponse>> {
+    let user = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized("account no longer exists".into()))?;
+    Ok(Json(user.into()))
+}

@@ -1,0 +1,406 @@
+//! `/api/functions/{id}/execute` and `/api/executions`: invoking functions through the engine and
+//! reading back execution records and their logs.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use voltrun_domain::ValidationError;
+use voltrun_domain::execution::{
+    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
+};
+use voltrun_engine::{EngineError, Invocation};
+use voltrun_storage::ExecutionFilter;
+
+use super::functions::{open_env, owned_function};
+use crate::caller::ExecuteAccess;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiQuery, IdPath};
+use crate::pagination::{PageParams, Paginated};
+use crate::{ASYNC_EVENT_LIMIT, SharedState};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExecuteParams {
+    /// Run asynchronously: answer 202 at once (same as `X-Invocation-Type: async`).
+    #[serde(rename = "async")]
+    pub run_async: Option<bool>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecutionResponse {
+    /// UUIDv7: sorts by creation time.
+    pub id: Uuid,
+    pub function_id: Uuid,
+    pub function_version: i64,
+    pub status: ExecutionStatus,
+    pub invocation_type: InvocationType,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ExecutionError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub init_duration_ms: Option<i64>,
+    pub memory_peak_mb: Option<i64>,
+    pub cold_start: Option<bool>,
+    /// The node that ran it.
+    pub node: Option<String>,
+    /// The instance (sandbox) that ran it.
+    pub instance_id: Option<String>,
+    pub logs_truncated: bool,
+}
+
+impl From<ExecutionRecord> for ExecutionResponse {
+    fn from(e: ExecutionRecord) -> Self {
+        Self {
+            id: e.id,
+            function_id: e.function_id,
+            function_version: e.function_version,
+            status: e.status,
+            invocation_type: e.invocation_type,
+            input: e.input,
+            output: e.output,
+            error: e.error,
+            created_at: e.created_at,
+            started_at: e.started_at,
+            finished_at: e.finished_at,
+            duration_ms: e.duration_ms,
+            init_duration_ms: e.init_duration_ms,
+            memory_peak_mb: e.memory_peak_mb,
+            cold_start: e.cold_start,
+            node: e.node,
+            instance_id: e.instance_id,
+            logs_truncated: e.logs_truncated,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueuedResponse {
+    pub execution_id: Uuid,
+    pub status: ExecutionStatus,
+}
+
+fn is_async(params: &ExecuteParams, headers: &HeaderMap) -> bool {
+    params.run_async.unwrap_or(false)
+        || headers
+            .get("x-invocation-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"))
+}
+
+fn parse_event(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let json = ct.to_str().is_ok_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the event as JSON with Content-Type: application/json".into(),
+            ));
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // No payload: the event is an empty object, as with Lambda.
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
+        code: "malformed_json",
+        message: format!("the event is not valid JSON: {e}"),
+    })
+}
+
+/// Invoke a function with a JSON event. Synchronous by default: answers with the finished execution
+/// (a function error is still a 200 whose status is `failed`). Asynchronous with `?async=true` or
+/// `X-Invocation-Type: async`: answers 202 with the queued execution's id.
+#[utoipa::path(post, path = "/api/functions/{id}/execute", tag = "executions",
+    params(("id" = Uuid, Path), ExecuteParams), request_body(content = Object, description = "Any JSON event"),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = ExecutionResponse), (status = 202, body = QueuedResponse),
+        (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
+        (status = 413, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
+pub async fn execute(
+    State(state): State<SharedState>,
+    ExecuteAccess(user_id): ExecuteAccess,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<ExecuteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let invocation_type = if is_async(&params, &headers) {
+        InvocationType::Async
+    } else {
+        InvocationType::Sync
+    };
+    if invocation_type == InvocationType::Async && body.len() > ASYNC_EVENT_LIMIT {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "asynchronous events are limited to {} KiB",
+            ASYNC_EVENT_LIMIT >> 10
+        )));
+    }
+    let event = parse_event(&headers, &body)?;
+    let function = owned_function(&state, user_id, id).await?;
+    let engine_status = state.engine.status();
+    if !engine_status.ready {
+        // Refuse before recording anything: there is no execution to show for it.
+        return Err(ApiError::EngineUnavailable(format!(
+            "functions cannot run on this server: {}",
+            engine_status.detail
+        )));
+    }
+    let code = state
+        .store
+        .get_code(&function.code_sha256)
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!("code of function {} is missing", function.id))
+        })?;
+    let env = open_env(&state, &function.env_ciphertext)?;
+
+    let record = ExecutionRecord {
+        id: Uuid::now_v7(),
+        user_id,
+        function_id: function.id,
+        function_version: function.version,
+        status: ExecutionStatus::Queued,
+        invocation_type,
+        input: event.clone(),
+        output: None,
+        error: None,
+        created_at: voltrun_storage::now(),
+        started_at: None,
+        finished_at: None,
+        duration_ms: None,
+        init_duration_ms: None,
+        memory_peak_mb: None,
+        cold_start: None,
+        node: None,
+        instance_id: None,
+        logs_truncated: false,
+    };
+    state.store.insert_execution(&record).await?;
+    let invocation = Invocation {
+        execution_id: record.id,
+        function,
+        code,
+        env,
+        event,
+    };
+
+    match invocation_type {
+        InvocationType::Async => {
+            // The engine issue replaces this with a durable dispatcher (queued rows survive a restart).
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = run_execution(&state, invocation).await {
+                    tracing::error!(error = %e, "asynchronous execution failed to run");
+                }
+            });
+            let queued = QueuedResponse {
+                execution_id: record.id,
+                status: ExecutionStatus::Queued,
+            };
+            Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
+        }
+        InvocationType::Sync => {
+            let id = record.id;
+            run_execution(&state, invocation).await?;
+            let done = state
+                .store
+                .get_execution(user_id, id)
+                .await?
+                .ok_or(ApiError::NotFound("execution"))?;
+            Ok(Json(ExecutionResponse::from(done)).into_response())
+        }
+    }
+}
+
+/// Runs one recorded execution to a terminal state. Platform failures are recorded on the
+/// execution (as `Platform.*` errors) and returned, so a sync caller gets the matching status code.
+async fn run_execution(state: &SharedState, invocation: Invocation) -> ApiResult<()> {
+    let id = invocation.execution_id;
+    let started_at = voltrun_storage::now();
+    state.store.mark_execution_running(id, started_at).await?;
+    let result = state.engine.invoke(invocation).await;
+    let (outcome, failure) = match result {
+        Ok(outcome) => (outcome, None),
+        Err(e) => {
+            let (error_type, api_error) = match &e {
+                EngineError::Unavailable(reason) => (
+                    "Platform.EngineUnavailable",
+                    ApiError::EngineUnavailable(reason.clone()),
+                ),
+                EngineError::Overloaded => ("Platform.Overloaded", ApiError::Overloaded),
+                EngineError::Internal(cause) => ("Platform.Internal", ApiError::internal(cause)),
+            };
+            let finished_at = voltrun_storage::now();
+            let outcome = ExecutionOutcome {
+                status: ExecutionStatus::Failed,
+                output: None,
+                error: Some(ExecutionError {
+                    error_type: error_type.into(),
+                    message: e.to_string(),
+                }),
+                started_at,
+                finished_at,
+                duration_ms: (finished_at - started_at).num_milliseconds(),
+                init_duration_ms: None,
+                memory_peak_mb: None,
+                cold_start: false,
+                node: String::new(),
+                instance_id: String::new(),
+            };
+            (outcome, Some(api_error))
+        }
+    };
+    state.store.finish_execution(id, &outcome).await?;
+    crate::metrics::record_execution(outcome.status);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExecutionListParams {
+    /// Only executions of this function.
+    pub function_id: Option<String>,
+    /// Only executions in this status.
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// List your executions (newest first).
+#[utoipa::path(get, path = "/api/executions", tag = "executions", params(ExecutionListParams),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Paginated<ExecutionResponse>), (status = 422, body = crate::ErrorBody)))]
+pub async fn list(
+    State(state): State<SharedState>,
+    ExecuteAccess(user_id): ExecuteAccess,
+    ApiQuery(params): ApiQuery<ExecutionListParams>,
+) -> ApiResult<Json<Paginated<ExecutionResponse>>> {
+    let function_id = params
+        .function_id
+        .as_deref()
+        .map(|raw| {
+            Uuid::parse_str(raw).map_err(|_| ValidationError::new("function_id", "is not a UUID"))
+        })
+        .transpose()?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|raw| {
+            ExecutionStatus::parse(raw).ok_or_else(|| {
+                let all: Vec<&str> = ExecutionStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ValidationError::new("status", format!("must be one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
+    let (page, limit) = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    }
+    .to_page()?;
+    let rows = state
+        .store
+        .list_executions(
+            user_id,
+            &ExecutionFilter {
+                function_id,
+                status,
+            },
+            page,
+        )
+        .await?;
+    Ok(Json(Paginated::from_rows(
+        rows,
+        limit,
+        |e| e.id,
+        ExecutionResponse::from,
+    )))
+}
+
+/// Get one execution.
+#[utoipa::path(get, path = "/api/executions/{id}", tag = "executions", params(("id" = Uuid, Path)),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = ExecutionResponse), (status = 404, body = crate::ErrorBody)))]
+pub async fn get(
+    State(state): State<SharedState>,
+    ExecuteAccess(user_id): ExecuteAccess,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<ExecutionResponse>> {
+    let e = state
+        .store
+        .get_execution(user_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("execution"))?;
+    Ok(Json(e.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsParams {
+    /// `json` (default) or `text`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogsResponse {
+    pub execution_id: Uuid,
+    pub lines: Vec<LogLine>,
+    /// True when the execution wrote more than the 4 MiB kept.
+    pub truncated: bool,
+}
+
+/// Get an execution's logs: its stdout and stderr lines with timestamps.
+#[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions", params(("id" = Uuid, Path), LogsParams),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = LogsResponse), (status = 200, content_type = "text/plain", body = String),
+        (status = 404, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+pub async fn logs(
+    State(state): State<SharedState>,
+    ExecuteAccess(user_id): ExecuteAccess,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<LogsParams>,
+) -> ApiResult<Response> {
+    let text = match params.format.as_deref() {
+        None | Some("json") => false,
+        Some("text") => true,
+        Some(_) => return Err(ValidationError::new("format", "must be json or text").into()),
+    };
+    let (lines, truncated) = state
+        .store
+        .execution_logs(user_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("execution"))?;
+    if text {
+        let mut out = String::new();
+        for l in &lines {
+            out.push_str(&format!(
+                "{} {} {}\n",
+                l.timestamp
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                l.stream.as_str(),
+                l.line
+            ));
+        }
+        if truncated {
+            out.push_str("[logs truncated]\n");
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
+    }
+    Ok(Json(LogsResponse {
+        execution_id: id,
+        lines,
+        truncated,
+    })
+    .into_response())
+}

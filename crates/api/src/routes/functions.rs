@@ -1,0 +1,447 @@
+//! `/api/functions`: create, read, update (partial), delete, and read back the code.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use voltrun_domain::ValidationError;
+use voltrun_domain::function::{
+    CodeKind, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, EnvVars, FunctionName, FunctionRecord, Handler,
+    RuntimeFamily, parse_description, parse_memory_mb, parse_timeout_s, validate_env,
+};
+
+use super::blocking;
+use crate::SharedState;
+use crate::caller::FullAccess;
+use crate::code::{CodeBundle, CodeInput};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, IdPath};
+use crate::pagination::{PageParams, Paginated};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFunctionRequest {
+    /// Unique among your functions: lower-case letters, digits and hyphens, 1–64.
+    pub name: String,
+    pub description: Option<String>,
+    /// One of `GET /api/runtimes`.
+    pub runtime: String,
+    /// `module.function`, e.g. `main.handler`.
+    pub handler: String,
+    pub code: CodeInput,
+    /// 128–10240 (default 128).
+    pub memory_mb: Option<i64>,
+    /// 1–900 (default 30).
+    pub timeout_s: Option<i64>,
+    /// Encrypted at rest; keys and values together at most 4 KiB.
+    pub env: Option<EnvVars>,
+}
+
+/// A partial update: only the fields present change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFunctionRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub runtime: Option<String>,
+    pub handler: Option<String>,
+    pub code: Option<CodeInput>,
+    pub memory_mb: Option<i64>,
+    pub timeout_s: Option<i64>,
+    pub env: Option<EnvVars>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FunctionResponse {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub runtime: String,
+    pub handler: String,
+    pub memory_mb: i32,
+    pub timeout_s: i32,
+    /// Present on single-function reads; omitted from lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvVars>,
+    /// Increments on every code or configuration change.
+    pub version: i64,
+    pub code_sha256: String,
+    pub code_size_bytes: i64,
+    pub code_kind: CodeKind,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FunctionResponse {
+    fn new(f: FunctionRecord, env: Option<EnvVars>) -> Self {
+        Self {
+            id: f.id,
+            name: f.name,
+            description: f.description,
+            runtime: f.runtime,
+            handler: f.handler,
+            memory_mb: f.memory_mb,
+            timeout_s: f.timeout_s,
+            env,
+            version: f.version,
+            code_sha256: f.code_sha256,
+            code_size_bytes: f.code_size_bytes,
+            code_kind: f.code_kind,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CodeResponse {
+    pub kind: CodeKind,
+    pub sha256: String,
+    /// For `source` code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// For `source` code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For `zip` code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_base64: Option<String>,
+}
+
+fn parse_runtime(state: &SharedState, runtime: &str) -> Result<RuntimeFamily, ValidationError> {
+    let offered = state.engine.runtimes();
+    offered
+        .iter()
+        .find(|r| r.id == runtime)
+        .and_then(|r| RuntimeFamily::of(&r.id))
+        .ok_or_else(|| {
+            let ids: Vec<&str> = offered.iter().map(|r| r.id.as_str()).collect();
+            ValidationError::new(
+                "runtime",
+                format!(
+                    "{runtime:?} is not offered here; choose one of: {}",
+                    ids.join(", ")
+                ),
+            )
+        })
+}
+
+pub(crate) fn seal_env(state: &SharedState, env: &EnvVars) -> ApiResult<Vec<u8>> {
+    let plain = serde_json::to_vec(env).map_err(ApiError::internal)?;
+    state.secret_box.seal(&plain).map_err(ApiError::internal)
+}
+
+pub(crate) fn open_env(state: &SharedState, sealed: &[u8]) -> ApiResult<EnvVars> {
+    let plain = state.secret_box.open(sealed).map_err(ApiError::internal)?;
+    serde_json::from_slice(&plain).map_err(ApiError::internal)
+}
+
+/// Looks up one of the caller's functions; another user's function is simply not found.
+pub(crate) async fn owned_function(
+    state: &SharedState,
+    user_id: Uuid,
+    id: Uuid,
+) -> ApiResult<FunctionRecord> {
+    state
+        .store
+        .get_function(user_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("function"))
+}
+
+/// Create a function.
+#[utoipa::path(post, path = "/api/functions", tag = "functions", request_body = CreateFunctionRequest,
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 201, body = FunctionResponse), (status = 409, body = crate::ErrorBody),
+        (status = 413, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+pub async fn create(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    ApiJson(req): ApiJson<CreateFunctionRequest>,
+) -> ApiResult<(StatusCode, Json<FunctionResponse>)> {
+    let name = FunctionName::parse(&req.name)?.into_inner();
+    let description = parse_description(req.description.as_deref().unwrap_or_default())?;
+    let family = parse_runtime(&state, &req.runtime)?;
+    let handler = Handler::parse(&req.handler)?;
+    let memory_mb = req
+        .memory_mb
+        .map(parse_memory_mb)
+        .transpose()?
+        .unwrap_or(DEFAULT_MEMORY_MB);
+    let timeout_s = req
+        .timeout_s
+        .map(parse_timeout_s)
+        .transpose()?
+        .unwrap_or(DEFAULT_TIMEOUT_S);
+    let env = req.env.unwrap_or_default();
+    validate_env(&env)?;
+    let code_input = req.code;
+    let checked_handler = handler.clone();
+    let bundle =
+        blocking(move || CodeBundle::parse(code_input, family, &checked_handler)).await??;
+
+    let now = voltrun_storage::now();
+    let record = FunctionRecord {
+        id: Uuid::now_v7(),
+        user_id,
+        name,
+        description,
+        runtime: req.runtime,
+        handler: req.handler,
+        code_sha256: bundle.sha256.clone(),
+        code_size_bytes: i64::try_from(bundle.bytes.len()).unwrap_or(i64::MAX),
+        code_kind: bundle.kind,
+        code_filename: bundle.filename.clone(),
+        memory_mb,
+        timeout_s,
+        env_ciphertext: seal_env(&state, &env)?,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    state
+        .store
+        .create_function(&record, &bundle.bytes)
+        .await
+        .map_err(|e| match e {
+            voltrun_storage::StoreError::Conflict(_) => ApiError::Conflict(format!(
+                "you already have a function named {:?}",
+                record.name
+            )),
+            other => other.into(),
+        })?;
+    tracing::info!(function_id = %record.id, "function created");
+    Ok((
+        StatusCode::CREATED,
+        Json(FunctionResponse::new(record, Some(env))),
+    ))
+}
+
+/// List your functions (newest first).
+#[utoipa::path(get, path = "/api/functions", tag = "functions", params(PageParams),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Paginated<FunctionResponse>), (status = 401, body = crate::ErrorBody)))]
+pub async fn list(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> ApiResult<Json<Paginated<FunctionResponse>>> {
+    let (page, limit) = params.to_page()?;
+    let rows = state.store.list_functions(user_id, page).await?;
+    Ok(Json(Paginated::from_rows(
+        rows,
+        limit,
+        |f| f.id,
+        |f| FunctionResponse::new(f, None),
+    )))
+}
+
+/// Get one function (without its code).
+#[utoipa::path(get, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody)))]
+pub async fn get(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<FunctionResponse>> {
+    let f = owned_function(&state, user_id, id).await?;
+    let env = open_env(&state, &f.env_ciphertext)?;
+    Ok(Json(FunctionResponse::new(f, Some(env))))
+}
+
+/// Get a function's code.
+#[utoipa::path(get, path = "/api/functions/{id}/code", tag = "functions", params(("id" = Uuid, Path)),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = CodeResponse), (status = 404, body = crate::ErrorBody)))]
+pub async fn code(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<CodeResponse>> {
+    let f = owned_function(&state, user_id, id).await?;
+    let bytes = state.store.get_code(&f.code_sha256).await?.ok_or_else(|| {
+        ApiError::internal(format!(
+            "code {} of function {} is missing",
+            f.code_sha256, f.id
+        ))
+    })?;
+    let response = match f.code_kind {
+        CodeKind::Source => CodeResponse {
+            kind: CodeKind::Source,
+            sha256: f.code_sha256,
+            filename: f.code_filename,
+            source: Some(String::from_utf8(bytes).map_err(ApiError::internal)?),
+            zip_base64: None,
+        },
+        CodeKind::Zip => CodeResponse {
+            kind: CodeKind::Zip,
+            sha256: f.code_sha256,
+            filename: None,
+            source: None,
+            zip_base64: Some(STANDARD.encode(bytes)),
+        },
+    };
+    Ok(Json(response))
+}
+
+/// Update a function; only the fields given change. Any change increments `version`.
+#[utoipa::path(put, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
+    request_body = UpdateFunctionRequest, security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody),
+        (status = 409, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+pub async fn update(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<UpdateFunctionRequest>,
+) -> ApiResult<Json<FunctionResponse>> {
+    // Parse everything before touching storage: bad input changes nothing.
+    let name = req
+        .name
+        .as_deref()
+        .map(FunctionName::parse)
+        .transpose()?
+        .map(FunctionName::into_inner);
+    let description = req
+        .description
+        .as_deref()
+        .map(parse_description)
+        .transpose()?;
+    if let Some(runtime) = &req.runtime {
+        parse_runtime(&state, runtime)?;
+    }
+    if let Some(handler) = &req.handler {
+        Handler::parse(handler)?;
+    }
+    let memory_mb = req.memory_mb.map(parse_memory_mb).transpose()?;
+    let timeout_s = req.timeout_s.map(parse_timeout_s).transpose()?;
+    if let Some(env) = &req.env {
+        validate_env(env)?;
+    }
+
+    let current = owned_function(&state, user_id, id).await?;
+    let runtime = req
+        .runtime
+        .clone()
+        .unwrap_or_else(|| current.runtime.clone());
+    let handler_text = req
+        .handler
+        .clone()
+        .unwrap_or_else(|| current.handler.clone());
+    let family = parse_runtime(&state, &runtime)?;
+    let handler = Handler::parse(&handler_text)?;
+
+    // New code is checked against the (possibly new) handler; without new code, a changed runtime or
+    // handler is checked against the stored code.
+    let new_bundle = match req.code {
+        Some(input) => {
+            let h = handler.clone();
+            Some(blocking(move || CodeBundle::parse(input, family, &h)).await??)
+        }
+        None if req.runtime.is_some() || req.handler.is_some() => {
+            let bytes = state
+                .store
+                .get_code(&current.code_sha256)
+                .await?
+                .unwrap_or_default();
+            let (kind, filename, h) = (
+                current.code_kind,
+                current.code_filename.clone(),
+                handler.clone(),
+            );
+            blocking(move || {
+                CodeBundle::from_stored(kind, bytes, filename)?.check_handler(family, &h)
+            })
+            .await??;
+            None
+        }
+        None => None,
+    };
+
+    let mut next = current.clone();
+    if let Some(name) = name {
+        next.name = name;
+    }
+    if let Some(description) = description {
+        next.description = description;
+    }
+    next.runtime = runtime;
+    next.handler = handler_text;
+    if let Some(memory_mb) = memory_mb {
+        next.memory_mb = memory_mb;
+    }
+    if let Some(timeout_s) = timeout_s {
+        next.timeout_s = timeout_s;
+    }
+    let env = match &req.env {
+        Some(env) => {
+            next.env_ciphertext = seal_env(&state, env)?;
+            env.clone()
+        }
+        None => open_env(&state, &current.env_ciphertext)?,
+    };
+    if let Some(bundle) = &new_bundle {
+        next.code_sha256 = bundle.sha256.clone();
+        next.code_size_bytes = i64::try_from(bundle.bytes.len()).unwrap_or(i64::MAX);
+        next.code_kind = bundle.kind;
+        next.code_filename = bundle.filename.clone();
+    }
+    let env_changed = req.env.is_some() && open_env(&state, &current.env_ciphertext)? != env;
+    let changed = env_changed
+        || next.name != current.name
+        || next.description != current.description
+        || next.runtime != current.runtime
+        || next.handler != current.handler
+        || next.memory_mb != current.memory_mb
+        || next.timeout_s != current.timeout_s
+        || next.code_sha256 != current.code_sha256
+        || next.code_filename != current.code_filename;
+    if !changed {
+        return Ok(Json(FunctionResponse::new(current, Some(env))));
+    }
+    next.version = current.version + 1;
+    next.updated_at = voltrun_storage::now();
+    let written = state
+        .store
+        .update_function(
+            &next,
+            current.version,
+            new_bundle.as_ref().map(|b| b.bytes.as_slice()),
+        )
+        .await
+        .map_err(|e| match e {
+            voltrun_storage::StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("you already have a function named {:?}", next.name))
+            }
+            other => other.into(),
+        })?;
+    if !written {
+        return Err(ApiError::Conflict(
+            "the function changed while this update was applied; retry".into(),
+        ));
+    }
+    tracing::info!(function_id = %next.id, version = next.version, "function updated");
+    Ok(Json(FunctionResponse::new(next, Some(env))))
+}
+
+/// Delete a function and its code. Its past executions stay readable.
+#[utoipa::path(delete, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 204), (status = 404, body = crate::ErrorBody)))]
+pub async fn delete(
+    State(state): State<SharedState>,
+    FullAccess(user_id): FullAccess,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    if state.store.delete_function(user_id, id).await? {
+        tracing::info!(function_id = %id, "function deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("function"))
+    }
+}

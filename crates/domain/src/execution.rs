@@ -1,0 +1,152 @@
+//! Executions: one invocation of one function version, from `queued` to a terminal status.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationType {
+    Sync,
+    Async,
+}
+
+impl InvocationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sync" => Some(Self::Sync),
+            "async" => Some(Self::Async),
+            _ => None,
+        }
+    }
+}
+
+/// Why an execution failed: a Lambda-style error type (`Runtime.Unhandled`, `Sandbox.Timedout`,
+/// `Platform.NodeLost`, …) and a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExecutionError {
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutionRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub function_id: Uuid,
+    pub function_version: i64,
+    pub status: ExecutionStatus,
+    pub invocation_type: InvocationType,
+    pub input: serde_json::Value,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ExecutionError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub init_duration_ms: Option<i64>,
+    pub memory_peak_mb: Option<i64>,
+    pub cold_start: Option<bool>,
+    pub node: Option<String>,
+    pub instance_id: Option<String>,
+    pub logs_truncated: bool,
+}
+
+/// What the engine reports when an execution ends.
+#[derive(Debug, Clone)]
+pub struct ExecutionOutcome {
+    pub status: ExecutionStatus,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ExecutionError>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub init_duration_ms: Option<i64>,
+    pub memory_peak_mb: Option<i64>,
+    pub cold_start: bool,
+    pub node: String,
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    pub timestamp: DateTime<Utc>,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// The per-execution log cap (bytes of line text), as the issue asks: 4 MiB, then `truncated`.
+pub const LOG_CAP_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,332 @@
+//! Functions: what a user deploys, and the rules each part of its configuration must meet.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ValidationError, is_forbidden_char};
+
+/// A stored function, as the storage layer returns it. `env_ciphertext` is the sealed environment;
+/// only the API (which holds the key) opens it.
+#[derive(Debug, Clone)]
+pub struct FunctionRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub runtime: String,
+    pub handler: String,
+    pub code_sha256: String,
+    pub code_size_bytes: i64,
+    pub code_kind: CodeKind,
+    pub code_filename: Option<String>,
+    pub memory_mb: i32,
+    pub timeout_s: i32,
+    pub env_ciphertext: Vec<u8>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How the code was uploaded: one source file or a zip archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeKind {
+    Source,
+    Zip,
+}
+
+impl CodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Zip => "zip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "source" => Some(Self::Source),
+            "zip" => Some(Self::Zip),
+            _ => None,
+        }
+    }
+}
+
+/// A function name: a DNS label (lower-case letters, digits and hyphens, 1–64 characters, starting
+/// and ending with a letter or digit), so it can appear in host names and URLs unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionName(String);
+
+impl FunctionName {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let err = |m: &str| Err(ValidationError::new("name", m));
+        if raw.is_empty() || raw.len() > 64 {
+            return err("must be 1 to 64 characters");
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return err("may contain only lower-case letters, digits and hyphens");
+        }
+        if raw.starts_with('-') || raw.ends_with('-') {
+            return err("must start and end with a letter or digit");
+        }
+        Ok(Self(raw.to_string()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+pub fn parse_description(raw: &str) -> Result<String, ValidationError> {
+    if raw.chars().count() > 256 {
+        return Err(ValidationError::new(
+            "description",
+            "must be at most 256 characters",
+        ));
+    }
+    if raw
+        .chars()
+        .any(|c| is_forbidden_char(c) && c != '\n' && c != '\t')
+    {
+        return Err(ValidationError::new(
+            "description",
+            "must not contain control characters",
+        ));
+    }
+    Ok(raw.to_string())
+}
+
+/// The family a runtime identifier belongs to; it decides which file a handler's module names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeFamily {
+    Python,
+    Node,
+    Provided,
+}
+
+impl RuntimeFamily {
+    pub fn of(runtime: &str) -> Option<Self> {
+        if runtime.starts_with("python3") {
+            Some(Self::Python)
+        } else if runtime.starts_with("nodejs") {
+            Some(Self::Node)
+        } else if runtime == "provided" {
+            Some(Self::Provided)
+        } else {
+            None
+        }
+    }
+
+    /// Files that may hold a handler's module, relative to the code root, in the order the runtime
+    /// looks for them. A `provided` function must ship an executable `bootstrap` instead.
+    pub fn module_candidates(self, handler: &Handler) -> Vec<String> {
+        match self {
+            Self::Python => vec![format!("{}.py", handler.module)],
+            Self::Node => ["js", "mjs", "cjs"]
+                .iter()
+                .map(|ext| format!("{}.{ext}", handler.module))
+                .collect(),
+            Self::Provided => vec!["bootstrap".to_string()],
+        }
+    }
+}
+
+/// A handler `module.function`, e.g. `main.handler` or `src/app.handler` (Lambda's convention: the
+/// last dot separates the exported function from the module path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handler {
+    pub module: String,
+    pub function: String,
+}
+
+impl Handler {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let err = |m: &str| Err(ValidationError::new("handler", m));
+        if raw.is_empty() || raw.len() > 128 {
+            return err("must be 1 to 128 characters, like main.handler");
+        }
+        let Some((module, function)) = raw.rsplit_once('.') else {
+            return err("must look like module.function, e.g. main.handler");
+        };
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                && !s.as_bytes()[0].is_ascii_digit()
+        };
+        if !ident(function) {
+            return err("function part must be an identifier");
+        }
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        if module.starts_with('/') || !module.split('/').all(segment_ok) {
+            return err("module part must be a relative path of letters, digits, '_', '-' and '.'");
+        }
+        Ok(Self {
+            module: module.to_string(),
+            function: function.to_string(),
+        })
+    }
+}
+
+pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<i32> = 128..=10240;
+pub const TIMEOUT_S_RANGE: std::ops::RangeInclusive<i32> = 1..=900;
+pub const DEFAULT_MEMORY_MB: i32 = 128;
+pub const DEFAULT_TIMEOUT_S: i32 = 30;
+
+pub fn parse_memory_mb(v: i64) -> Result<i32, ValidationError> {
+    in_range("memory_mb", v, &MEMORY_MB_RANGE)
+}
+
+pub fn parse_timeout_s(v: i64) -> Result<i32, ValidationError> {
+    in_range("timeout_s", v, &TIMEOUT_S_RANGE)
+}
+
+fn in_range(
+    field: &'static str,
+    v: i64,
+    range: &std::ops::RangeInclusive<i32>,
+) -> Result<i32, ValidationError> {
+    i32::try_from(v)
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| {
+            ValidationError::new(
+                field,
+                format!("must be between {} and {}", range.start(), range.end()),
+            )
+        })
+}
+
+/// Environment variables a function runs with. Lambda's limit: 4 KiB for all keys and values together.
+pub type EnvVars = BTreeMap<String, String>;
+pub const ENV_MAX_BYTES: usize = 4096;
+
+/// Names the platform sets itself for every invocation; a user may not override them.
+const RESERVED_ENV: &[&str] = &[
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "TZ",
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "HOME",
+];
+
+pub fn validate_env(env: &EnvVars) -> Result<(), ValidationError> {
+    let mut total = 0usize;
+    for (key, value) in env {
+        let key_ok = !key.is_empty()
+            && key.len() <= 128
+            && key.as_bytes()[0].is_ascii_alphabetic()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !key_ok {
+            return Err(ValidationError::new(
+                "env",
+                format!(
+                    "{key:?} is not a valid name: use letters, digits and '_', starting with a letter"
+                ),
+            ));
+        }
+        if RESERVED_ENV.contains(&key.as_str())
+            || key.starts_with("AWS_")
+            || key.starts_with("VOLTRUN_")
+        {
+            return Err(ValidationError::new(
+                "env",
+                format!("{key} is reserved by the platform"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(ValidationError::new(
+                "env",
+                format!("value of {key} contains a NUL byte"),
+            ));
+        }
+        total += key.len() + value.len();
+    }
+    if total > ENV_MAX_BYTES {
+        return Err(ValidationError::new(
+            "env",
+            format!("keys and values total {total} bytes; the limit is {ENV_MAX_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(FunctionName::parse("hello-world-2").is_ok());
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Hello",
+            "a_b",
+            "a.b",
+            "ä",
+            &"a".repeat(65),
+            "x'; DROP TABLE functions;--",
+        ] {
+            assert!(FunctionName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn handlers() {
+        let h = Handler::parse("src/app.handler").unwrap();
+        assert_eq!(
+            (h.module.as_str(), h.function.as_str()),
+            ("src/app", "handler")
+        );
+        for bad in [
+            "main",
+            ".handler",
+            "main.",
+            "../x.handler",
+            "/abs.handler",
+            "a//b.h",
+            "m.1x",
+        ] {
+            assert!(Handler::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_rules() {
+        let mut env = EnvVars::new();
+        env.insert("GREETING".into(), "hi".into());
+        assert!(validate_env(&env).is_ok());
+        env.insert("AWS_REGION".into(), "x".into());
+        assert!(validate_env(&env).is_err());
+        let mut big = EnvVars::new();
+        big.insert("BIG".into(), "x".repeat(4094));
+        assert!(validate_env(&big).is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_memory_mb(128), Ok(128));
+        assert!(parse_memory_mb(127).is_err());
+        assert!(parse_memory_mb(i64::MAX).is_err());
+        assert!(parse_timeout_s(0).is_err());
+        assert_eq!(parse_timeout_s(900), Ok(900));
+    }
+}

@@ -1,0 +1,96 @@
+//! The execution engine seam. The API hands invocations to an [`Engine`] and records what it
+//! reports; it never reaches into how or where code runs. Backends (the Linux-namespace sandbox, the
+//! Firecracker microVM manager, a remote scheduler) implement this trait.
+//!
+//! Until a backend is configured the server runs [`UnavailableEngine`], which refuses every
+//! invocation with a clear reason rather than pretending to run anything.
+
+pub mod runtimes;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use uuid::Uuid;
+use voltrun_domain::execution::ExecutionOutcome;
+use voltrun_domain::function::{EnvVars, FunctionRecord};
+
+pub use runtimes::{RuntimeInfo, detect_runtimes};
+
+/// Everything a backend needs to run one invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub execution_id: Uuid,
+    pub function: FunctionRecord,
+    /// The function's code as uploaded (one source file or a zip archive, per `function.code_kind`).
+    pub code: Vec<u8>,
+    pub env: EnvVars,
+    pub event: serde_json::Value,
+}
+
+/// What `/health` reports about the engine.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EngineStatus {
+    /// The isolation backend, e.g. `namespace`, `firecracker` or `none`.
+    pub backend: String,
+    /// Whether invocations can run now.
+    pub ready: bool,
+    /// Why not, or notes such as a fallback in use.
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("execution engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many concurrent invocations")]
+    Overloaded,
+    #[error("engine failure: {0}")]
+    Internal(String),
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    fn status(&self) -> EngineStatus;
+
+    /// Runtimes this host can run, for validation and `GET /api/runtimes`.
+    fn runtimes(&self) -> &[RuntimeInfo];
+
+    /// Runs one invocation to its end. A function's own failure is an `Ok` outcome with status
+    /// `failed` or `timed_out`; `Err` is for the platform refusing or failing to run it.
+    async fn invoke(&self, invocation: Invocation) -> Result<ExecutionOutcome, EngineError>;
+}
+
+/// The engine in place while no isolation backend is configured: it lists the runtimes the host has
+/// but refuses to run anything, so the API answers `503 engine_unavailable` instead of a fake result.
+#[derive(Debug)]
+pub struct UnavailableEngine {
+    reason: String,
+    runtimes: Vec<RuntimeInfo>,
+}
+
+impl UnavailableEngine {
+    pub fn new(reason: impl Into<String>, runtimes: Vec<RuntimeInfo>) -> Self {
+        Self {
+            reason: reason.into(),
+            runtimes,
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for UnavailableEngine {
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            backend: "none".into(),
+            ready: false,
+            detail: self.reason.clone(),
+        }
+    }
+
+    fn runtimes(&self) -> &[RuntimeInfo] {
+        &self.runtimes
+    }
+
+    async fn invoke(&self, _invocation: Invocation) -> Result<ExecutionOutcome, EngineError> {
+        Err(EngineError::Unavailable(self.reason.clone()))
+    }
+}

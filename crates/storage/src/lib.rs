@@ -1,0 +1,187 @@
+//! VoltRun's persistence. One [`Store`] interface, implemented for SQLite (the embedded default) and
+//! PostgreSQL from the same SQL text: sqlx's SQLite driver reads `$N` placeholders as argument N, so
+//! each statement is written once (in `queries.rs`) and expanded for both drivers; only the encoding
+//! of UUIDs differs (native `uuid` on PostgreSQL, hyphenated `TEXT` on SQLite).
+
+mod migrations;
+mod queries;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use voltrun_domain::execution::{ExecutionOutcome, ExecutionRecord, ExecutionStatus, LogLine};
+use voltrun_domain::function::FunctionRecord;
+use voltrun_domain::user::User;
+
+pub use migrations::migrate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write; the payload names the constraint's subject.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub family_id: Uuid,
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The successor of a refresh token: it inherits the user and family of the token it replaces.
+#[derive(Debug, Clone)]
+pub struct NextRefreshToken {
+    pub id: Uuid,
+    pub token_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was live and is now spent; the new token of the same family was stored.
+    Rotated { user_id: Uuid },
+    /// The token had already been used: the whole family is now revoked.
+    Reused,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub key_hash: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Optional filters on an execution listing.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub function_id: Option<Uuid>,
+    pub status: Option<ExecutionStatus>,
+}
+
+/// A page request: at most `limit` rows with ids below `before` (ids are UUIDv7, so newest first).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}
+
+/// The persistence seam. Every method that reads or changes a user's data takes the user's id and
+/// scopes its query to it: tenancy is enforced here, not left to callers.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn backend(&self) -> &'static str;
+    fn pool_stats(&self) -> PoolStats;
+    async fn ping(&self) -> StoreResult<()>;
+    async fn close(&self);
+
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
+
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
+    /// Spends `presented_hash` and stores `next` (a new token of the same user and family), atomically.
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        next: &NextRefreshToken,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RefreshOutcome>;
+    /// Revokes the family of the presented token; false when no such live token exists.
+    async fn revoke_refresh_family(
+        &self,
+        presented_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    async fn list_api_keys(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn delete_api_key(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
+    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn get_code(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Stores the function and its code (content-addressed: identical code is stored once).
+    async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()>;
+    async fn get_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<FunctionRecord>>;
+    async fn list_functions(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<FunctionRecord>>;
+    /// Writes `f` (and `new_code`, when the code changed) if the stored version is still
+    /// `expected_version`; false when a concurrent update won. Code no function uses any more is removed.
+    async fn update_function(
+        &self,
+        f: &FunctionRecord,
+        expected_version: i64,
+        new_code: Option<&[u8]>,
+    ) -> StoreResult<bool>;
+    /// Deletes the function and, when no other function uses it, its code.
+    async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
+
+    async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
+    async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>>;
+    async fn list_executions(
+        &self,
+        user_id: Uuid,
+        filter: &ExecutionFilter,
+        page: Page,
+    ) -> StoreResult<Vec<ExecutionRecord>>;
+    async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>) -> StoreResult<()>;
+    async fn finish_execution(&self, id: Uuid, outcome: &ExecutionOutcome) -> StoreResult<()>;
+    /// Appends log lines, keeping the execution's total within `cap_bytes` and flagging truncation.
+    async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()>;
+    async fn execution_logs(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+    ) -> StoreResult<Option<(Vec<LogLine>, bool)>>;
+}
+
+/// Opens the database a `DATABASE_URL` names and runs the migrations.
+pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
+    let store: std::sync::Arc<dyn Store> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            std::sync::Arc::new(queries::PgStore::connect(url, max_connections).await?)
+        } else if url.starts_with("sqlite:") {
+            std::sync::Arc::new(queries::SqliteStore::connect(url, max_connections).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl(
+                url.split('@').next_back().unwrap_or_default().to_string(),
+            ));
+        };
+    Ok(store)
+}
+
+/// The current time at the precision both databases keep (microseconds), so that a value written and
+/// read back compares equal.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    let micros = t.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(t)
+}

@@ -1,0 +1,753 @@
+//! The SQL, written once and expanded by `store_impl!` for each driver.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::types::Json;
+use uuid::Uuid;
+use voltrun_domain::execution::{
+    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
+    LogStream,
+};
+use voltrun_domain::function::{CodeKind, FunctionRecord};
+use voltrun_domain::user::User;
+
+use crate::migrations::{Flavour, migrator};
+use crate::{
+    ApiKeyRecord, ExecutionFilter, NewRefreshToken, NextRefreshToken, Page, PoolStats,
+    RefreshOutcome, Store, StoreError, StoreResult,
+};
+
+/// UUID encoding per driver: native on PostgreSQL.
+mod pg_ids {
+    use sqlx::Row;
+    use sqlx::postgres::PgRow;
+    use uuid::Uuid;
+
+    pub fn id(u: Uuid) -> Uuid {
+        u
+    }
+    pub fn opt(u: Option<Uuid>) -> Option<Uuid> {
+        u
+    }
+    pub fn get(row: &PgRow, col: &str) -> Result<Uuid, sqlx::Error> {
+        row.try_get(col)
+    }
+}
+
+/// UUID encoding per driver: hyphenated text on SQLite, so rows stay readable with the sqlite3 shell
+/// and sort in UUIDv7 time order.
+mod sqlite_ids {
+    use sqlx::Row;
+    use sqlx::sqlite::SqliteRow;
+    use uuid::Uuid;
+    use uuid::fmt::Hyphenated;
+
+    pub fn id(u: Uuid) -> Hyphenated {
+        u.hyphenated()
+    }
+    pub fn opt(u: Option<Uuid>) -> Option<Hyphenated> {
+        u.map(Uuid::hyphenated)
+    }
+    pub fn get(row: &SqliteRow, col: &str) -> Result<Uuid, sqlx::Error> {
+        row.try_get::<Hyphenated, _>(col).map(Hyphenated::into_uuid)
+    }
+}
+
+/// The largest UUID: a page with no cursor starts below it, so one statement serves every page.
+const ABOVE_ALL_IDS: Uuid = Uuid::max();
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+// Column lists as macros so `concat!` can build whole statements at compile time.
+macro_rules! user_cols {
+    () => {
+        "id, email, name, password_hash, created_at"
+    };
+}
+macro_rules! function_cols {
+    () => {
+        "id, user_id, name, description, runtime, handler, code_sha256, code_size_bytes, code_kind, \
+         code_filename, memory_mb, timeout_s, env_ciphertext, version, created_at, updated_at"
+    };
+}
+macro_rules! execution_cols {
+    () => {
+        "id, user_id, function_id, function_version, status, invocation_type, input, output, error_type, \
+         error_message, created_at, started_at, finished_at, duration_ms, init_duration_ms, memory_peak_mb, \
+         cold_start, node, instance_id, logs_truncated"
+    };
+}
+macro_rules! api_key_cols {
+    () => {
+        "id, user_id, name, prefix, key_hash, scopes, created_at, last_used_at"
+    };
+}
+
+macro_rules! store_impl {
+    ($store:ident, $db:ty, $pool:ty, $row:ty, $opts:ty, $ids:ident, $flavour:expr, $backend:literal) => {
+        #[derive(Debug, Clone)]
+        pub struct $store {
+            pool: $pool,
+        }
+
+        impl $store {
+            fn user_from_row(row: &$row) -> StoreResult<User> {
+                Ok(User {
+                    id: $ids::get(row, "id")?,
+                    email: row.try_get("email")?,
+                    name: row.try_get("name")?,
+                    password_hash: row.try_get("password_hash")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            fn function_from_row(row: &$row) -> StoreResult<FunctionRecord> {
+                let kind: String = row.try_get("code_kind")?;
+                Ok(FunctionRecord {
+                    id: $ids::get(row, "id")?,
+                    user_id: $ids::get(row, "user_id")?,
+                    name: row.try_get("name")?,
+                    description: row.try_get("description")?,
+                    runtime: row.try_get("runtime")?,
+                    handler: row.try_get("handler")?,
+                    code_sha256: row.try_get("code_sha256")?,
+                    code_size_bytes: row.try_get("code_size_bytes")?,
+                    code_kind: CodeKind::parse(&kind).ok_or_else(|| corrupt("code kind", &kind))?,
+                    code_filename: row.try_get("code_filename")?,
+                    memory_mb: row.try_get("memory_mb")?,
+                    timeout_s: row.try_get("timeout_s")?,
+                    env_ciphertext: row.try_get("env_ciphertext")?,
+                    version: row.try_get("version")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn execution_from_row(row: &$row) -> StoreResult<ExecutionRecord> {
+                let status: String = row.try_get("status")?;
+                let invocation: String = row.try_get("invocation_type")?;
+                let error_type: Option<String> = row.try_get("error_type")?;
+                let error_message: Option<String> = row.try_get("error_message")?;
+                let input: Json<serde_json::Value> = row.try_get("input")?;
+                let output: Option<Json<serde_json::Value>> = row.try_get("output")?;
+                Ok(ExecutionRecord {
+                    id: $ids::get(row, "id")?,
+                    user_id: $ids::get(row, "user_id")?,
+                    function_id: $ids::get(row, "function_id")?,
+                    function_version: row.try_get("function_version")?,
+                    status: ExecutionStatus::parse(&status).ok_or_else(|| corrupt("execution status", &status))?,
+                    invocation_type: InvocationType::parse(&invocation)
+                        .ok_or_else(|| corrupt("invocation type", &invocation))?,
+                    input: input.0,
+                    output: output.map(|j| j.0),
+                    error: error_type.map(|error_type| ExecutionError {
+                        error_type,
+                        message: error_message.unwrap_or_default(),
+                    }),
+                    created_at: row.try_get("created_at")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    duration_ms: row.try_get("duration_ms")?,
+                    init_duration_ms: row.try_get("init_duration_ms")?,
+                    memory_peak_mb: row.try_get("memory_peak_mb")?,
+                    cold_start: row.try_get("cold_start")?,
+                    node: row.try_get("node")?,
+                    instance_id: row.try_get("instance_id")?,
+                    logs_truncated: row.try_get("logs_truncated")?,
+                })
+            }
+
+            fn api_key_from_row(row: &$row) -> StoreResult<ApiKeyRecord> {
+                let scopes: String = row.try_get("scopes")?;
+                Ok(ApiKeyRecord {
+                    id: $ids::get(row, "id")?,
+                    user_id: $ids::get(row, "user_id")?,
+                    name: row.try_get("name")?,
+                    prefix: row.try_get("prefix")?,
+                    key_hash: row.try_get("key_hash")?,
+                    scopes: scopes.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                    created_at: row.try_get("created_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            fn pool_stats(&self) -> PoolStats {
+                PoolStats { size: self.pool.size(), idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX) }
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            async fn create_user(&self, u: &User) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, email, name, password_hash, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind($ids::id(u.id))
+                .bind(&u.email)
+                .bind(&u.name)
+                .bind(&u.password_hash)
+                .bind(u.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("email") } else { e.into() })?;
+                Ok(())
+            }
+
+            async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+                const SQL: &str = concat!("SELECT ", user_cols!(), " FROM users WHERE email = $1");
+                let row = sqlx::query(SQL).bind(email).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::user_from_row).transpose()
+            }
+
+            async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>> {
+                const SQL: &str = concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1");
+                let row = sqlx::query(SQL).bind($ids::id(id)).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::user_from_row).transpose()
+            }
+
+            async fn insert_refresh_token(&self, t: &NewRefreshToken) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind($ids::id(t.id))
+                .bind($ids::id(t.user_id))
+                .bind($ids::id(t.family_id))
+                .bind(&t.token_hash)
+                .bind(t.created_at)
+                .bind(t.expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn rotate_refresh_token(
+                &self,
+                presented_hash: &str,
+                next: &NextRefreshToken,
+                now: DateTime<Utc>,
+            ) -> StoreResult<RefreshOutcome> {
+                let mut tx = self.pool.begin().await?;
+                // Spending is one conditional UPDATE, so two concurrent refreshes with the same token
+                // cannot both succeed: the loser sees it used and revokes the family.
+                let spent = sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
+                     RETURNING user_id, family_id",
+                )
+                .bind(now)
+                .bind(presented_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = spent {
+                    let user_id = $ids::get(&row, "user_id")?;
+                    let family_id = $ids::get(&row, "family_id")?;
+                    sqlx::query(
+                        "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind($ids::id(next.id))
+                    .bind($ids::id(user_id))
+                    .bind($ids::id(family_id))
+                    .bind(&next.token_hash)
+                    .bind(now)
+                    .bind(next.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(RefreshOutcome::Rotated { user_id });
+                }
+                let reused = sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $1 \
+                     WHERE revoked_at IS NULL AND family_id IN \
+                       (SELECT family_id FROM refresh_tokens WHERE token_hash = $2 AND used_at IS NOT NULL)",
+                )
+                .bind(now)
+                .bind(presented_hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let was_used = sqlx::query("SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL")
+                    .bind(presented_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                tx.commit().await?;
+                Ok(if was_used || reused > 0 { RefreshOutcome::Reused } else { RefreshOutcome::Invalid })
+            }
+
+            async fn revoke_refresh_family(&self, presented_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+                let affected = sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $1 \
+                     WHERE revoked_at IS NULL AND family_id IN \
+                       (SELECT family_id FROM refresh_tokens \
+                        WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL)",
+                )
+                .bind(now)
+                .bind(presented_hash)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(affected > 0)
+            }
+
+            async fn create_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, scopes, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind($ids::id(k.id))
+                .bind($ids::id(k.user_id))
+                .bind(&k.name)
+                .bind(&k.prefix)
+                .bind(&k.key_hash)
+                .bind(k.scopes.join(","))
+                .bind(k.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn list_api_keys(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<ApiKeyRecord>> {
+                const SQL: &str = concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
+                let rows = sqlx::query(SQL)
+                    .bind($ids::id(user_id))
+                    .bind($ids::id(page.before.unwrap_or(ABOVE_ALL_IDS)))
+                    .bind(i64::from(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::api_key_from_row).collect()
+            }
+
+            async fn delete_api_key(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+                    .bind($ids::id(id))
+                    .bind($ids::id(user_id))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+                const SQL: &str = concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE key_hash = $1");
+                let row = sqlx::query(SQL).bind(key_hash).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::api_key_from_row).transpose()
+            }
+
+            async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+                sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind($ids::id(id))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn get_code(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+                let row = sqlx::query("SELECT data FROM code_blobs WHERE sha256 = $1")
+                    .bind(sha256)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get("data")).transpose()?)
+            }
+
+            async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::put_code(&mut tx, &f.code_sha256, code, f.created_at).await?;
+                sqlx::query(
+                    "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
+                     code_size_bytes, code_kind, code_filename, memory_mb, timeout_s, env_ciphertext, version, \
+                     created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                )
+                .bind($ids::id(f.id))
+                .bind($ids::id(f.user_id))
+                .bind(&f.name)
+                .bind(&f.description)
+                .bind(&f.runtime)
+                .bind(&f.handler)
+                .bind(&f.code_sha256)
+                .bind(f.code_size_bytes)
+                .bind(f.code_kind.as_str())
+                .bind(&f.code_filename)
+                .bind(f.memory_mb)
+                .bind(f.timeout_s)
+                .bind(&f.env_ciphertext)
+                .bind(f.version)
+                .bind(f.created_at)
+                .bind(f.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<FunctionRecord>> {
+                const SQL: &str = concat!("SELECT ", function_cols!(), " FROM functions WHERE id = $1 AND user_id = $2");
+                let row = sqlx::query(SQL)
+                    .bind($ids::id(id))
+                    .bind($ids::id(user_id))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::function_from_row).transpose()
+            }
+
+            async fn list_functions(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<FunctionRecord>> {
+                const SQL: &str = concat!("SELECT ", function_cols!(), " FROM functions WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
+                let rows = sqlx::query(SQL)
+                    .bind($ids::id(user_id))
+                    .bind($ids::id(page.before.unwrap_or(ABOVE_ALL_IDS)))
+                    .bind(i64::from(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::function_from_row).collect()
+            }
+
+            async fn update_function(
+                &self,
+                f: &FunctionRecord,
+                expected_version: i64,
+                new_code: Option<&[u8]>,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                if let Some(code) = new_code {
+                    Self::put_code(&mut tx, &f.code_sha256, code, f.updated_at).await?;
+                }
+                let old_sha: Option<String> =
+                    sqlx::query("SELECT code_sha256 FROM functions WHERE id = $1 AND user_id = $2")
+                        .bind($ids::id(f.id))
+                        .bind($ids::id(f.user_id))
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("code_sha256"))
+                        .transpose()?;
+                let done = sqlx::query(
+                    "UPDATE functions SET name = $1, description = $2, runtime = $3, handler = $4, \
+                     code_sha256 = $5, code_size_bytes = $6, code_kind = $7, code_filename = $8, memory_mb = $9, \
+                     timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13 \
+                     WHERE id = $14 AND user_id = $15 AND version = $16",
+                )
+                .bind(&f.name)
+                .bind(&f.description)
+                .bind(&f.runtime)
+                .bind(&f.handler)
+                .bind(&f.code_sha256)
+                .bind(f.code_size_bytes)
+                .bind(f.code_kind.as_str())
+                .bind(&f.code_filename)
+                .bind(f.memory_mb)
+                .bind(f.timeout_s)
+                .bind(&f.env_ciphertext)
+                .bind(f.version)
+                .bind(f.updated_at)
+                .bind($ids::id(f.id))
+                .bind($ids::id(f.user_id))
+                .bind(expected_version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                if let Some(old) = old_sha.filter(|old| *old != f.code_sha256) {
+                    Self::delete_unreferenced_code(&mut tx, &old).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let deleted = sqlx::query("DELETE FROM functions WHERE id = $1 AND user_id = $2 RETURNING code_sha256")
+                    .bind($ids::id(id))
+                    .bind($ids::id(user_id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = deleted else {
+                    tx.rollback().await?;
+                    return Ok(false);
+                };
+                let sha: String = row.try_get("code_sha256")?;
+                Self::delete_unreferenced_code(&mut tx, &sha).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO executions (id, user_id, function_id, function_version, status, invocation_type, \
+                     input, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind($ids::id(e.id))
+                .bind($ids::id(e.user_id))
+                .bind($ids::id(e.function_id))
+                .bind(e.function_version)
+                .bind(e.status.as_str())
+                .bind(e.invocation_type.as_str())
+                .bind(Json(&e.input))
+                .bind(e.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>> {
+                const SQL: &str = concat!("SELECT ", execution_cols!(), " FROM executions WHERE id = $1 AND user_id = $2");
+                let row = sqlx::query(SQL)
+                    .bind($ids::id(id))
+                    .bind($ids::id(user_id))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::execution_from_row).transpose()
+            }
+
+            async fn list_executions(
+                &self,
+                user_id: Uuid,
+                filter: &ExecutionFilter,
+                page: Page,
+            ) -> StoreResult<Vec<ExecutionRecord>> {
+                const SQL: &str = concat!(
+                    "SELECT ", execution_cols!(), " FROM executions WHERE user_id = $1 AND id < $2 \
+                     AND ($3 IS NULL OR function_id = $3) AND ($4 IS NULL OR status = $4) ORDER BY id DESC LIMIT $5"
+                );
+                let rows = sqlx::query(SQL)
+                    .bind($ids::id(user_id))
+                    .bind($ids::id(page.before.unwrap_or(ABOVE_ALL_IDS)))
+                    .bind($ids::opt(filter.function_id))
+                    .bind(filter.status.map(ExecutionStatus::as_str))
+                    .bind(i64::from(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::execution_from_row).collect()
+            }
+
+            async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>) -> StoreResult<()> {
+                sqlx::query("UPDATE executions SET status = 'running', started_at = $1 WHERE id = $2 AND status = 'queued'")
+                    .bind(started_at)
+                    .bind($ids::id(id))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn finish_execution(&self, id: Uuid, o: &ExecutionOutcome) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE executions SET status = $1, output = $2, error_type = $3, error_message = $4, \
+                     started_at = $5, finished_at = $6, duration_ms = $7, init_duration_ms = $8, \
+                     memory_peak_mb = $9, cold_start = $10, node = $11, instance_id = $12 WHERE id = $13",
+                )
+                .bind(o.status.as_str())
+                .bind(o.output.as_ref().map(Json))
+                .bind(o.error.as_ref().map(|e| e.error_type.as_str()))
+                .bind(o.error.as_ref().map(|e| e.message.as_str()))
+                .bind(o.started_at)
+                .bind(o.finished_at)
+                .bind(o.duration_ms)
+                .bind(o.init_duration_ms)
+                .bind(o.memory_peak_mb)
+                .bind(o.cold_start)
+                .bind(&o.node)
+                .bind(&o.instance_id)
+                .bind($ids::id(id))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "SELECT logs_bytes, logs_truncated, \
+                     (SELECT COUNT(*) FROM execution_logs WHERE execution_id = $1) AS line_count \
+                     FROM executions WHERE id = $1",
+                )
+                .bind($ids::id(id))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(());
+                };
+                let mut used: i64 = row.try_get("logs_bytes")?;
+                let mut truncated: bool = row.try_get("logs_truncated")?;
+                let mut seq: i64 = row.try_get("line_count")?;
+                let cap = i64::try_from(cap_bytes).unwrap_or(i64::MAX);
+                for line in lines {
+                    if truncated {
+                        break;
+                    }
+                    let len = i64::try_from(line.line.len()).unwrap_or(i64::MAX);
+                    if used + len > cap {
+                        truncated = true;
+                        break;
+                    }
+                    sqlx::query(
+                        "INSERT INTO execution_logs (execution_id, seq, ts, stream, line) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind($ids::id(id))
+                    .bind(seq)
+                    .bind(line.timestamp)
+                    .bind(line.stream.as_str())
+                    .bind(&line.line)
+                    .execute(&mut *tx)
+                    .await?;
+                    used += len;
+                    seq += 1;
+                }
+                sqlx::query("UPDATE executions SET logs_bytes = $1, logs_truncated = $2 WHERE id = $3")
+                    .bind(used)
+                    .bind(truncated)
+                    .bind($ids::id(id))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn execution_logs(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<(Vec<LogLine>, bool)>> {
+                let Some(owner) = sqlx::query("SELECT logs_truncated FROM executions WHERE id = $1 AND user_id = $2")
+                    .bind($ids::id(id))
+                    .bind($ids::id(user_id))
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let truncated: bool = owner.try_get("logs_truncated")?;
+                let rows = sqlx::query("SELECT ts, stream, line FROM execution_logs WHERE execution_id = $1 ORDER BY seq")
+                    .bind($ids::id(id))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let lines = rows
+                    .iter()
+                    .map(|r| {
+                        let stream: String = r.try_get("stream")?;
+                        Ok(LogLine {
+                            timestamp: r.try_get("ts")?,
+                            stream: LogStream::parse(&stream).ok_or_else(|| corrupt("log stream", &stream))?,
+                            line: r.try_get("line")?,
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(Some((lines, truncated)))
+            }
+        }
+
+        impl $store {
+            async fn put_code(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                sha256: &str,
+                data: &[u8],
+                now: DateTime<Utc>,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO code_blobs (sha256, data, size_bytes, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (sha256) DO NOTHING",
+                )
+                .bind(sha256)
+                .bind(data)
+                .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_unreferenced_code(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            sha: &str,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "DELETE FROM code_blobs WHERE sha256 = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = $1)",
+            )
+            .bind(sha)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+        }
+
+        impl $store {
+            pub async fn connect_with(opts: $opts, max_connections: u32) -> StoreResult<Self> {
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect_with(opts)
+                    .await?;
+                migrator($flavour).run(&pool).await?;
+                Ok(Self { pool })
+            }
+        }
+    };
+}
+
+store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::PgPool,
+    sqlx::postgres::PgRow,
+    sqlx::postgres::PgConnectOptions,
+    pg_ids,
+    Flavour::Postgres,
+    "postgres"
+);
+store_impl!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    sqlx::sqlite::SqliteRow,
+    sqlx::sqlite::SqliteConnectOptions,
+    sqlite_ids,
+    Flavour::Sqlite,
+    "sqlite"
+);
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
+        Self::connect_with(opts, max_connections).await
+    }
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        let opts: SqliteConnectOptions = url.parse()?;
+        // WAL lets readers proceed during a write; NORMAL sync is durable across process crashes in WAL
+        // mode (only an OS crash can lose the last commits); the busy timeout queues writers instead of
+        // failing them with SQLITE_BUSY.
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        Self::connect_with(opts, max_connections).await
+    }
+}

@@ -1,0 +1,517 @@
+//! Configuration: read once at start from flags, environment variables and a `.env` file (in that
+//! order of precedence), checked, and turned into typed [`Settings`]. A bad value stops the server
+//! with one line naming the variable. Secrets are wrapped so they never print.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::Args;
+
+/// The raw options, as flags with environment fallbacks. Everything is text here; [`Settings::from_raw`]
+/// does the checking so that errors can name the environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawSettings {
+    /// Port to listen on [default: 8080]
+    #[arg(long, env = "PORT")]
+    pub port: Option<String>,
+    /// Address to bind [default: 0.0.0.0]
+    #[arg(long, env = "BIND_ADDRESS")]
+    pub bind_address: Option<String>,
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite://DATA_DIR/voltrun.db]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Secret for signing access tokens, at least 32 bytes (required in production)
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Base64 of 32 bytes: the key that encrypts function environment variables (required in production)
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// development or production [default: development]
+    #[arg(long, env = "ENVIRONMENT")]
+    pub environment: Option<String>,
+    /// json or pretty [default: pretty in development, json in production]
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// A tracing filter such as info or voltrun=debug,info [default: info]
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Where the server keeps its files: the SQLite database and development secrets [default: ./data]
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// Lifetime of access tokens in seconds [default: 900]
+    #[arg(long, env = "ACCESS_TOKEN_TTL_S")]
+    pub access_token_ttl_s: Option<String>,
+    /// Lifetime of refresh tokens in seconds [default: 2592000, 30 days]
+    #[arg(long, env = "REFRESH_TOKEN_TTL_S")]
+    pub refresh_token_ttl_s: Option<String>,
+    /// Login and register attempts allowed per client address per minute [default: 30]
+    #[arg(long, env = "AUTH_ATTEMPTS_PER_MINUTE")]
+    pub auth_attempts_per_minute: Option<String>,
+    /// Failed logins allowed per account per 15 minutes [default: 10]
+    #[arg(long, env = "LOGIN_FAILURES_PER_ACCOUNT")]
+    pub login_failures_per_account: Option<String>,
+    /// Take client addresses from X-Forwarded-For (only behind a trusted proxy) [default: false]
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 30]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_S")]
+    pub shutdown_timeout_s: Option<String>,
+    /// Database connection pool size [default: 16]
+    #[arg(long, env = "DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A value that must not appear in logs or debug output.
+#[derive(Clone)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where a secret came from, for the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    Configured,
+    /// Generated on first start and kept in the data directory (development only).
+    DataDir,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub bind_address: std::net::IpAddr,
+    pub database_url: Secret<String>,
+    pub jwt_secret: Secret<Vec<u8>>,
+    pub jwt_secret_source: SecretSource,
+    pub encryption_key: Secret<[u8; 32]>,
+    pub encryption_key_source: SecretSource,
+    pub environment: Environment,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub data_dir: PathBuf,
+    pub access_token_ttl_s: i64,
+    pub refresh_token_ttl_s: i64,
+    pub auth_attempts_per_minute: u32,
+    pub login_failures_per_account: u32,
+    pub trust_forwarded_for: bool,
+    pub shutdown_timeout_s: u64,
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn bad(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+    variable: &'static str,
+    raw: Option<&str>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let value: T = raw
+        .trim()
+        .parse()
+        .map_err(|_| bad(variable, format!("{raw:?} is not a number")))?;
+    if value < min || value > max {
+        return Err(bad(variable, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(value)
+}
+
+fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigError> {
+    match raw.map(|r| r.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(bad(variable, format!("{other:?} is not true or false"))),
+    }
+}
+
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Settings {
+    pub fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
+        let environment = match raw.environment.as_deref().map(str::trim) {
+            None | Some("" | "development") => Environment::Development,
+            Some("production") => Environment::Production,
+            Some(other) => {
+                return Err(bad(
+                    "ENVIRONMENT",
+                    format!("{other:?} is not development or production"),
+                ));
+            }
+        };
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("") if environment == Environment::Production => LogFormat::Json,
+            None | Some("") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(bad(
+                    "LOG_FORMAT",
+                    format!("{other:?} is not json or pretty"),
+                ));
+            }
+        };
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
+            bad(
+                "LOG_LEVEL",
+                format!("{log_level:?} is not a tracing filter: {e}"),
+            )
+        })?;
+        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./data".into()));
+        let database_url = match raw.database_url.filter(|u| !u.trim().is_empty()) {
+            Some(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://") =>
+            {
+                url
+            }
+            Some(_) => {
+                return Err(bad(
+                    "DATABASE_URL",
+                    "must start with sqlite:// or postgres://",
+                ));
+            }
+            None => format!("sqlite://{}", data_dir.join("voltrun.db").display()),
+        };
+        let port = number("PORT", raw.port.as_deref(), 8080u16, 0, u16::MAX)?;
+        let bind_address = raw
+            .bind_address
+            .as_deref()
+            .unwrap_or("0.0.0.0")
+            .trim()
+            .parse()
+            .map_err(|_| bad("BIND_ADDRESS", "is not an IP address"))?;
+
+        let (jwt_secret, jwt_secret_source) = match raw.jwt_secret {
+            Some(secret) if secret.len() >= MIN_JWT_SECRET_BYTES => {
+                (secret.into_bytes(), SecretSource::Configured)
+            }
+            Some(_) => {
+                return Err(bad(
+                    "JWT_SECRET",
+                    format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                ));
+            }
+            None if environment == Environment::Production => {
+                return Err(bad(
+                    "JWT_SECRET",
+                    "is required in production (at least 32 random bytes)",
+                ));
+            }
+            None => (
+                persisted_secret(&data_dir, "jwt_secret")?.to_vec(),
+                SecretSource::DataDir,
+            ),
+        };
+        let (encryption_key, encryption_key_source) = match raw.encryption_key {
+            Some(encoded) => {
+                let bytes = STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| bad("ENCRYPTION_KEY", "is not base64"))?;
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| bad("ENCRYPTION_KEY", "must be base64 of exactly 32 bytes"))?;
+                (key, SecretSource::Configured)
+            }
+            None if environment == Environment::Production => {
+                return Err(bad(
+                    "ENCRYPTION_KEY",
+                    "is required in production (base64 of 32 random bytes)",
+                ));
+            }
+            None => (
+                persisted_secret(&data_dir, "encryption_key")?,
+                SecretSource::DataDir,
+            ),
+        };
+
+        Ok(Self {
+            port,
+            bind_address,
+            database_url: Secret::new(database_url),
+            jwt_secret: Secret::new(jwt_secret),
+            jwt_secret_source,
+            encryption_key: Secret::new(encryption_key),
+            encryption_key_source,
+            environment,
+            log_format,
+            log_level,
+            data_dir,
+            access_token_ttl_s: number(
+                "ACCESS_TOKEN_TTL_S",
+                raw.access_token_ttl_s.as_deref(),
+                900,
+                30,
+                86_400,
+            )?,
+            refresh_token_ttl_s: number(
+                "REFRESH_TOKEN_TTL_S",
+                raw.refresh_token_ttl_s.as_deref(),
+                30 * 86_400,
+                60,
+                365 * 86_400,
+            )?,
+            auth_attempts_per_minute: number(
+                "AUTH_ATTEMPTS_PER_MINUTE",
+                raw.auth_attempts_per_minute.as_deref(),
+                30,
+                1,
+                1_000_000,
+            )?,
+            login_failures_per_account: number(
+                "LOGIN_FAILURES_PER_ACCOUNT",
+                raw.login_failures_per_account.as_deref(),
+                10,
+                1,
+                1_000_000,
+            )?,
+            trust_forwarded_for: boolean(
+                "TRUST_FORWARDED_FOR",
+                raw.trust_forwarded_for.as_deref(),
+            )?,
+            shutdown_timeout_s: number(
+                "SHUTDOWN_TIMEOUT_S",
+                raw.shutdown_timeout_s.as_deref(),
+                30,
+                0,
+                3600,
+            )?,
+            db_max_connections: number(
+                "DB_MAX_CONNECTIONS",
+                raw.db_max_connections.as_deref(),
+                16,
+                1,
+                1000,
+            )?,
+        })
+    }
+}
+
+/// A 32-byte secret kept in `DATA_DIR/<name>` (mode 0600), generated on first use. Development only:
+/// production takes its secrets from the environment.
+fn persisted_secret(data_dir: &Path, name: &'static str) -> Result<[u8; 32], ConfigError> {
+    let variable = "DATA_DIR";
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        bad(
+            variable,
+            format!("cannot create {}: {e}", data_dir.display()),
+        )
+    })?;
+    let path = data_dir.join(name);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let bytes = STANDARD.decode(text.trim()).map_err(|_| {
+            bad(
+                variable,
+                format!(
+                    "{} is damaged (not base64); delete it to regenerate",
+                    path.display()
+                ),
+            )
+        })?;
+        return bytes.try_into().map_err(|_| {
+            bad(
+                variable,
+                format!(
+                    "{} is damaged (wrong length); delete it to regenerate",
+                    path.display()
+                ),
+            )
+        });
+    }
+    let secret: [u8; 32] = voltrun_auth::secrets::random_bytes();
+    write_private(&path, STANDARD.encode(secret).as_bytes())
+        .map_err(|e| bad(variable, format!("cannot write {}: {e}", path.display())))?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(dir: &Path) -> RawSettings {
+        RawSettings {
+            data_dir: Some(dir.display().to_string()),
+            ..RawSettings::default()
+        }
+    }
+
+    fn tmp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("voltrun-config-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn uuid_like() -> String {
+        voltrun_auth::secrets::random_token(8)
+    }
+
+    #[test]
+    fn development_defaults_persist_secrets() {
+        let dir = tmp();
+        let a = Settings::from_raw(dev(&dir)).unwrap();
+        let b = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(a.port, 8080);
+        assert_eq!(a.jwt_secret_source, SecretSource::DataDir);
+        assert_eq!(a.jwt_secret.expose(), b.jwt_secret.expose());
+        assert_eq!(a.encryption_key.expose(), b.encryption_key.expose());
+        assert!(a.database_url.expose().starts_with("sqlite://"));
+        assert!(!format!("{a:?}").contains(&STANDARD.encode(a.encryption_key.expose())));
+    }
+
+    #[test]
+    fn production_requires_secrets() {
+        let dir = tmp();
+        let raw = RawSettings {
+            environment: Some("production".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(
+            Settings::from_raw(raw.clone()).unwrap_err().variable,
+            "JWT_SECRET"
+        );
+        let short = RawSettings {
+            jwt_secret: Some("short".into()),
+            ..raw.clone()
+        };
+        assert_eq!(
+            Settings::from_raw(short).unwrap_err().variable,
+            "JWT_SECRET"
+        );
+        let no_key = RawSettings {
+            jwt_secret: Some("x".repeat(32)),
+            ..raw.clone()
+        };
+        assert_eq!(
+            Settings::from_raw(no_key).unwrap_err().variable,
+            "ENCRYPTION_KEY"
+        );
+        let ok = RawSettings {
+            jwt_secret: Some("x".repeat(32)),
+            encryption_key: Some(STANDARD.encode([1u8; 32])),
+            ..raw
+        };
+        let settings = Settings::from_raw(ok).unwrap();
+        assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let dir = tmp();
+        let cases: Vec<(&str, RawSettings)> = vec![
+            (
+                "PORT",
+                RawSettings {
+                    port: Some("eighty".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "PORT",
+                RawSettings {
+                    port: Some("70000".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "DATABASE_URL",
+                RawSettings {
+                    database_url: Some("mysql://x".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "ENVIRONMENT",
+                RawSettings {
+                    environment: Some("staging".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "LOG_FORMAT",
+                RawSettings {
+                    log_format: Some("xml".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "LOG_LEVEL",
+                RawSettings {
+                    log_level: Some("[[[".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "ENCRYPTION_KEY",
+                RawSettings {
+                    encryption_key: Some("abc".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "TRUST_FORWARDED_FOR",
+                RawSettings {
+                    trust_forwarded_for: Some("maybe".into()),
+                    ..dev(&dir)
+                },
+            ),
+        ];
+        for (variable, raw) in cases {
+            let err = Settings::from_raw(raw).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+            assert!(err.to_string().contains(variable));
+        }
+    }
+}

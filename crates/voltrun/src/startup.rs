@@ -1,0 +1,148 @@
+//! Building and running the server: open storage (migrating it), choose the engine, bind the port,
+//! serve until a shutdown signal, then drain in-flight requests within the deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use voltrun_api::{ApiConfig, AppState, AuthLimits};
+use voltrun_engine::{Engine, UnavailableEngine, detect_runtimes};
+use voltrun_storage::Store;
+
+use crate::config::{SecretSource, Settings};
+
+/// Why the server cannot run functions yet; `/health` and every execute call report it.
+const NO_ENGINE: &str =
+    "no isolation backend is available in this build yet; functions can be deployed but not run";
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Arc<dyn Store>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        if settings.jwt_secret_source == SecretSource::DataDir {
+            tracing::warn!(
+                path = %settings.data_dir.join("jwt_secret").display(),
+                "JWT_SECRET is not set: using a development secret kept in the data directory; set JWT_SECRET in production"
+            );
+        }
+        if settings.encryption_key_source == SecretSource::DataDir {
+            tracing::warn!(
+                "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
+            );
+        }
+        if let Some(path) = settings.database_url.expose().strip_prefix("sqlite://") {
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+        }
+        let store =
+            voltrun_storage::connect(settings.database_url.expose(), settings.db_max_connections)
+                .await
+                .context("opening the database")?;
+        tracing::info!(
+            backend = store.backend(),
+            "database ready, migrations applied"
+        );
+
+        let engine: Arc<dyn Engine> =
+            Arc::new(UnavailableEngine::new(NO_ENGINE, detect_runtimes()));
+        let config = ApiConfig {
+            jwt_secret: settings.jwt_secret.expose().clone(),
+            access_token_ttl_s: settings.access_token_ttl_s,
+            refresh_token_ttl_s: settings.refresh_token_ttl_s,
+            env_encryption_key: *settings.encryption_key.expose(),
+            auth_limits: AuthLimits {
+                attempts_per_address_per_minute: settings.auth_attempts_per_minute,
+                failed_logins_per_account: settings.login_failures_per_account,
+            },
+            trust_forwarded_for: settings.trust_forwarded_for,
+        };
+        let state = Arc::new(AppState::new(store.clone(), engine, config)?);
+        let router = voltrun_api::router(state);
+        let address = SocketAddr::new(settings.bind_address, settings.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            listener,
+            router,
+            store,
+            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_s),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish within the deadline.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(address = %self.listener.local_addr()?, "listening");
+        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = stopping_tx.send(true);
+        });
+        let deadline = self.shutdown_timeout;
+        let drained = tokio::select! {
+            result = server => { result.context("serving")?; true }
+            () = async move {
+                let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+                tokio::time::sleep(deadline).await;
+            } => false,
+        };
+        if !drained {
+            tracing::warn!(
+                deadline_s = deadline.as_secs(),
+                "in-flight requests did not finish before the deadline; dropping them"
+            );
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
