@@ -192,17 +192,15 @@ impl FromRequestParts<SharedState> for ExecuteAccess {
 /// The client's address for rate limiting: the peer address, or the first `X-Forwarded-For` hop when
 /// the server is configured to trust a proxy in front of it.
 pub fn client_address(parts: &Parts, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for {
-        if let Some(first) = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-        {
-            return first.to_string();
-        }
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| trust_forwarded_for && !v.is_empty());
+    if let Some(first) = forwarded {
+        return first.to_string();
     }
     parts
         .extensions

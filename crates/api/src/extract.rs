@@ -1,7 +1,8 @@
 //! Extractors whose rejections speak the API's error format: JSON bodies, UUID path segments and
 //! query strings.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -18,31 +19,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with Content-Type: application/json".into(),
+            ));
         }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::Validation(voltrun_domain::ValidationError::new(
-                "body",
-                e.body_text().trim_start_matches(
-                    "Failed to deserialize the JSON body into the target type: ",
-                ),
-            ))
-        }
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest {
-            code: "malformed_json",
-            message: format!("request body is not valid JSON: {}", e.body_text()),
-        },
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-            "send the body as JSON with Content-Type: application/json".into(),
-        ),
-        JsonRejection::BytesRejection(e) => {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("request body is larger than this route accepts".into())
             } else {
@@ -51,11 +38,29 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
                     message: "could not read the request body".into(),
                 }
             }
+        })?;
+        serde_json::from_slice::<T>(&bytes)
+            .map(Self)
+            .map_err(|e| classify(&bytes, &e))
+    }
+}
+
+/// serde stops at the first problem, so `[1,2` into a struct reports a type error before the missing
+/// bracket. On the error path only, re-read the body as untyped JSON to tell malformed JSON (400)
+/// from JSON of the wrong shape (422).
+fn classify(bytes: &[u8], e: &serde_json::Error) -> ApiError {
+    let syntax_ok = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+    if e.is_data() && syntax_ok {
+        ApiError::Validation(voltrun_domain::ValidationError::new("body", e.to_string()))
+    } else {
+        let message = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => syntax.to_string(),
+            Ok(_) => e.to_string(),
+        };
+        ApiError::BadRequest {
+            code: "malformed_json",
+            message: format!("request body is not valid JSON: {message}"),
         }
-        other => ApiError::BadRequest {
-            code: "bad_request",
-            message: other.body_text(),
-        },
     }
 }
 

@@ -38,14 +38,15 @@ impl Application {
                 "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
             );
         }
-        if let Some(path) = settings.database_url.expose().strip_prefix("sqlite://") {
-            if let Some(parent) = std::path::Path::new(path)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
+        // SQLite creates the database file but not its directory.
+        let sqlite_dir = settings
+            .database_url
+            .expose()
+            .strip_prefix("sqlite://")
+            .and_then(|path| std::path::Path::new(path).parent())
+            .filter(|dir| !dir.as_os_str().is_empty());
+        if let Some(dir) = sqlite_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let store =
             voltrun_storage::connect(settings.database_url.expose(), settings.db_max_connections)

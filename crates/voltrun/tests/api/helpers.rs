@@ -1,0 +1,346 @@
+//! Test harness: `TestApp::spawn` starts a server on a fresh database and returns a client for it.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use voltrun::config::{RawSettings, Settings};
+use voltrun::startup::Application;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares each test once and runs it on both databases: `mod sqlite { … }` and `mod postgres { … }`.
+macro_rules! both_databases {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await;
+                    $body
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await;
+                    $body
+                }
+            )*
+        }
+    };
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub backend: Backend,
+    data_dir: std::path::PathBuf,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A registered user with a live session.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// A response: status, headers and parsed JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// Asserts the status; on mismatch prints the body, which says why.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+
+    /// Asserts an error response in the API's format with this status and code.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        let reply = self.expect(status);
+        assert_eq!(
+            reply.body["error"]["code"], code,
+            "wrong error code; body: {}",
+            reply.text
+        );
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            reply.text
+        );
+        let request_id = reply
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(
+            reply.body["request_id"], request_id,
+            "request_id must match the header"
+        );
+        reply
+    }
+}
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn postgres_database_url() -> String {
+    let base = std::env::var("VOLTRUN_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "the PostgreSQL half of the suite needs a server: run scripts/test.sh (it starts a throwaway one), \
+             or set VOLTRUN_TEST_DATABASE_URL=postgres://USER@HOST:PORT/DB for a server where USER may CREATE DATABASE"
+        )
+    });
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to VOLTRUN_TEST_DATABASE_URL: {e}"));
+    let name = format!("voltrun_test_{}", unique());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let (without_query, query) = match base.split_once('?') {
+        Some((url, q)) => (url.to_string(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let (server, _db) = without_query
+        .rsplit_once('/')
+        .expect("database URL has a path");
+    format!("{server}/{name}{query}")
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, customise: impl FnOnce(&mut RawSettings)) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("voltrun-test-{}", unique()));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let database_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", data_dir.join("voltrun.db").display()),
+            Backend::Postgres => postgres_database_url().await,
+        };
+        let mut raw = RawSettings {
+            port: Some("0".into()),
+            bind_address: Some("127.0.0.1".into()),
+            database_url: Some(database_url.clone()),
+            data_dir: Some(data_dir.display().to_string()),
+            jwt_secret: Some(format!("test-secret-{}", unique())),
+            log_level: Some(std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into())),
+            db_max_connections: Some("5".into()),
+            ..RawSettings::default()
+        };
+        customise(&mut raw);
+        let settings = Settings::from_raw(raw).expect("test settings");
+        voltrun::telemetry::init(settings.log_format, &settings.log_level);
+        let app = Application::build(&settings).await.expect("server starts");
+        let port = app.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            database_url,
+            backend,
+            data_dir,
+            _shutdown: tx,
+        }
+    }
+
+    /// A second connection to this test's database, for arranging state the API cannot create.
+    pub async fn store(&self) -> Arc<dyn voltrun_storage::Store> {
+        voltrun_storage::connect(&self.database_url, 2)
+            .await
+            .expect("store")
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::read(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn read(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Sends raw bytes with the given content type.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Self::read(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn register(&self) -> TestUser {
+        let email = format!("user-{}@example.com", unique());
+        let password = "correct horse battery staple".to_string();
+        let reply = self
+            .send(
+                Method::POST,
+                "/api/auth/register",
+                None,
+                Some(json!({"email": email, "password": password})),
+            )
+            .await
+            .expect(201);
+        TestUser {
+            id: reply.body["user"]["id"].as_str().unwrap().to_string(),
+            email,
+            password,
+            access_token: reply.body["access_token"].as_str().unwrap().to_string(),
+            refresh_token: reply.body["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Creates a `provided` function (always offered) from one `bootstrap` source file.
+    pub async fn create_function(&self, token: &str, name: &str) -> Value {
+        self.post("/api/functions", token, function_body(name))
+            .await
+            .expect(201)
+            .body
+    }
+
+    /// A runtime id of the given family that this host offers (`python`, `nodejs`).
+    pub async fn runtime(&self, family: &str) -> Option<String> {
+        let reply = self
+            .send(Method::GET, "/api/runtimes", None, None)
+            .await
+            .expect(200);
+        reply
+            .body
+            .as_array()?
+            .iter()
+            .find(|r| r["family"] == family)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+    }
+}
+
+pub fn function_body(name: &str) -> Value {
+    json!({
+        "name": name,
+        "runtime": "provided",
+        "handler": "function.handler",
+        "code": {"source": "#!/bin/sh\necho hello\n", "filename": "bootstrap"},
+    })
+}
+
+/// A zip archive built in memory from (path, contents, unix mode) entries.
+pub fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        for (path, contents, mode) in entries {
+            let options: zip::write::SimpleFileOptions = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .unix_permissions(*mode);
+            if mode & 0o170000 == 0o120000 {
+                zip.add_symlink(*path, std::str::from_utf8(contents).unwrap(), options)
+                    .unwrap();
+            } else {
+                zip.start_file(*path, options).unwrap();
+                zip.write_all(contents).unwrap();
+            }
+        }
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -1,0 +1,13 @@
+//! The HTTP API suite: each test starts the real server on port 0 against a database of its own and
+//! drives it over HTTP. Every test runs twice, on SQLite and on PostgreSQL (see `both_databases!`).
+
+#[macro_use]
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod executions;
+mod functions;
+mod keys;
+mod system;
+mod tenancy;

@@ -1,0 +1,172 @@
+//! Health, request ids, error format on unknown routes, metrics, and the OpenAPI document checked
+//! against what the server actually serves.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp};
+
+/// Every route the server serves, as (method, OpenAPI path).
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/auth/register"),
+    ("post", "/api/auth/login"),
+    ("post", "/api/auth/refresh"),
+    ("post", "/api/auth/logout"),
+    ("get", "/api/auth/me"),
+    ("get", "/api/keys"),
+    ("post", "/api/keys"),
+    ("delete", "/api/keys/{id}"),
+    ("get", "/api/functions"),
+    ("post", "/api/functions"),
+    ("get", "/api/functions/{id}"),
+    ("put", "/api/functions/{id}"),
+    ("delete", "/api/functions/{id}"),
+    ("get", "/api/functions/{id}/code"),
+    ("post", "/api/functions/{id}/execute"),
+    ("get", "/api/executions"),
+    ("get", "/api/executions/{id}"),
+    ("get", "/api/executions/{id}/logs"),
+    ("get", "/api/runtimes"),
+    ("get", "/api/openapi.json"),
+    ("get", "/health"),
+    ("get", "/metrics"),
+];
+
+fn schema_properties(doc: &Value, name: &str) -> BTreeSet<String> {
+    let schema = &doc["components"]["schemas"][name];
+    schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {name}: {schema}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+both_databases! {
+    async fn health_reports_database_and_engine(app) {
+        let reply = app.send(Method::GET, "/health", None, None).await.expect(200);
+        assert_eq!(reply.body["database"]["status"], "ok");
+        let expected_backend = if app.backend == Backend::Sqlite { "sqlite" } else { "postgres" };
+        assert_eq!(reply.body["database"]["backend"], expected_backend);
+        assert_eq!(reply.body["status"], "degraded", "no engine yet, so not fully ok");
+        assert!(reply.body["version"].is_string());
+        assert!(reply.body["uptime_s"].is_u64());
+        assert_eq!(reply.body["engine"]["backend"], "none");
+    }
+
+    async fn request_ids_are_generated_or_propagated(app) {
+        let generated = app.send(Method::GET, "/health", None, None).await;
+        assert!(!generated.headers["x-request-id"].to_str().unwrap().is_empty());
+        let mine = app.client.get(format!("{}/api/nope", app.base)).header("x-request-id", "my-trace-123").send().await.unwrap();
+        let reply = TestApp::read(mine).await.expect_error(404, "not_found");
+        assert_eq!(reply.headers["x-request-id"], "my-trace-123");
+        assert_eq!(reply.body["request_id"], "my-trace-123");
+        // A hostile id (spaces, newlines would be refused by HTTP itself; long ones by us) is replaced.
+        let long = app.client.get(format!("{}/health", app.base)).header("x-request-id", "x".repeat(500)).send().await.unwrap();
+        assert_ne!(long.headers()["x-request-id"].to_str().unwrap(), "x".repeat(500));
+    }
+
+    async fn unknown_routes_and_methods_answer_in_the_error_format(app) {
+        app.send(Method::GET, "/nope", None, None).await.expect_error(404, "not_found");
+        app.send(Method::PATCH, "/api/functions", None, None).await.expect_error(405, "method_not_allowed");
+    }
+
+    async fn metrics_expose_requests_executions_and_pool(app) {
+        app.send(Method::GET, "/health", None, None).await.expect(200);
+        let reply = app.send(Method::GET, "/metrics", None, None).await.expect(200);
+        for needle in [
+            "voltrun_http_requests_total{",
+            "route=\"/health\"",
+            "voltrun_http_request_duration_seconds_bucket{",
+            "voltrun_executions_total{status=\"succeeded\"}",
+            "voltrun_db_pool_connections",
+            "voltrun_db_pool_idle_connections",
+        ] {
+            assert!(reply.text.contains(needle), "metrics lack {needle}:\n{}", reply.text);
+        }
+    }
+
+    async fn openapi_document_matches_the_served_routes(app) {
+        let doc = app.send(Method::GET, "/api/openapi.json", None, None).await.expect(200).body;
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        assert_eq!(documented, served, "the document and the router disagree");
+
+        // Each documented route is really there: never the router's 404/405.
+        let id = uuid::Uuid::now_v7().to_string();
+        for (method, path) in ROUTES {
+            let url = path.replace("{id}", &id);
+            let reply = app.send(method.to_uppercase().parse().unwrap(), &url, None, None).await;
+            assert_ne!(reply.status.as_u16(), 405, "{method} {path}");
+            assert_ne!(reply.body["error"]["message"], "no such route", "{method} {path}");
+        }
+
+        // Response schemas list exactly the fields the server sends.
+        let user = app.register().await;
+        let f = app.post("/api/functions", &user.access_token, crate::helpers::function_body("documented")).await.expect(201).body;
+        assert_eq!(schema_properties(&doc, "FunctionResponse"), keys(&f));
+        let key = app.post("/api/keys", &user.access_token, json!({"name": "doc"})).await.expect(201).body;
+        let mut key_fields = schema_properties(&doc, "KeyResponse");
+        key_fields.insert("key".into());
+        assert_eq!(key_fields, keys(&key));
+        let e = crate::executions::seed_execution(&app, &user.id, f["id"].as_str().unwrap(), voltrun_domain::execution::ExecutionStatus::Succeeded).await;
+        let execution = app.get(&format!("/api/executions/{e}"), &user.access_token).await.expect(200).body;
+        assert_eq!(schema_properties(&doc, "ExecutionResponse"), keys(&execution));
+        let error = app.get("/api/functions/x", &user.access_token).await.body;
+        assert_eq!(schema_properties(&doc, "ErrorBody"), keys(&error));
+        let health = app.send(Method::GET, "/health", None, None).await.body;
+        assert_eq!(schema_properties(&doc, "HealthResponse"), keys(&health));
+    }
+
+    async fn docs_page_points_at_the_document(app) {
+        let reply = app.client.get(format!("{}/docs", app.base)).send().await.unwrap();
+        assert_eq!(reply.status(), 200);
+        assert!(reply.text().await.unwrap().contains("/api/openapi.json"));
+    }
+}
+
+/// With the database gone, /health says so with a 503 (PostgreSQL: the database is dropped under the
+/// running server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_health_is_503_when_the_database_is_unreachable() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    app.send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    use sqlx::Connection;
+    let base = std::env::var("VOLTRUN_TEST_DATABASE_URL").unwrap();
+    let name = app
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let reply = app
+        .send(Method::GET, "/health", None, None)
+        .await
+        .expect(503);
+    assert_eq!(reply.body["status"], "unavailable");
+    assert_eq!(reply.body["database"]["status"], "unreachable");
+}
