@@ -51,3 +51,92 @@ pub async fn migrate(url: &str) -> StoreResult<()> {
     store.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// The real migrations followed by one that creates a table and then fails.
+    fn with_broken_tail(flavour: Flavour) -> Migrator {
+        let mut migrations: Vec<Migration> = migrator(flavour).iter().cloned().collect();
+        let sql = "CREATE TABLE half_done (id INTEGER); SELECT * FROM no_such_table;";
+        migrations.push(Migration::new(
+            999,
+            Cow::Borrowed("broken"),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+        Migrator::with_migrations(migrations)
+    }
+
+    #[tokio::test]
+    async fn a_failing_sqlite_migration_leaves_the_schema_as_it_was() {
+        let path =
+            std::env::temp_dir().join(format!("voltrun-migrate-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        migrator(Flavour::Sqlite).run(&mut conn).await.unwrap();
+        assert!(
+            with_broken_tail(Flavour::Sqlite)
+                .run(&mut conn)
+                .await
+                .is_err()
+        );
+        let half_done: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'half_done'")
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(
+            half_done, None,
+            "the failed migration's first statement was rolled back"
+        );
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_failing_postgres_migration_leaves_the_schema_as_it_was() {
+        let base = std::env::var("VOLTRUN_TEST_DATABASE_URL")
+            .expect("the PostgreSQL tests need VOLTRUN_TEST_DATABASE_URL: run scripts/test.sh, which provides a server");
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        let name = format!("voltrun_migrate_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (server, _) = base.split('?').next().unwrap().rsplit_once('/').unwrap();
+        let mut conn = sqlx::PgConnection::connect(&format!("{server}/{name}"))
+            .await
+            .unwrap();
+        migrator(Flavour::Postgres).run(&mut conn).await.unwrap();
+        assert!(
+            with_broken_tail(Flavour::Postgres)
+                .run(&mut conn)
+                .await
+                .is_err()
+        );
+        let half_done: Option<String> = sqlx::query_scalar("SELECT to_regclass('half_done')::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            half_done, None,
+            "the failed migration's first statement was rolled back"
+        );
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1]);
+    }
+}
