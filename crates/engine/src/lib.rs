@@ -5,25 +5,39 @@
 //! Until a backend is configured the server runs [`UnavailableEngine`], which refuses every
 //! invocation with a clear reason rather than pretending to run anything.
 
+mod code_cache;
+mod instance;
+pub mod local;
+mod metrics;
+pub mod runtime_api;
 pub mod runtimes;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use uuid::Uuid;
-use voltrun_domain::execution::ExecutionOutcome;
+use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
+pub use local::{LocalEngine, LocalEngineConfig};
 pub use runtimes::{RuntimeInfo, detect_runtimes};
 
 /// Everything a backend needs to run one invocation.
 #[derive(Debug, Clone)]
 pub struct Invocation {
     pub execution_id: Uuid,
+    /// The function as it was when invoked (its code is fetched by sha256 when not cached).
     pub function: FunctionRecord,
-    /// The function's code as uploaded (one source file or a zip archive, per `function.code_kind`).
-    pub code: Vec<u8>,
+    /// The decrypted environment variables.
     pub env: EnvVars,
     pub event: serde_json::Value,
+}
+
+/// How an invocation ended, and what it wrote.
+#[derive(Debug, Clone)]
+pub struct InvocationResult {
+    pub outcome: ExecutionOutcome,
+    /// stdout/stderr lines plus Lambda's START / END / REPORT lines, in order.
+    pub logs: Vec<LogLine>,
 }
 
 /// What `/health` reports about the engine.
@@ -56,7 +70,7 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Runs one invocation to its end. A function's own failure is an `Ok` outcome with status
     /// `failed` or `timed_out`; `Err` is for the platform refusing or failing to run it.
-    async fn invoke(&self, invocation: Invocation) -> Result<ExecutionOutcome, EngineError>;
+    async fn invoke(&self, invocation: Invocation) -> Result<InvocationResult, EngineError>;
 }
 
 /// The engine in place while no isolation backend is configured: it lists the runtimes the host has
@@ -90,7 +104,7 @@ impl Engine for UnavailableEngine {
         &self.runtimes
     }
 
-    async fn invoke(&self, _invocation: Invocation) -> Result<ExecutionOutcome, EngineError> {
+    async fn invoke(&self, _invocation: Invocation) -> Result<InvocationResult, EngineError> {
         Err(EngineError::Unavailable(self.reason.clone()))
     }
 }

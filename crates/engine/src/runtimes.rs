@@ -1,6 +1,8 @@
-//! The runtimes a host offers: the host's own Python 3 and Node.js (found on `PATH`), and `provided`
-//! (the function ships its own executable `bootstrap`), as Lambda names them.
+//! The runtimes a host offers: the host's own Python 3 and Node.js, and `provided` (the function
+//! ships its own executable `bootstrap`), named as Lambda names them. Each runtime knows the command
+//! that starts it inside a sandbox and which host directories it needs mounted.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Serialize;
@@ -13,57 +15,65 @@ pub struct RuntimeInfo {
     pub family: String,
     /// The interpreter's full version, or `null` for `provided`.
     pub version: Option<String>,
+    /// The interpreter inside the sandbox (`None` for `provided`).
+    #[serde(skip)]
+    pub interpreter: Option<PathBuf>,
+    /// Host directories the interpreter needs besides `/usr` (mounted read-only at the same path).
+    #[serde(skip)]
+    pub binds: Vec<PathBuf>,
 }
 
-/// Probes `python3` and `node` once (a few milliseconds each); call at start-up.
+/// Probes Python and Node.js once (a few milliseconds each); call at start-up. Distribution
+/// interpreters under /usr come first: they need no extra mounts.
 pub fn detect_runtimes() -> Vec<RuntimeInfo> {
     let mut found = Vec::new();
-    if let Some(version) = probe("python3", &["--version"]) {
-        // "Python 3.11.7" → python3.11
-        let number = version.trim_start_matches("Python ").to_string();
-        let minor: Vec<&str> = number.split('.').take(2).collect();
-        if minor.len() == 2 {
-            found.push(RuntimeInfo {
-                id: format!("python{}.{}", minor[0], minor[1]),
-                family: "python".into(),
-                version: Some(number),
-            });
+    let python_probe = "import sys, platform; print(platform.python_version()); print(sys.base_prefix); print(sys.executable)";
+    for candidate in ["/usr/bin/python3", "python3"] {
+        if let Some(lines) = probe(candidate, &["-c", python_probe]) {
+            let [version, prefix, executable] = <[String; 3]>::try_from(lines).ok().unwrap_or_default();
+            let minor: Vec<&str> = version.split('.').take(2).collect();
+            if minor.len() == 2 && !executable.is_empty() {
+                found.push(RuntimeInfo {
+                    id: format!("python{}.{}", minor[0], minor[1]),
+                    family: "python".into(),
+                    version: Some(version.clone()),
+                    interpreter: Some(PathBuf::from(&executable)),
+                    binds: outside_usr(Path::new(&prefix)),
+                });
+                break;
+            }
         }
     }
-    if let Some(version) = probe("node", &["--version"]) {
-        // "v20.20.2" → nodejs20
-        let number = version.trim_start_matches('v').to_string();
-        if let Some(major) = number
-            .split('.')
-            .next()
-            .filter(|m| m.parse::<u32>().is_ok())
-        {
-            found.push(RuntimeInfo {
-                id: format!("nodejs{major}"),
-                family: "nodejs".into(),
-                version: Some(number),
-            });
+    for candidate in ["/usr/bin/node", "node"] {
+        if let Some(lines) = probe(candidate, &["-p", "process.versions.node + '\\n' + process.execPath"]) {
+            let [version, executable] = <[String; 2]>::try_from(lines).ok().unwrap_or_default();
+            if let Some(major) = version.split('.').next().filter(|m| m.parse::<u32>().is_ok()) {
+                let prefix = Path::new(&executable).parent().and_then(Path::parent).unwrap_or(Path::new("/usr"));
+                found.push(RuntimeInfo {
+                    id: format!("nodejs{major}"),
+                    family: "nodejs".into(),
+                    version: Some(version.clone()),
+                    interpreter: Some(PathBuf::from(&executable)),
+                    binds: outside_usr(prefix),
+                });
+                break;
+            }
         }
     }
-    found.push(RuntimeInfo {
-        id: "provided".into(),
-        family: "provided".into(),
-        version: None,
-    });
+    found.push(RuntimeInfo { id: "provided".into(), family: "provided".into(), version: None, interpreter: None, binds: vec![] });
     found
 }
 
-fn probe(program: &str, args: &[&str]) -> Option<String> {
+fn outside_usr(prefix: &Path) -> Vec<PathBuf> {
+    if prefix.starts_with("/usr") { vec![] } else { vec![prefix.to_path_buf()] }
+}
+
+fn probe(program: &str, args: &[&str]) -> Option<Vec<String>> {
     let out = Command::new(program).args(args).output().ok()?;
     if !out.status.success() {
         return None;
     }
-    let text = if out.stdout.is_empty() {
-        out.stderr
-    } else {
-        out.stdout
-    };
-    Some(String::from_utf8_lossy(&text).trim().to_string())
+    Some(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect())
 }
 
 #[cfg(test)]
@@ -75,11 +85,7 @@ mod tests {
         let runtimes = detect_runtimes();
         assert!(runtimes.iter().any(|r| r.id == "provided"));
         for r in &runtimes {
-            assert!(
-                voltrun_domain::function::RuntimeFamily::of(&r.id).is_some(),
-                "{} has no family",
-                r.id
-            );
+            assert!(voltrun_domain::function::RuntimeFamily::of(&r.id).is_some(), "{} has no family", r.id);
         }
     }
 }

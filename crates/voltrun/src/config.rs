@@ -61,12 +61,57 @@ pub struct RawSettings {
     /// Database connection pool size [default: 16]
     #[arg(long, env = "DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<String>,
+    /// Isolation backend: auto, namespace or none [default: auto: namespace when this host can run it]
+    #[arg(long, env = "ENGINE_BACKEND")]
+    pub engine_backend: Option<String>,
+    /// Seconds an idle instance stays warm [default: 600]
+    #[arg(long, env = "ENGINE_KEEP_ALIVE_S")]
+    pub engine_keep_alive_s: Option<String>,
+    /// Concurrent invocations per function [default: 10]
+    #[arg(long, env = "ENGINE_MAX_CONCURRENCY")]
+    pub engine_max_concurrency: Option<String>,
+    /// Memory all instances together may use, in MB [default: 3/4 of this host's memory]
+    #[arg(long, env = "ENGINE_MEMORY_BUDGET_MB")]
+    pub engine_memory_budget_mb: Option<String>,
+    /// Seconds an invocation waits for capacity before 429 [default: 10]
+    #[arg(long, env = "ENGINE_QUEUE_TIMEOUT_S")]
+    pub engine_queue_timeout_s: Option<String>,
+    /// First host uid of the range sandboxes run as [default: 200000]
+    #[arg(long, env = "ENGINE_SANDBOX_UID_BASE")]
+    pub engine_sandbox_uid_base: Option<String>,
+    /// Size of each sandbox's /tmp in MB [default: 512]
+    #[arg(long, env = "ENGINE_TMP_SIZE_MB")]
+    pub engine_tmp_size_mb: Option<String>,
+    /// Processes and threads per instance [default: 256]
+    #[arg(long, env = "ENGINE_MAX_PROCESSES")]
+    pub engine_max_processes: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
     Development,
     Production,
+}
+
+/// Which isolation backend runs functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineBackend {
+    /// The namespace sandbox when this host can run it, otherwise none (with the reason in /health).
+    Auto,
+    Namespace,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub backend: EngineBackend,
+    pub keep_alive_s: u64,
+    pub max_concurrency: usize,
+    pub memory_budget_mb: u64,
+    pub queue_timeout_s: u64,
+    pub sandbox_uid_base: u32,
+    pub tmp_size_mb: u64,
+    pub max_processes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +167,15 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
+    pub engine: EngineSettings,
+}
+
+/// Three quarters of the host's memory, from /proc/meminfo (4 GiB when unreadable).
+fn default_memory_budget_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kb.map(|kb| kb / 1024 * 3 / 4).unwrap_or(4096)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +378,35 @@ impl Settings {
                 1,
                 1000,
             )?,
+            engine: EngineSettings {
+                backend: match raw.engine_backend.as_deref().map(str::trim) {
+                    None | Some("" | "auto") => EngineBackend::Auto,
+                    Some("namespace") => EngineBackend::Namespace,
+                    Some("none") => EngineBackend::None,
+                    Some(other) => {
+                        return Err(bad("ENGINE_BACKEND", format!("{other:?} is not auto, namespace or none")));
+                    }
+                },
+                keep_alive_s: number("ENGINE_KEEP_ALIVE_S", raw.engine_keep_alive_s.as_deref(), 600, 1, 86_400)?,
+                max_concurrency: number("ENGINE_MAX_CONCURRENCY", raw.engine_max_concurrency.as_deref(), 10, 1, 10_000)?,
+                memory_budget_mb: number(
+                    "ENGINE_MEMORY_BUDGET_MB",
+                    raw.engine_memory_budget_mb.as_deref(),
+                    default_memory_budget_mb(),
+                    128,
+                    u64::MAX >> 20,
+                )?,
+                queue_timeout_s: number("ENGINE_QUEUE_TIMEOUT_S", raw.engine_queue_timeout_s.as_deref(), 10, 0, 900)?,
+                sandbox_uid_base: number(
+                    "ENGINE_SANDBOX_UID_BASE",
+                    raw.engine_sandbox_uid_base.as_deref(),
+                    200_000,
+                    1000,
+                    u32::MAX - 100_000,
+                )?,
+                tmp_size_mb: number("ENGINE_TMP_SIZE_MB", raw.engine_tmp_size_mb.as_deref(), 512, 1, 10_240)?,
+                max_processes: number("ENGINE_MAX_PROCESSES", raw.engine_max_processes.as_deref(), 256, 8, 100_000)?,
+            },
         })
     }
 }

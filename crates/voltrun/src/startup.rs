@@ -8,21 +8,56 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use voltrun_api::{ApiConfig, AppState, AuthLimits};
-use voltrun_engine::{Engine, UnavailableEngine, detect_runtimes};
+use voltrun_engine::{Engine, LocalEngine, LocalEngineConfig, UnavailableEngine, detect_runtimes};
 use voltrun_storage::Store;
 
-use crate::config::{SecretSource, Settings};
-
-/// Why the server cannot run functions yet; `/health` and every execute call report it.
-const NO_ENGINE: &str =
-    "no isolation backend is available in this build yet; functions can be deployed but not run";
+use crate::config::{EngineBackend, SecretSource, Settings};
 
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<dyn Store>,
+    local_engine: Option<Arc<LocalEngine>>,
     shutdown_timeout: Duration,
+}
+
+/// Chooses the isolation backend. `auto` takes the namespace sandbox when this host can run it and
+/// otherwise runs without one, saying why in /health and on every execute call.
+fn build_engine(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<(Arc<dyn Engine>, Option<Arc<LocalEngine>>)> {
+    let runtimes = detect_runtimes();
+    if settings.engine.backend == EngineBackend::None {
+        let reason = "ENGINE_BACKEND=none: this server stores functions but does not run them";
+        return Ok((Arc::new(UnavailableEngine::new(reason, runtimes)), None));
+    }
+    let e = &settings.engine;
+    let config = LocalEngineConfig {
+        work_dir: settings.data_dir.join("engine"),
+        keep_alive: Duration::from_secs(e.keep_alive_s),
+        max_concurrency_per_function: e.max_concurrency,
+        memory_budget_mb: e.memory_budget_mb,
+        queue_timeout: Duration::from_secs(e.queue_timeout_s),
+        uid_base: e.sandbox_uid_base,
+        uid_count: 10_000,
+        tmp_size_mb: e.tmp_size_mb,
+        max_processes: e.max_processes,
+        node: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into()),
+    };
+    match LocalEngine::new(config, store, runtimes.clone()) {
+        Ok(engine) => {
+            tracing::info!(detail = engine.status().detail, "execution engine: namespace sandbox");
+            Ok((engine.clone(), Some(engine)))
+        }
+        Err(e) if settings.engine.backend == EngineBackend::Auto => {
+            let reason = format!("the namespace sandbox cannot run on this host: {e}");
+            tracing::warn!(reason, "functions can be deployed but not run");
+            Ok((Arc::new(UnavailableEngine::new(reason, runtimes)), None))
+        }
+        Err(e) => Err(anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
+    }
 }
 
 impl Application {
@@ -57,8 +92,7 @@ impl Application {
             "database ready, migrations applied"
         );
 
-        let engine: Arc<dyn Engine> =
-            Arc::new(UnavailableEngine::new(NO_ENGINE, detect_runtimes()));
+        let (engine, local_engine) = build_engine(settings, store.clone())?;
         let config = ApiConfig {
             jwt_secret: settings.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
@@ -80,6 +114,7 @@ impl Application {
             listener,
             router,
             store,
+            local_engine,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_s),
         })
     }
@@ -123,6 +158,9 @@ impl Application {
                 deadline_s = deadline.as_secs(),
                 "in-flight requests did not finish before the deadline; dropping them"
             );
+        }
+        if let Some(engine) = &self.local_engine {
+            engine.shutdown().await;
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use voltrun_domain::ValidationError;
 use voltrun_domain::execution::{
-    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
+    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LOG_CAP_BYTES, LogLine,
 };
-use voltrun_engine::{EngineError, Invocation};
+use voltrun_engine::{EngineError, Invocation, InvocationResult};
 use voltrun_storage::ExecutionFilter;
 
 use super::functions::{open_env, owned_function};
@@ -154,13 +154,6 @@ pub async fn execute(
             engine_status.detail
         )));
     }
-    let code = state
-        .store
-        .get_code(&function.code_sha256)
-        .await?
-        .ok_or_else(|| {
-            ApiError::internal(format!("code of function {} is missing", function.id))
-        })?;
     let env = open_env(&state, &function.env_ciphertext)?;
 
     let record = ExecutionRecord {
@@ -188,7 +181,6 @@ pub async fn execute(
     let invocation = Invocation {
         execution_id: record.id,
         function,
-        code,
         env,
         event,
     };
@@ -229,7 +221,10 @@ async fn run_execution(state: &SharedState, invocation: Invocation) -> ApiResult
     state.store.mark_execution_running(id, started_at).await?;
     let result = state.engine.invoke(invocation).await;
     let (outcome, failure) = match result {
-        Ok(outcome) => (outcome, None),
+        Ok(InvocationResult { outcome, logs }) => {
+            state.store.append_logs(id, &logs, LOG_CAP_BYTES).await?;
+            (outcome, None)
+        }
         Err(e) => {
             let (error_type, api_error) = match &e {
                 EngineError::Unavailable(reason) => (

@@ -1,6 +1,6 @@
-//! Invocation and execution records. No isolation backend exists in this build, so execute answers
-//! 503 `engine_unavailable` and records nothing; records for the read paths are arranged through the
-//! storage layer, as the engine will write them.
+//! Invocation and execution records, with the engine switched off (`ENGINE_BACKEND=none`): execute
+//! answers 503 `engine_unavailable` and records nothing; records for the read paths are arranged
+//! through the storage layer, as the engine writes them. Real invocations are the engine suite's.
 
 use chrono::Utc;
 use reqwest::Method;
@@ -80,7 +80,7 @@ both_databases! {
         let f = app.create_function(&user.access_token, "runner").await;
         let id = f["id"].as_str().unwrap();
         let reply = app.post(&format!("/api/functions/{id}/execute"), &user.access_token, json!({"x": 1})).await.expect_error(503, "engine_unavailable");
-        assert!(reply.body["error"]["message"].as_str().unwrap().contains("isolation backend"));
+        assert!(reply.body["error"]["message"].as_str().unwrap().contains("ENGINE_BACKEND=none"));
         app.send(Method::POST, &format!("/api/functions/{id}/execute?async=true"), Some(&user.access_token), Some(json!({}))).await.expect_error(503, "engine_unavailable");
         assert_eq!(app.get("/api/executions", &user.access_token).await.expect(200).body["data"], json!([]));
         let health = app.send(Method::GET, "/health", None, None).await.expect(200);

@@ -1,0 +1,312 @@
+//! One instance: a sandbox running one runtime process for one (function, version), the Runtime API
+//! served to it, and readers for its output. It serves one invocation at a time and stays warm
+//! between them; a timeout, a crash or an out-of-memory kill ends it.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use chrono::Utc;
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use voltrun_domain::execution::{LogLine, LogStream};
+use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
+
+use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
+
+/// Lines longer than this are split: a runaway line cannot grow a buffer without bound.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines buffered between the readers and the invocation; past this, lines are dropped and counted.
+const LOG_BUFFER_LINES: usize = 16 * 1024;
+/// Lambda's limit on initialisation.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an instance ended or an invocation did not complete normally.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The runtime reported an initialisation error (`init/error`).
+    Init(InitFailure),
+    /// The runtime process exited.
+    Exited { status: String, out_of_memory: bool },
+    /// Initialisation or the invocation ran past its deadline; the instance was killed.
+    TimedOut,
+    /// The sandbox could not be set up.
+    Sandbox(String),
+}
+
+/// What one invocation produced.
+#[derive(Debug)]
+pub enum InvokeResult {
+    Replied(RuntimeReply),
+    Failed(Failure),
+}
+
+#[derive(Debug)]
+pub struct Instance {
+    pub id: String,
+    pub last_used: Instant,
+    /// Set on a cold start, reported with the first invocation only.
+    pub init_duration: Option<Duration>,
+    sandbox: Option<Sandbox>,
+    next: mpsc::Sender<NextInvocation>,
+    signals: mpsc::UnboundedReceiver<RuntimeSignal>,
+    logs: mpsc::Receiver<LogLine>,
+    dropped_lines: Arc<AtomicU64>,
+    exit: AsyncFd<OwnedFd>,
+    output_fds: [RawFd; 2],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    healthy: bool,
+    _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads one output stream into log lines.
+async fn read_lines(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+    stream: LogStream,
+    out: mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let emit = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string();
+        if out.try_send(LogLine { timestamp: Utc::now(), stream, line: text }).is_err() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&pending[start..start + pos]);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE_BYTES {
+            emit(&pending[..MAX_LINE_BYTES]);
+            pending.drain(..MAX_LINE_BYTES);
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+}
+
+fn to_pipe(fd: impl Into<OwnedFd>) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd.into())
+}
+
+impl Instance {
+    /// Starts a sandbox and waits until the runtime asks for its first invocation.
+    pub async fn start(
+        spawner: Arc<Spawner>,
+        spec: SandboxSpec,
+        memory: Option<OwnedSemaphorePermit>,
+    ) -> Result<Self, (Failure, Vec<LogLine>)> {
+        let started = Instant::now();
+        let id = spec.name.clone();
+        let sandbox = tokio::task::spawn_blocking(move || spawner.spawn(spec))
+            .await
+            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?
+            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
+        let mut instance = Self::wire(id, sandbox, memory).map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
+        let deadline = tokio::time::sleep(INIT_TIMEOUT);
+        tokio::pin!(deadline);
+        let failure = loop {
+            tokio::select! {
+                signal = instance.signals.recv() => match signal {
+                    Some(RuntimeSignal::Ready) => {
+                        instance.init_duration = Some(started.elapsed());
+                        return Ok(instance);
+                    }
+                    Some(RuntimeSignal::InitError(failure)) => break Failure::Init(failure),
+                    None => break Failure::Sandbox("runtime API stopped".into()),
+                },
+                () = wait_readable(&instance.exit) => break instance.exit_failure(),
+                () = &mut deadline => break Failure::TimedOut,
+            }
+        };
+        let logs = instance.finish_logs().await;
+        instance.stop().await;
+        Err((failure, logs))
+    }
+
+    fn wire(id: String, mut sandbox: Sandbox, memory: Option<OwnedSemaphorePermit>) -> std::io::Result<Self> {
+        let listener = sandbox.listener.take().ok_or_else(|| std::io::Error::other("sandbox without listener"))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (next_tx, next_rx) = mpsc::channel(1);
+        let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+        let api = runtime_api::router(next_rx, signal_tx);
+        let mut tasks = vec![tokio::spawn(async move {
+            let _ = axum::serve(listener, api).await;
+        })];
+        let (log_tx, log_rx) = mpsc::channel(LOG_BUFFER_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let stdout = sandbox.child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let stderr = sandbox.child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let output_fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+        for (pipe, stream) in [(to_pipe(stdout)?, LogStream::Stdout), (to_pipe(stderr)?, LogStream::Stderr)] {
+            tasks.push(tokio::spawn(read_lines(pipe, stream, log_tx.clone(), dropped.clone())));
+        }
+        // The pidfd is an OwnedFd moved into the AsyncFd, which owns and closes it: the I/O-safety
+        // concern behind the deprecation (registering a descriptor someone else may close) is absent.
+        #[allow(deprecated)]
+        let exit = AsyncFd::new(sandbox.exit_fd()?)?;
+        Ok(Self {
+            id,
+            last_used: Instant::now(),
+            init_duration: None,
+            sandbox: Some(sandbox),
+            next: next_tx,
+            signals: signal_rx,
+            logs: log_rx,
+            dropped_lines: dropped,
+            exit,
+            output_fds,
+            tasks,
+            healthy: true,
+            _memory: memory,
+        })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    fn exit_failure(&mut self) -> Failure {
+        self.healthy = false;
+        let out_of_memory = self.sandbox.as_ref().is_some_and(|s| s.oom_kills() > 0);
+        let status = self
+            .sandbox
+            .as_mut()
+            .and_then(Sandbox::try_exit_status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown status".into());
+        Failure::Exited { status, out_of_memory }
+    }
+
+    pub fn memory_peak_mb(&self) -> Option<i64> {
+        self.sandbox.as_ref().and_then(Sandbox::memory_peak_bytes).map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
+    }
+
+    /// Runs one invocation. On a timeout the instance is killed (the whole process tree) before this
+    /// returns.
+    pub async fn invoke(&mut self, request_id: &str, event: Bytes, timeout: Duration, function_arn: String) -> InvokeResult {
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.reset_memory_peak();
+        }
+        let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let request = NextInvocation {
+            request_id: request_id.to_string(),
+            event,
+            deadline_unix_ms: deadline.timestamp_millis(),
+            function_arn,
+            reply: reply_tx,
+        };
+        if self.next.send(request).await.is_err() {
+            self.healthy = false;
+            return InvokeResult::Failed(Failure::Sandbox("runtime API is gone".into()));
+        }
+        let result = tokio::select! {
+            reply = reply_rx => match reply {
+                Ok(reply) => InvokeResult::Replied(reply),
+                Err(_) => InvokeResult::Failed(Failure::Sandbox("runtime API dropped the invocation".into())),
+            },
+            () = wait_readable(&self.exit) => {
+                let mut failure = self.exit_failure();
+                if let Failure::Exited { out_of_memory, .. } = &mut failure {
+                    *out_of_memory |= self.sandbox.as_ref().is_some_and(|s| s.oom_kills() > oom_before);
+                }
+                InvokeResult::Failed(failure)
+            }
+            () = tokio::time::sleep(timeout) => {
+                self.healthy = false;
+                self.kill().await;
+                InvokeResult::Failed(Failure::TimedOut)
+            }
+        };
+        self.last_used = Instant::now();
+        result
+    }
+
+    /// The log lines written since the last call. Waits (briefly) for output the runtime wrote before
+    /// it answered but the readers have not consumed yet, so lines land on the right invocation.
+    pub async fn finish_logs(&mut self) -> Vec<LogLine> {
+        for _ in 0..50 {
+            let pending: usize = self.output_fds.iter().map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd))).sum();
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Let the readers turn the last bytes they took into lines.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.try_recv() {
+            lines.push(line);
+        }
+        let dropped = self.dropped_lines.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            lines.push(LogLine {
+                timestamp: Utc::now(),
+                stream: LogStream::Stderr,
+                line: format!("[voltrun] {dropped} log lines dropped: the function wrote faster than they could be kept"),
+            });
+        }
+        lines
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut sandbox) = self.sandbox.take() {
+            let _ = tokio::task::spawn_blocking(move || sandbox.kill()).await;
+        }
+    }
+
+    /// Stops the instance: kills its processes, removes its cgroup, stops its tasks.
+    pub async fn stop(mut self) {
+        self.kill().await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // `Sandbox`'s own Drop kills what is left; it blocks briefly, which is acceptable on this rare
+        // path (normal shutdown goes through `stop`).
+    }
+}
+
+async fn wait_readable(fd: &AsyncFd<OwnedFd>) {
+    loop {
+        match fd.readable().await {
+            Ok(_guard) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// A borrowed raw descriptor, for the pending-bytes check on pipes whose owners moved into readers.
+struct RawFdRef(RawFd);
+
+impl AsRawFd for RawFdRef {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}

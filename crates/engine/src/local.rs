@@ -1,0 +1,449 @@
+//! The local engine: runs invocations in sandboxes on this host, reusing warm instances.
+//!
+//! Scheduling: instances are pooled per (function, version). An invocation takes an idle instance or
+//! starts one (a cold start). Each function may run at most `max_concurrency_per_function`
+//! invocations at once and all instances together stay within a host memory budget; over either,
+//! an invocation waits up to `queue_timeout`, then fails as overloaded (429 for synchronous calls).
+//! Idle instances stop after `keep_alive`; a new version drains the old version's idle instances.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use chrono::Utc;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+use voltrun_domain::execution::{ExecutionError, ExecutionOutcome, ExecutionStatus, LogLine, LogStream};
+use voltrun_domain::function::{FunctionRecord, RuntimeFamily};
+use voltrun_sandbox::{BindMount, Limits, SandboxSpec, Spawner};
+use voltrun_storage::Store;
+
+use crate::code_cache::CodeCache;
+use crate::instance::{Failure, Instance};
+use crate::runtime_api::RuntimeReply;
+use crate::{Engine, EngineError, EngineStatus, Invocation, InvocationResult, RuntimeInfo};
+
+/// Tunables of the local engine.
+#[derive(Debug, Clone)]
+pub struct LocalEngineConfig {
+    /// Where code and runtime files live (mounted read-only into sandboxes).
+    pub work_dir: PathBuf,
+    pub keep_alive: Duration,
+    pub max_concurrency_per_function: usize,
+    pub memory_budget_mb: u64,
+    pub queue_timeout: Duration,
+    /// Sandboxes run as host uids `uid_base .. uid_base + uid_count`, one per instance at a time.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub tmp_size_mb: u64,
+    pub max_processes: u64,
+    /// This node's name, recorded on executions.
+    pub node: String,
+}
+
+/// The port of the Runtime API on each sandbox's own loopback (as on Lambda).
+const RUNTIME_API_PORT: u16 = 9001;
+/// Memory that gives one full CPU share, as on Lambda (1,769 MB = one vCPU).
+const MB_PER_CPU_SHARE: u64 = 1769;
+
+type PoolKey = (Uuid, i64);
+
+#[derive(Debug)]
+pub struct LocalEngine {
+    config: LocalEngineConfig,
+    store: Arc<dyn Store>,
+    spawner: Arc<Spawner>,
+    runtimes: Vec<RuntimeInfo>,
+    code: CodeCache,
+    runtime_dir: PathBuf,
+    idle: Mutex<HashMap<PoolKey, Vec<Instance>>>,
+    concurrency: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    memory: Arc<Semaphore>,
+    next_uid: AtomicU32,
+    detail: String,
+}
+
+const PYTHON_BOOTSTRAP: &str = include_str!("../bootstraps/bootstrap.py");
+const NODE_BOOTSTRAP: &str = include_str!("../bootstraps/bootstrap.js");
+
+impl LocalEngine {
+    /// Sets up the spawner (finds bubblewrap, the cgroup setup and compiles the seccomp filters) and
+    /// writes the runtime files. Fails when this host cannot run sandboxes.
+    pub fn new(config: LocalEngineConfig, store: Arc<dyn Store>, runtimes: Vec<RuntimeInfo>) -> Result<Arc<Self>, EngineError> {
+        let is_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").map_err(|e| EngineError::Unavailable(e.to_string()))?) == 0;
+        if !is_root {
+            return Err(EngineError::Unavailable(
+                "the namespace sandbox needs root (to run sandboxes as unprivileged uids and set cgroup limits)".into(),
+            ));
+        }
+        let spawner = Spawner::new().map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let detail = format!("bubblewrap sandboxes; {}", spawner.cgroups().describe());
+        if !spawner.cgroups().is_available() {
+            tracing::warn!(detail, "sandbox limits are degraded");
+        }
+        let runtime_dir = config.work_dir.join("runtime");
+        write_runtime_files(&runtime_dir).map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
+        let code = CodeCache::new(config.work_dir.join("code")).map_err(|e| EngineError::Unavailable(format!("code directory: {e}")))?;
+        let memory = Arc::new(Semaphore::new(usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4)));
+        let engine = Arc::new(Self {
+            config,
+            store,
+            spawner: Arc::new(spawner),
+            runtimes,
+            code,
+            runtime_dir,
+            idle: Mutex::new(HashMap::new()),
+            concurrency: Mutex::new(HashMap::new()),
+            memory,
+            next_uid: AtomicU32::new(0),
+            detail,
+        });
+        Self::start_reaper(Arc::downgrade(&engine));
+        Ok(engine)
+    }
+
+    fn start_reaper(engine: std::sync::Weak<Self>) {
+        tokio::spawn(async move {
+            loop {
+                let every = match engine.upgrade() {
+                    Some(e) => (e.config.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
+                let Some(engine) = engine.upgrade() else { return };
+                let expired = engine.take_idle_where(|i| i.last_used.elapsed() >= engine.config.keep_alive).await;
+                for instance in expired {
+                    tracing::debug!(instance = %instance.id, "stopping idle instance after keep-alive");
+                    instance.stop().await;
+                }
+            }
+        });
+    }
+
+    async fn take_idle_where(&self, mut pred: impl FnMut(&Instance) -> bool) -> Vec<Instance> {
+        let mut idle = self.idle.lock().await;
+        let mut taken = Vec::new();
+        for list in idle.values_mut() {
+            let (out, keep): (Vec<Instance>, Vec<Instance>) = list.drain(..).partition(|i| pred(i));
+            *list = keep;
+            taken.extend(out);
+        }
+        idle.retain(|_, list| !list.is_empty());
+        taken
+    }
+
+    /// Stops every instance (server shutdown).
+    pub async fn shutdown(&self) {
+        for instance in self.take_idle_where(|_| true).await {
+            instance.stop().await;
+        }
+    }
+
+    async fn function_slot(&self, function_id: Uuid) -> Result<OwnedSemaphorePermit, EngineError> {
+        let semaphore = self
+            .concurrency
+            .lock()
+            .await
+            .entry(function_id)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency_per_function)))
+            .clone();
+        tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned())
+            .await
+            .map_err(|_| EngineError::Overloaded)?
+            .map_err(|_| EngineError::Overloaded)
+    }
+
+    /// Takes an idle instance of this exact version; idle instances of older versions are drained.
+    async fn take_warm(&self, key: PoolKey) -> (Option<Instance>, Vec<Instance>) {
+        let mut idle = self.idle.lock().await;
+        let stale_keys: Vec<PoolKey> = idle.keys().filter(|(f, v)| *f == key.0 && *v != key.1).copied().collect();
+        let stale: Vec<Instance> = stale_keys.iter().filter_map(|k| idle.remove(k)).flatten().collect();
+        let warm = idle.get_mut(&key).and_then(Vec::pop);
+        (warm, stale)
+    }
+
+    /// Reserves memory for a new instance, evicting idle instances (oldest first) when the budget is
+    /// used up, then waiting up to the queue timeout.
+    async fn reserve_memory(&self, memory_mb: i32) -> Result<OwnedSemaphorePermit, EngineError> {
+        let wanted = u32::try_from(memory_mb).unwrap_or(u32::MAX);
+        if u64::from(wanted) > self.config.memory_budget_mb {
+            return Err(EngineError::Internal(format!(
+                "the function's {memory_mb} MB exceed this host's memory budget of {} MB",
+                self.config.memory_budget_mb
+            )));
+        }
+        loop {
+            if let Ok(permit) = self.memory.clone().try_acquire_many_owned(wanted) {
+                return Ok(permit);
+            }
+            let oldest = {
+                let mut idle = self.idle.lock().await;
+                let key = idle
+                    .iter()
+                    .filter_map(|(k, list)| list.iter().map(|i| i.last_used).min().map(|t| (*k, t)))
+                    .min_by_key(|(_, t)| *t)
+                    .map(|(k, _)| k);
+                key.and_then(|k| {
+                    let list = idle.get_mut(&k)?;
+                    let pos = list.iter().enumerate().min_by_key(|(_, i)| i.last_used).map(|(p, _)| p)?;
+                    Some(list.remove(pos))
+                })
+            };
+            match oldest {
+                Some(instance) => instance.stop().await,
+                None => {
+                    return tokio::time::timeout(self.config.queue_timeout, self.memory.clone().acquire_many_owned(wanted))
+                        .await
+                        .map_err(|_| EngineError::Overloaded)?
+                        .map_err(|_| EngineError::Overloaded);
+                }
+            }
+        }
+    }
+
+    fn spec(&self, function: &FunctionRecord, runtime: &RuntimeInfo, code_dir: PathBuf, env: &voltrun_domain::function::EnvVars) -> Result<SandboxSpec, EngineError> {
+        let family = RuntimeFamily::of(&runtime.id).ok_or_else(|| EngineError::Internal(format!("unknown runtime {}", runtime.id)))?;
+        let command = match (family, &runtime.interpreter) {
+            (RuntimeFamily::Python, Some(interpreter)) => vec![interpreter.display().to_string(), "/var/runtime/bootstrap.py".into()],
+            (RuntimeFamily::Node, Some(interpreter)) => vec![interpreter.display().to_string(), "/var/runtime/bootstrap.js".into()],
+            (RuntimeFamily::Provided, _) => vec!["/var/task/bootstrap".into()],
+            (RuntimeFamily::Python | RuntimeFamily::Node, None) => {
+                return Err(EngineError::Internal(format!("runtime {} has no interpreter", runtime.id)));
+            }
+        };
+        let mut vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.extend([
+            ("AWS_LAMBDA_RUNTIME_API".to_string(), format!("127.0.0.1:{RUNTIME_API_PORT}")),
+            ("_HANDLER".into(), function.handler.clone()),
+            ("LAMBDA_TASK_ROOT".into(), "/var/task".into()),
+            ("LAMBDA_RUNTIME_DIR".into(), "/var/runtime".into()),
+            ("AWS_LAMBDA_FUNCTION_NAME".into(), function.name.clone()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), function.memory_mb.to_string()),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), function.version.to_string()),
+            ("AWS_REGION".into(), "local".into()),
+            ("TZ".into(), ":UTC".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), "/tmp".into()),
+        ]);
+        let mut binds = vec![
+            BindMount { source: code_dir, dest: "/var/task".into() },
+            BindMount { source: self.runtime_dir.join("bootstraps"), dest: "/var/runtime".into() },
+        ];
+        for etc in ["passwd", "group", "hosts"] {
+            binds.push(BindMount { source: self.runtime_dir.join("etc").join(etc), dest: PathBuf::from("/etc").join(etc) });
+        }
+        binds.extend(runtime.binds.iter().map(|dir| BindMount { source: dir.clone(), dest: dir.clone() }));
+        let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
+        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % self.config.uid_count.max(1);
+        Ok(SandboxSpec {
+            name: format!("i-{}", Uuid::now_v7().simple()),
+            command,
+            env: vars,
+            binds,
+            workdir: "/var/task".into(),
+            tmp_size_bytes: self.config.tmp_size_mb << 20,
+            limits: Limits {
+                memory_bytes,
+                max_processes: self.config.max_processes,
+                cpu_shares: (1024 * (memory_bytes >> 20) / MB_PER_CPU_SHARE).max(2),
+            },
+            host_uid: self.config.uid_base + slot,
+            listen_port: RUNTIME_API_PORT,
+        })
+    }
+}
+
+fn write_runtime_files(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bootstraps = dir.join("bootstraps");
+    let etc = dir.join("etc");
+    for d in [dir, &bootstraps, &etc] {
+        std::fs::create_dir_all(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let files: [(PathBuf, &str); 5] = [
+        (bootstraps.join("bootstrap.py"), PYTHON_BOOTSTRAP),
+        (bootstraps.join("bootstrap.js"), NODE_BOOTSTRAP),
+        (etc.join("passwd"), "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:1000:1000:function:/tmp:/usr/sbin/nologin\n"),
+        (etc.join("group"), "root:x:0:\nsbx_user:x:1000:\n"),
+        (etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n"),
+    ];
+    for (path, contents) in files {
+        std::fs::write(&path, contents)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+fn platform_error(error_type: &str, message: impl Into<String>) -> ExecutionError {
+    ExecutionError { error_type: error_type.into(), message: message.into() }
+}
+
+/// Maps how an invocation ended to the execution's status and error (Lambda's error types).
+fn classify(result: Result<RuntimeReply, Failure>, function: &FunctionRecord) -> (ExecutionStatus, Option<serde_json::Value>, Option<ExecutionError>) {
+    match result {
+        Ok(RuntimeReply::Response(bytes)) => {
+            // Lambda returns whatever bytes the function produced; a record keeps JSON, so non-JSON
+            // output is kept as a string.
+            let output = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            (ExecutionStatus::Succeeded, Some(output), None)
+        }
+        Ok(RuntimeReply::Error { error_type, message }) => {
+            let error = if error_type.starts_with("Runtime.") || error_type.starts_with("Function.") {
+                platform_error(&error_type, message)
+            } else {
+                platform_error("Runtime.Unhandled", format!("{error_type}: {message}"))
+            };
+            (ExecutionStatus::Failed, None, Some(error))
+        }
+        Ok(RuntimeReply::ResponseTooLarge(size)) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(platform_error(
+                "Function.ResponseSizeTooLarge",
+                format!("response payload of {size} bytes exceeds the limit of {} bytes", crate::runtime_api::MAX_RESPONSE_BYTES),
+            )),
+        ),
+        Err(Failure::Init(init)) => (ExecutionStatus::Failed, None, Some(platform_error(&init.error_type, init.message))),
+        Err(Failure::Exited { out_of_memory: true, .. }) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(platform_error("Runtime.OutOfMemory", format!("the function ran out of memory (limit {} MB)", function.memory_mb))),
+        ),
+        Err(Failure::Exited { status, .. }) => {
+            (ExecutionStatus::Failed, None, Some(platform_error("Runtime.ExitError", format!("the runtime exited: {status}"))))
+        }
+        Err(Failure::TimedOut) => (
+            ExecutionStatus::TimedOut,
+            None,
+            Some(platform_error("Sandbox.Timedout", format!("task timed out after {} seconds", function.timeout_s))),
+        ),
+        Err(Failure::Sandbox(message)) => (ExecutionStatus::Failed, None, Some(platform_error("Platform.SandboxError", message))),
+    }
+}
+
+fn platform_line(text: String) -> LogLine {
+    LogLine { timestamp: Utc::now(), stream: LogStream::Stdout, line: text }
+}
+
+#[async_trait]
+impl Engine for LocalEngine {
+    fn status(&self) -> EngineStatus {
+        EngineStatus { backend: "namespace".into(), ready: true, detail: self.detail.clone() }
+    }
+
+    fn runtimes(&self) -> &[RuntimeInfo] {
+        &self.runtimes
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<InvocationResult, EngineError> {
+        let function = &invocation.function;
+        let runtime = self
+            .runtimes
+            .iter()
+            .find(|r| r.id == function.runtime)
+            .ok_or_else(|| EngineError::Internal(format!("runtime {} is no longer offered on this host", function.runtime)))?
+            .clone();
+        let _slot = self.function_slot(function.id).await?;
+        let key = (function.id, function.version);
+        let (warm, stale) = self.take_warm(key).await;
+        for old in stale {
+            old.stop().await;
+        }
+        let started_at = voltrun_storage::now();
+        let request_id = invocation.execution_id.to_string();
+        let mut logs = vec![platform_line(format!("START RequestId: {request_id} Version: {}", function.version))];
+        let clock = Instant::now();
+
+        let (mut instance, cold) = match warm {
+            Some(instance) => (instance, false),
+            None => {
+                let memory = self.reserve_memory(function.memory_mb).await?;
+                let code_dir = self.code.ensure(self.store.as_ref(), function).await?;
+                let spec = self.spec(function, &runtime, code_dir, &invocation.env)?;
+                match Instance::start(self.spawner.clone(), spec, Some(memory)).await {
+                    Ok(instance) => (instance, true),
+                    Err((failure, init_logs)) => {
+                        logs.extend(init_logs);
+                        return Ok(self.finish(function, &request_id, started_at, clock, logs, Err(failure), None, true, None));
+                    }
+                }
+            }
+        };
+        let init_duration = instance.init_duration.take();
+        let event = Bytes::from(serde_json::to_vec(&invocation.event).map_err(|e| EngineError::Internal(e.to_string()))?);
+        let timeout = Duration::from_secs(u64::try_from(function.timeout_s).unwrap_or(30));
+        let arn = format!("arn:voltrun:function:{}:{}", function.name, function.version);
+        let invoke_clock = Instant::now();
+        let result = match instance.invoke(&request_id, event, timeout, arn).await {
+            crate::instance::InvokeResult::Replied(reply) => Ok(reply),
+            crate::instance::InvokeResult::Failed(failure) => Err(failure),
+        };
+        let duration = invoke_clock.elapsed();
+        logs.extend(instance.finish_logs().await);
+        let peak = instance.memory_peak_mb();
+        let instance_id = instance.id.clone();
+        if instance.is_healthy() {
+            self.idle.lock().await.entry(key).or_default().push(instance);
+        } else {
+            instance.stop().await;
+        }
+        Ok(self.finish(function, &request_id, started_at, clock, logs, result, init_duration, cold, Some((duration, peak, instance_id))))
+    }
+}
+
+impl LocalEngine {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        function: &FunctionRecord,
+        request_id: &str,
+        started_at: chrono::DateTime<Utc>,
+        clock: Instant,
+        mut logs: Vec<LogLine>,
+        result: Result<RuntimeReply, Failure>,
+        init_duration: Option<Duration>,
+        cold: bool,
+        ran: Option<(Duration, Option<i64>, String)>,
+    ) -> InvocationResult {
+        let (status, output, error) = classify(result, function);
+        let (duration, peak, instance_id) = ran.unwrap_or((clock.elapsed(), None, String::new()));
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        let mut report = format!(
+            "REPORT RequestId: {request_id}\tDuration: {duration_ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
+            duration_ms.ceil() as u64,
+            function.memory_mb,
+            peak.unwrap_or(0)
+        );
+        if let Some(init) = init_duration {
+            report.push_str(&format!("\tInit Duration: {:.2} ms", init.as_secs_f64() * 1000.0));
+        }
+        if let Some(error) = &error {
+            logs.push(LogLine { timestamp: Utc::now(), stream: LogStream::Stderr, line: format!("[ERROR] {}: {}", error.error_type, error.message) });
+        }
+        logs.push(platform_line(format!("END RequestId: {request_id}")));
+        logs.push(platform_line(report));
+        crate::metrics::record(&function.runtime, cold, init_duration, duration, status);
+        InvocationResult {
+            outcome: ExecutionOutcome {
+                status,
+                output,
+                error,
+                started_at,
+                finished_at: voltrun_storage::now(),
+                duration_ms: duration.as_millis().try_into().unwrap_or(i64::MAX),
+                init_duration_ms: init_duration.map(|d| d.as_millis().try_into().unwrap_or(i64::MAX)),
+                memory_peak_mb: peak,
+                cold_start: cold,
+                node: self.config.node.clone(),
+                instance_id,
+            },
+            logs,
+        }
+    }
+}

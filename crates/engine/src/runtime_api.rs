@@ -1,0 +1,159 @@
+//! The AWS Lambda Runtime API, served by the platform to one instance on the instance's own loopback
+//! (`AWS_LAMBDA_RUNTIME_API`). The runtime long-polls `invocation/next`, then posts a response or an
+//! error for that request id; `init/error` reports a failed start. Official runtime interface clients
+//! (awslambdaric, aws-lambda-ric) speak exactly this protocol.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Lambda's limit on a synchronous response payload.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// One invocation handed to the runtime.
+#[derive(Debug)]
+pub struct NextInvocation {
+    pub request_id: String,
+    pub event: Bytes,
+    pub deadline_unix_ms: i64,
+    pub function_arn: String,
+    /// Where the runtime's answer goes.
+    pub reply: oneshot::Sender<RuntimeReply>,
+}
+
+/// What the runtime said about an invocation.
+#[derive(Debug)]
+pub enum RuntimeReply {
+    Response(Bytes),
+    Error { error_type: String, message: String },
+    ResponseTooLarge(usize),
+}
+
+/// A failed initialisation, as reported to `init/error`.
+#[derive(Debug, Clone)]
+pub struct InitFailure {
+    pub error_type: String,
+    pub message: String,
+}
+
+/// Signals from the API to the instance that owns it.
+#[derive(Debug)]
+pub enum RuntimeSignal {
+    /// The runtime asked for its first invocation: initialisation is done.
+    Ready,
+    InitError(InitFailure),
+}
+
+struct ApiState {
+    next: Mutex<mpsc::Receiver<NextInvocation>>,
+    current: Mutex<Option<(String, oneshot::Sender<RuntimeReply>)>>,
+    signals: mpsc::UnboundedSender<RuntimeSignal>,
+    ready_sent: std::sync::atomic::AtomicBool,
+}
+
+/// Builds the router for one instance. Invocations arrive on `next`; readiness and init errors are
+/// reported on `signals`.
+pub fn router(next: mpsc::Receiver<NextInvocation>, signals: mpsc::UnboundedSender<RuntimeSignal>) -> Router {
+    let state = Arc::new(ApiState {
+        next: Mutex::new(next),
+        current: Mutex::new(None),
+        signals,
+        ready_sent: std::sync::atomic::AtomicBool::new(false),
+    });
+    Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(init_error))
+        // Read one byte more than allowed, to tell "too large" from "exactly the limit".
+        .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES + 1))
+        .with_state(state)
+}
+
+async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
+    if !state.ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let _ = state.signals.send(RuntimeSignal::Ready);
+    }
+    let invocation = state.next.lock().await.recv().await;
+    let Some(inv) = invocation else {
+        // The instance is shutting down; the runtime will be killed.
+        return StatusCode::GONE.into_response();
+    };
+    *state.current.lock().await = Some((inv.request_id.clone(), inv.reply));
+    let mut headers = HeaderMap::new();
+    let pairs = [
+        ("lambda-runtime-aws-request-id", inv.request_id.clone()),
+        ("lambda-runtime-deadline-ms", inv.deadline_unix_ms.to_string()),
+        ("lambda-runtime-invoked-function-arn", inv.function_arn.clone()),
+        ("lambda-runtime-trace-id", format!("Root=1-{}", inv.request_id.replace('-', ""))),
+        ("content-type", "application/json".to_string()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    (StatusCode::OK, headers, inv.event).into_response()
+}
+
+async fn take_current(state: &ApiState, id: &str) -> Option<oneshot::Sender<RuntimeReply>> {
+    let mut current = state.current.lock().await;
+    match current.take() {
+        Some((current_id, reply)) if current_id == id => Some(reply),
+        other => {
+            *current = other;
+            None
+        }
+    }
+}
+
+async fn response(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> StatusCode {
+    let Some(reply) = take_current(&state, &id).await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    match body {
+        Ok(bytes) if bytes.len() <= MAX_RESPONSE_BYTES => {
+            let _ = reply.send(RuntimeReply::Response(bytes));
+            StatusCode::ACCEPTED
+        }
+        Ok(bytes) => {
+            let _ = reply.send(RuntimeReply::ResponseTooLarge(bytes.len()));
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        Err(_) => {
+            let _ = reply.send(RuntimeReply::ResponseTooLarge(MAX_RESPONSE_BYTES + 1));
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+    }
+}
+
+/// Lambda's error document: `{"errorType", "errorMessage", "stackTrace"}`; the type may also come in
+/// the `Lambda-Runtime-Function-Error-Type` header.
+fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let header_type = headers.get("lambda-runtime-function-error-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let error_type = doc["errorType"].as_str().map(str::to_string).or(header_type).unwrap_or_else(|| "Unhandled".into());
+    let message = doc["errorMessage"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
+    (error_type, message)
+}
+
+async fn error(State(state): State<Arc<ApiState>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let Some(reply) = take_current(&state, &id).await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let (error_type, message) = parse_error(&headers, &body);
+    let _ = reply.send(RuntimeReply::Error { error_type, message });
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let (error_type, message) = parse_error(&headers, &body);
+    let _ = state.signals.send(RuntimeSignal::InitError(InitFailure { error_type, message }));
+    StatusCode::ACCEPTED
+}

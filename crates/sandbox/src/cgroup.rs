@@ -1,0 +1,282 @@
+//! Resource limits through cgroups. Each instance gets its own cgroup below this process's own (never
+//! the root): `memory` caps memory at the function's `memory_mb` (the kernel OOM-kills at the limit),
+//! `pids` caps the process count (a fork bomb stops there), `cpu` gives a share proportional to
+//! memory, as Lambda does.
+//!
+//! Hosts differ: cgroup v1 (separate hierarchies per controller), v2 (one unified tree), or neither
+//! writable (inside some containers). [`CgroupSupport::detect`] finds what works; with neither, the
+//! caller falls back to rlimits and reports the sandbox as degraded.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{SandboxError, sys};
+
+/// What one instance may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub max_processes: u64,
+    /// CPU weight relative to other instances; 1024 is "one share" (cgroup v1 units).
+    pub cpu_shares: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum CgroupSupport {
+    /// Separate v1 hierarchies: one base directory per controller.
+    V1 { memory: PathBuf, pids: Option<PathBuf>, cpu: Option<PathBuf> },
+    /// The unified v2 hierarchy: one base directory with memory, pids and cpu enabled below it.
+    V2 { base: PathBuf },
+    /// No writable cgroup controller; limits fall back to rlimits.
+    Unavailable { reason: String },
+}
+
+fn cgroup_error(path: &Path, source: io::Error) -> SandboxError {
+    SandboxError::Cgroup { path: path.display().to_string(), source }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
+    fs::write(path, value).map_err(|e| cgroup_error(path, e))
+}
+
+/// This process's cgroup path in the hierarchy holding `controller` (v1), from /proc/self/cgroup.
+fn own_v1_dir(controller: &str) -> Option<PathBuf> {
+    let table = fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in table.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == controller) {
+            let mount = [format!("/sys/fs/cgroup/{controllers}"), format!("/sys/fs/cgroup/{controller}")]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.join("cgroup.procs").exists())?;
+            return Some(mount.join(path.trim_start_matches('/')));
+        }
+    }
+    None
+}
+
+/// The per-process base directory name: instances of this server live below it, and a restarted
+/// server can tell which bases belong to processes that are gone.
+fn base_name() -> String {
+    format!("voltrun-{}", std::process::id())
+}
+
+fn make_base(own: &Path) -> Result<PathBuf, SandboxError> {
+    let base = own.join(base_name());
+    fs::create_dir_all(&base).map_err(|e| cgroup_error(&base, e))?;
+    Ok(base)
+}
+
+impl CgroupSupport {
+    /// Finds a writable cgroup setup and creates this process's base directories in it.
+    pub fn detect() -> Self {
+        match Self::detect_v2().or_else(|_| Self::detect_v1()) {
+            Ok(support) => support,
+            Err(e) => Self::Unavailable { reason: e.to_string() },
+        }
+    }
+
+    fn detect_v1() -> Result<Self, SandboxError> {
+        let memory_own = own_v1_dir("memory").ok_or_else(|| SandboxError::Cgroup {
+            path: "/sys/fs/cgroup/memory".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no v1 memory hierarchy"),
+        })?;
+        let memory = make_base(&memory_own)?;
+        let pids = own_v1_dir("pids").and_then(|own| make_base(&own).ok());
+        let cpu = own_v1_dir("cpu").and_then(|own| make_base(&own).ok());
+        Ok(Self::V1 { memory, pids, cpu })
+    }
+
+    fn detect_v2() -> Result<Self, SandboxError> {
+        let root = Path::new("/sys/fs/cgroup");
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).map_err(|e| cgroup_error(root, e))?;
+        for needed in ["memory", "pids"] {
+            if !controllers.split_whitespace().any(|c| c == needed) {
+                return Err(cgroup_error(root, io::Error::other(format!("v2 controller {needed} not available"))));
+            }
+        }
+        let table = fs::read_to_string("/proc/self/cgroup").map_err(|e| cgroup_error(root, e))?;
+        let own_path = table.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
+        let own = root.join(own_path.trim_start_matches('/'));
+        // v2 forbids processes in a cgroup that delegates controllers to children, so this process
+        // moves into a leaf of its own cgroup first, then enables the controllers below.
+        let leaf = own.join("voltrun-server");
+        fs::create_dir_all(&leaf).map_err(|e| cgroup_error(&leaf, e))?;
+        write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+        let enable = "+memory +pids +cpu";
+        write(&own.join("cgroup.subtree_control"), enable).or_else(|_| write(&own.join("cgroup.subtree_control"), "+memory +pids"))?;
+        let base = make_base(&own)?;
+        write(&base.join("cgroup.subtree_control"), enable).or_else(|_| write(&base.join("cgroup.subtree_control"), "+memory +pids"))?;
+        Ok(Self::V2 { base })
+    }
+
+    pub fn is_available(&self) -> bool {
+        !matches!(self, Self::Unavailable { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::V1 { memory, .. } => format!("cgroup v1 under {}", memory.display()),
+            Self::V2 { base } => format!("cgroup v2 under {}", base.display()),
+            Self::Unavailable { reason } => format!("no writable cgroups ({reason}); limits fall back to rlimits"),
+        }
+    }
+
+    /// Creates the cgroup(s) for one instance with its limits applied. `None` when unavailable.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<Option<Cgroup>, SandboxError> {
+        match self {
+            Self::V1 { memory, pids, cpu } => {
+                let mem = memory.join(name);
+                fs::create_dir_all(&mem).map_err(|e| cgroup_error(&mem, e))?;
+                let mut cgroup = Cgroup { dirs: vec![mem.clone()], memory: mem.clone(), v2: false };
+                write(&mem.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &limits.memory_bytes.to_string())?;
+                }
+                if let Some(pids) = pids {
+                    let dir = pids.join(name);
+                    fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
+                    cgroup.dirs.push(dir.clone());
+                    write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
+                }
+                if let Some(cpu) = cpu {
+                    let dir = cpu.join(name);
+                    fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
+                    cgroup.dirs.push(dir.clone());
+                    write(&dir.join("cpu.shares"), &limits.cpu_shares.max(2).to_string())?;
+                }
+                Ok(Some(cgroup))
+            }
+            Self::V2 { base } => {
+                let dir = base.join(name);
+                fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                let _ = write(&dir.join("memory.swap.max"), "0");
+                write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
+                // v2 weight 1..10000 with 100 the default; v1 shares 1024 is the default.
+                let weight = (limits.cpu_shares * 100 / 1024).clamp(1, 10_000);
+                let _ = write(&dir.join("cpu.weight"), &weight.to_string());
+                Ok(Some(Cgroup { dirs: vec![dir.clone()], memory: dir, v2: true }))
+            }
+            Self::Unavailable { .. } => Ok(None),
+        }
+    }
+
+    /// Removes instance cgroups left by server processes that no longer exist (a crash).
+    pub fn sweep_stale(&self) {
+        let bases: Vec<&PathBuf> = match self {
+            Self::V1 { memory, pids, cpu } => std::iter::once(memory).chain(pids).chain(cpu).collect(),
+            Self::V2 { base } => vec![base],
+            Self::Unavailable { .. } => vec![],
+        };
+        for base in bases {
+            let Some(parent) = base.parent() else { continue };
+            let Ok(entries) = fs::read_dir(parent) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Some(pid) = name.strip_prefix("voltrun-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                let stale = entry.path();
+                if let Ok(children) = fs::read_dir(&stale) {
+                    for child in children.flatten().filter(|c| c.path().is_dir()) {
+                        let cg = Cgroup { dirs: vec![child.path()], memory: child.path(), v2: matches!(self, Self::V2 { .. }) };
+                        cg.kill_all();
+                        cg.remove();
+                    }
+                }
+                let _ = fs::remove_dir(&stale);
+                tracing::info!(path = %stale.display(), "removed cgroups left by a previous server process");
+            }
+        }
+    }
+}
+
+/// One instance's cgroup (one directory per v1 hierarchy, or one v2 directory).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    memory: PathBuf,
+    v2: bool,
+}
+
+impl Cgroup {
+    /// `cgroup.procs` of each directory, opened for the child to write itself into between fork and
+    /// exec, so the sandbox is limited from its first instruction.
+    pub fn procs_files(&self) -> Result<Vec<File>, SandboxError> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let path = d.join("cgroup.procs");
+                OpenOptions::new().write(true).open(&path).map_err(|e| cgroup_error(&path, e))
+            })
+            .collect()
+    }
+
+    fn read_u64(&self, file: &str) -> Option<u64> {
+        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Peak memory use since the last [`reset_peak`](Self::reset_peak).
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        if self.v2 { self.read_u64("memory.peak") } else { self.read_u64("memory.max_usage_in_bytes") }
+    }
+
+    pub fn reset_peak(&self) {
+        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        let _ = fs::write(self.memory.join(file), "0");
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup so far.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        fs::read_to_string(self.memory.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.memory.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs every process in the cgroup and waits (briefly) until it is empty.
+    pub fn kill_all(&self) {
+        if self.v2 && fs::write(self.memory.join("cgroup.kill"), "1").is_ok() {
+            // cgroup.kill is atomic; the loop below only waits for the exits.
+        }
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                sys::kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::warn!(cgroup = %self.memory.display(), "processes survived SIGKILL for 1 s");
+    }
+
+    /// Removes the cgroup directories (they must be empty of processes).
+    pub fn remove(&self) {
+        for dir in &self.dirs {
+            for _ in 0..50 {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+    }
+}

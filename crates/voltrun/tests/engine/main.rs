@@ -1,0 +1,67 @@
+//! The execution engine suite: real functions in Python, Node.js and `provided` runtimes, run in the
+//! namespace sandbox by a real server over HTTP. Needs root and bubblewrap; where either is missing,
+//! each test prints why it did not run (scripts/test.sh says so in its summary too).
+
+#[path = "../api/helpers.rs"]
+#[macro_use]
+#[allow(dead_code, unused_macros)]
+mod helpers;
+
+mod errors;
+mod isolation;
+mod runs;
+
+use helpers::{Backend, TestApp};
+use serde_json::{Value, json};
+
+/// Why the sandbox cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+        return Some("the namespace sandbox needs root".into());
+    }
+    if !std::path::Path::new("/usr/bin/bwrap").exists() {
+        return Some("bubblewrap is not installed (apt-get install bubblewrap)".into());
+    }
+    None
+}
+
+/// Starts a server with the namespace engine, or returns `None` after printing why it cannot.
+pub async fn engine_app(test: &str, customise: impl FnOnce(&mut voltrun::config::RawSettings)) -> Option<TestApp> {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED {test}: {why}");
+        return None;
+    }
+    Some(
+        TestApp::spawn_with(Backend::Sqlite, |raw| {
+            raw.engine_backend = Some("namespace".into());
+            raw.engine_keep_alive_s = Some("60".into());
+            customise(raw);
+        })
+        .await,
+    )
+}
+
+/// Deploys a function and returns its id.
+pub async fn deploy(app: &TestApp, token: &str, name: &str, runtime: &str, handler: &str, files: &[(&str, &str)], extra: Value) -> String {
+    let code = if files.len() == 1 && files[0].0 != "bootstrap" || files.len() == 1 && runtime == "provided" {
+        json!({"source": files[0].1, "filename": files[0].0})
+    } else {
+        let entries: Vec<(&str, &[u8], u32)> = files.iter().map(|(p, c)| (*p, c.as_bytes(), if *p == "bootstrap" { 0o100755 } else { 0o100644 })).collect();
+        json!({"zip_base64": helpers::b64(&helpers::zip_of(&entries))})
+    };
+    let mut body = json!({"name": name, "runtime": runtime, "handler": handler, "code": code});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    let reply = app.post("/api/functions", token, body).await.expect(201);
+    reply.body["id"].as_str().unwrap().to_string()
+}
+
+pub async fn invoke(app: &TestApp, token: &str, id: &str, event: Value) -> Value {
+    app.post(&format!("/api/functions/{id}/execute"), token, event).await.expect(200).body
+}
+
+pub async fn logs(app: &TestApp, token: &str, execution_id: &str) -> String {
+    app.get(&format!("/api/executions/{execution_id}/logs?format=text"), token).await.expect(200).text
+}
