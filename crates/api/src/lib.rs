@@ -53,6 +53,10 @@ pub struct ApiConfig {
     pub auth_limits: AuthLimits,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// This node's name, recorded on the executions it runs.
+    pub node: String,
+    /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
+    pub dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +71,8 @@ pub struct AppState {
     account_failures: RateLimiter,
     trust_forwarded_for: bool,
     api_key_touches: caller::KeyTouches,
+    node: String,
+    dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     started: Instant,
 }
 
@@ -95,6 +101,8 @@ impl AppState {
             ),
             trust_forwarded_for: config.trust_forwarded_for,
             api_key_touches: caller::KeyTouches::default(),
+            node: config.node,
+            dispatcher_wake: config.dispatcher_wake,
             started: Instant::now(),
         })
     }

@@ -47,7 +47,3 @@ pub fn record_request(method: &str, route: &str, status: u16, latency: Duration)
     metrics::histogram!("voltrun_http_request_duration_seconds", &labels)
         .record(latency.as_secs_f64());
 }
-
-pub fn record_execution(status: ExecutionStatus) {
-    metrics::counter!("voltrun_executions_total", "status" => status.as_str()).increment(1);
-}

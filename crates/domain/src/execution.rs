@@ -99,6 +99,19 @@ pub struct ExecutionRecord {
     pub node: Option<String>,
     pub instance_id: Option<String>,
     pub logs_truncated: bool,
+    /// Attempts started so far (asynchronous invocations may retry).
+    pub attempts: i32,
+}
+
+/// One finished attempt of an asynchronous execution that was retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub status: ExecutionStatus,
+    pub error: Option<ExecutionError>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
 }
 
 /// What the engine reports when an execution ends.

@@ -25,6 +25,8 @@ pub struct FunctionRecord {
     pub memory_mb: i32,
     pub timeout_s: i32,
     pub env_ciphertext: Vec<u8>,
+    /// How often a failed asynchronous invocation is retried (0–2, as Lambda).
+    pub max_retries: i32,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -187,6 +189,13 @@ pub const DEFAULT_TIMEOUT_S: i32 = 30;
 
 pub fn parse_memory_mb(v: i64) -> Result<i32, ValidationError> {
     in_range("memory_mb", v, &MEMORY_MB_RANGE)
+}
+
+pub const MAX_RETRIES_RANGE: std::ops::RangeInclusive<i32> = 0..=2;
+pub const DEFAULT_MAX_RETRIES: i32 = 2;
+
+pub fn parse_max_retries(v: i64) -> Result<i32, ValidationError> {
+    in_range("max_retries", v, &MAX_RETRIES_RANGE)
 }
 
 pub fn parse_timeout_s(v: i64) -> Result<i32, ValidationError> {

@@ -25,7 +25,11 @@ impl CodeCache {
     }
 
     /// The directory holding `function`'s code, materialised from storage on first use.
-    pub async fn ensure(&self, store: &dyn Store, function: &FunctionRecord) -> Result<PathBuf, EngineError> {
+    pub async fn ensure(
+        &self,
+        store: &dyn Store,
+        function: &FunctionRecord,
+    ) -> Result<PathBuf, EngineError> {
         let dir = self.root.join(&function.code_sha256);
         if dir.is_dir() {
             return Ok(dir);
@@ -34,18 +38,35 @@ impl CodeCache {
             .get_code(&function.code_sha256)
             .await
             .map_err(|e| EngineError::Internal(format!("reading code: {e}")))?
-            .ok_or_else(|| EngineError::Internal(format!("code {} is missing from storage", function.code_sha256)))?;
-        let (root, kind, filename, target) =
-            (self.root.clone(), function.code_kind, function.code_filename.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || materialise(&root, kind, &bytes, filename.as_deref(), &target))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(|e| EngineError::Internal(format!("unpacking code: {e}")))?;
+            .ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "code {} is missing from storage",
+                    function.code_sha256
+                ))
+            })?;
+        let (root, kind, filename, target) = (
+            self.root.clone(),
+            function.code_kind,
+            function.code_filename.clone(),
+            dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            materialise(&root, kind, &bytes, filename.as_deref(), &target)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Internal(format!("unpacking code: {e}")))?;
         Ok(dir)
     }
 }
 
-fn materialise(root: &Path, kind: CodeKind, bytes: &[u8], filename: Option<&str>, target: &Path) -> std::io::Result<()> {
+fn materialise(
+    root: &Path,
+    kind: CodeKind,
+    bytes: &[u8],
+    filename: Option<&str>,
+    target: &Path,
+) -> std::io::Result<()> {
     let staging = root.join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir_all(&staging)?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))?;
@@ -66,7 +87,9 @@ fn materialise(root: &Path, kind: CodeKind, bytes: &[u8], filename: Option<&str>
     if fs::rename(&staging, target).is_err() {
         let _ = fs::remove_dir_all(&staging);
         if !target.is_dir() {
-            return Err(std::io::Error::other("could not move unpacked code into place"));
+            return Err(std::io::Error::other(
+                "could not move unpacked code into place",
+            ));
         }
     }
     Ok(())
@@ -76,7 +99,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         create_dirs(parent)?;
     }
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     file.write_all(bytes)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
@@ -89,11 +116,15 @@ fn create_dirs(dir: &Path) -> std::io::Result<()> {
 /// Unpacks an archive that passed the upload checks. Paths are re-checked here (`enclosed_name`), so
 /// even a bundle written to storage by other means cannot place files outside the directory.
 fn extract(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(std::io::Error::other)?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(std::io::Error::other)?;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(std::io::Error::other)?;
         let Some(relative) = entry.enclosed_name() else {
-            return Err(std::io::Error::other(format!("entry {:?} escapes the code directory", entry.name())));
+            return Err(std::io::Error::other(format!(
+                "entry {:?} escapes the code directory",
+                entry.name()
+            )));
         };
         let path = dest.join(relative);
         if entry.is_dir() {
@@ -101,7 +132,8 @@ fn extract(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
             continue;
         }
         let mode = entry.unix_mode().unwrap_or(0o644);
-        let mut contents = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0).min(1 << 26));
+        let mut contents =
+            Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0).min(1 << 26));
         entry.read_to_end(&mut contents)?;
         if mode & 0o170000 == 0o120000 {
             if let Some(parent) = path.parent() {

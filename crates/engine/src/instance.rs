@@ -4,7 +4,6 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -19,8 +18,25 @@ use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, Runtim
 
 /// Lines longer than this are split: a runaway line cannot grow a buffer without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Lines buffered between the readers and the invocation; past this, lines are dropped and counted.
-const LOG_BUFFER_LINES: usize = 16 * 1024;
+/// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
+/// the overflow and flags the logs as truncated). The rest is dropped as it arrives.
+const LOG_BUFFER_BYTES: usize = voltrun_domain::execution::LOG_CAP_BYTES;
+
+/// Lines read from the runtime's output since the last invocation ended.
+#[derive(Debug, Default)]
+struct LogBuffer {
+    lines: Vec<LogLine>,
+    bytes: usize,
+    dropped: u64,
+}
+
+type SharedLogs = Arc<std::sync::Mutex<LogBuffer>>;
+
+fn lock(logs: &SharedLogs) -> std::sync::MutexGuard<'_, LogBuffer> {
+    // The buffer is consistent after every push, so a poisoned lock is still usable.
+    logs.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 /// Lambda's limit on initialisation.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,8 +69,7 @@ pub struct Instance {
     sandbox: Option<Sandbox>,
     next: mpsc::Sender<NextInvocation>,
     signals: mpsc::UnboundedReceiver<RuntimeSignal>,
-    logs: mpsc::Receiver<LogLine>,
-    dropped_lines: Arc<AtomicU64>,
+    logs: SharedLogs,
     exit: AsyncFd<OwnedFd>,
     output_fds: [RawFd; 2],
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -66,16 +81,25 @@ pub struct Instance {
 async fn read_lines(
     mut pipe: tokio::net::unix::pipe::Receiver,
     stream: LogStream,
-    out: mpsc::Sender<LogLine>,
-    dropped: Arc<AtomicU64>,
+    out: SharedLogs,
 ) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let emit = |bytes: &[u8]| {
-        let text = String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string();
-        if out.try_send(LogLine { timestamp: Utc::now(), stream, line: text }).is_err() {
-            dropped.fetch_add(1, Ordering::Relaxed);
+        let mut buffer = lock(&out);
+        if buffer.bytes > LOG_BUFFER_BYTES {
+            buffer.dropped += 1;
+            return;
         }
+        let text = String::from_utf8_lossy(bytes)
+            .trim_end_matches('\r')
+            .to_string();
+        buffer.bytes += text.len();
+        buffer.lines.push(LogLine {
+            timestamp: Utc::now(),
+            stream,
+            line: text,
+        });
     };
     loop {
         let n = match pipe.read(&mut chunk).await {
@@ -116,7 +140,8 @@ impl Instance {
             .await
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
-        let mut instance = Self::wire(id, sandbox, memory).map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
+        let mut instance = Self::wire(id, sandbox, memory)
+            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
         let deadline = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(deadline);
         let failure = loop {
@@ -138,8 +163,15 @@ impl Instance {
         Err((failure, logs))
     }
 
-    fn wire(id: String, mut sandbox: Sandbox, memory: Option<OwnedSemaphorePermit>) -> std::io::Result<Self> {
-        let listener = sandbox.listener.take().ok_or_else(|| std::io::Error::other("sandbox without listener"))?;
+    fn wire(
+        id: String,
+        mut sandbox: Sandbox,
+        memory: Option<OwnedSemaphorePermit>,
+    ) -> std::io::Result<Self> {
+        let listener = sandbox
+            .listener
+            .take()
+            .ok_or_else(|| std::io::Error::other("sandbox without listener"))?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (next_tx, next_rx) = mpsc::channel(1);
@@ -148,13 +180,23 @@ impl Instance {
         let mut tasks = vec![tokio::spawn(async move {
             let _ = axum::serve(listener, api).await;
         })];
-        let (log_tx, log_rx) = mpsc::channel(LOG_BUFFER_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let stdout = sandbox.child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let stderr = sandbox.child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let logs = SharedLogs::default();
+        let stdout = sandbox
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let stderr = sandbox
+            .child
+            .stderr
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stderr"))?;
         let output_fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-        for (pipe, stream) in [(to_pipe(stdout)?, LogStream::Stdout), (to_pipe(stderr)?, LogStream::Stderr)] {
-            tasks.push(tokio::spawn(read_lines(pipe, stream, log_tx.clone(), dropped.clone())));
+        for (pipe, stream) in [
+            (to_pipe(stdout)?, LogStream::Stdout),
+            (to_pipe(stderr)?, LogStream::Stderr),
+        ] {
+            tasks.push(tokio::spawn(read_lines(pipe, stream, logs.clone())));
         }
         // The pidfd is an OwnedFd moved into the AsyncFd, which owns and closes it: the I/O-safety
         // concern behind the deprecation (registering a descriptor someone else may close) is absent.
@@ -167,8 +209,7 @@ impl Instance {
             sandbox: Some(sandbox),
             next: next_tx,
             signals: signal_rx,
-            logs: log_rx,
-            dropped_lines: dropped,
+            logs,
             exit,
             output_fds,
             tasks,
@@ -190,22 +231,35 @@ impl Instance {
             .and_then(Sandbox::try_exit_status)
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown status".into());
-        Failure::Exited { status, out_of_memory }
+        Failure::Exited {
+            status,
+            out_of_memory,
+        }
     }
 
     pub fn memory_peak_mb(&self) -> Option<i64> {
-        self.sandbox.as_ref().and_then(Sandbox::memory_peak_bytes).map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
+        self.sandbox
+            .as_ref()
+            .and_then(Sandbox::memory_peak_bytes)
+            .map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
     }
 
     /// Runs one invocation. On a timeout the instance is killed (the whole process tree) before this
     /// returns.
-    pub async fn invoke(&mut self, request_id: &str, event: Bytes, timeout: Duration, function_arn: String) -> InvokeResult {
+    pub async fn invoke(
+        &mut self,
+        request_id: &str,
+        event: Bytes,
+        timeout: Duration,
+        function_arn: String,
+    ) -> InvokeResult {
         if let Some(sandbox) = &self.sandbox {
             sandbox.reset_memory_peak();
         }
         let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let deadline =
+            Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
         let request = NextInvocation {
             request_id: request_id.to_string(),
             event,
@@ -243,7 +297,11 @@ impl Instance {
     /// it answered but the readers have not consumed yet, so lines land on the right invocation.
     pub async fn finish_logs(&mut self) -> Vec<LogLine> {
         for _ in 0..50 {
-            let pending: usize = self.output_fds.iter().map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd))).sum();
+            let pending: usize = self
+                .output_fds
+                .iter()
+                .map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd)))
+                .sum();
             if pending == 0 {
                 break;
             }
@@ -253,11 +311,9 @@ impl Instance {
         for _ in 0..3 {
             tokio::task::yield_now().await;
         }
-        let mut lines = Vec::new();
-        while let Ok(line) = self.logs.try_recv() {
-            lines.push(line);
-        }
-        let dropped = self.dropped_lines.swap(0, Ordering::Relaxed);
+        let LogBuffer {
+            mut lines, dropped, ..
+        } = std::mem::take(&mut *lock(&self.logs));
         if dropped > 0 {
             lines.push(LogLine {
                 timestamp: Utc::now(),

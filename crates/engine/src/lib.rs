@@ -6,6 +6,7 @@
 //! invocation with a clear reason rather than pretending to run anything.
 
 mod code_cache;
+pub mod executions;
 mod instance;
 pub mod local;
 mod metrics;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
+pub use executions::{Dispatcher, EnvOpener, run_sync};
 pub use local::{LocalEngine, LocalEngineConfig};
 pub use runtimes::{RuntimeInfo, detect_runtimes};
 

@@ -17,7 +17,9 @@ use axum::body::Bytes;
 use chrono::Utc;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
-use voltrun_domain::execution::{ExecutionError, ExecutionOutcome, ExecutionStatus, LogLine, LogStream};
+use voltrun_domain::execution::{
+    ExecutionError, ExecutionOutcome, ExecutionStatus, LogLine, LogStream,
+};
 use voltrun_domain::function::{FunctionRecord, RuntimeFamily};
 use voltrun_sandbox::{BindMount, Limits, SandboxSpec, Spawner};
 use voltrun_storage::Store;
@@ -73,8 +75,15 @@ const NODE_BOOTSTRAP: &str = include_str!("../bootstraps/bootstrap.js");
 impl LocalEngine {
     /// Sets up the spawner (finds bubblewrap, the cgroup setup and compiles the seccomp filters) and
     /// writes the runtime files. Fails when this host cannot run sandboxes.
-    pub fn new(config: LocalEngineConfig, store: Arc<dyn Store>, runtimes: Vec<RuntimeInfo>) -> Result<Arc<Self>, EngineError> {
-        let is_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").map_err(|e| EngineError::Unavailable(e.to_string()))?) == 0;
+    pub fn new(
+        config: LocalEngineConfig,
+        store: Arc<dyn Store>,
+        runtimes: Vec<RuntimeInfo>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let is_root = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata("/proc/self")
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?,
+        ) == 0;
         if !is_root {
             return Err(EngineError::Unavailable(
                 "the namespace sandbox needs root (to run sandboxes as unprivileged uids and set cgroup limits)".into(),
@@ -86,9 +95,13 @@ impl LocalEngine {
             tracing::warn!(detail, "sandbox limits are degraded");
         }
         let runtime_dir = config.work_dir.join("runtime");
-        write_runtime_files(&runtime_dir).map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
-        let code = CodeCache::new(config.work_dir.join("code")).map_err(|e| EngineError::Unavailable(format!("code directory: {e}")))?;
-        let memory = Arc::new(Semaphore::new(usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4)));
+        write_runtime_files(&runtime_dir)
+            .map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
+        let code = CodeCache::new(config.work_dir.join("code"))
+            .map_err(|e| EngineError::Unavailable(format!("code directory: {e}")))?;
+        let memory = Arc::new(Semaphore::new(
+            usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4),
+        ));
         let engine = Arc::new(Self {
             config,
             store,
@@ -110,12 +123,17 @@ impl LocalEngine {
         tokio::spawn(async move {
             loop {
                 let every = match engine.upgrade() {
-                    Some(e) => (e.config.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
+                    Some(e) => (e.config.keep_alive / 4)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(30)),
                     None => return,
                 };
                 tokio::time::sleep(every).await;
-                let Some(engine) = engine.upgrade() else { return };
-                let expired = engine.take_idle_where(|i| i.last_used.elapsed() >= engine.config.keep_alive).await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let expired = engine
+                    .take_idle_where(|i| i.last_used.elapsed() >= engine.config.keep_alive)
+                    .await;
                 for instance in expired {
                     tracing::debug!(instance = %instance.id, "stopping idle instance after keep-alive");
                     instance.stop().await;
@@ -160,8 +178,16 @@ impl LocalEngine {
     /// Takes an idle instance of this exact version; idle instances of older versions are drained.
     async fn take_warm(&self, key: PoolKey) -> (Option<Instance>, Vec<Instance>) {
         let mut idle = self.idle.lock().await;
-        let stale_keys: Vec<PoolKey> = idle.keys().filter(|(f, v)| *f == key.0 && *v != key.1).copied().collect();
-        let stale: Vec<Instance> = stale_keys.iter().filter_map(|k| idle.remove(k)).flatten().collect();
+        let stale_keys: Vec<PoolKey> = idle
+            .keys()
+            .filter(|(f, v)| *f == key.0 && *v != key.1)
+            .copied()
+            .collect();
+        let stale: Vec<Instance> = stale_keys
+            .iter()
+            .filter_map(|k| idle.remove(k))
+            .flatten()
+            .collect();
         let warm = idle.get_mut(&key).and_then(Vec::pop);
         (warm, stale)
     }
@@ -189,41 +215,74 @@ impl LocalEngine {
                     .map(|(k, _)| k);
                 key.and_then(|k| {
                     let list = idle.get_mut(&k)?;
-                    let pos = list.iter().enumerate().min_by_key(|(_, i)| i.last_used).map(|(p, _)| p)?;
+                    let pos = list
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, i)| i.last_used)
+                        .map(|(p, _)| p)?;
                     Some(list.remove(pos))
                 })
             };
             match oldest {
                 Some(instance) => instance.stop().await,
                 None => {
-                    return tokio::time::timeout(self.config.queue_timeout, self.memory.clone().acquire_many_owned(wanted))
-                        .await
-                        .map_err(|_| EngineError::Overloaded)?
-                        .map_err(|_| EngineError::Overloaded);
+                    return tokio::time::timeout(
+                        self.config.queue_timeout,
+                        self.memory.clone().acquire_many_owned(wanted),
+                    )
+                    .await
+                    .map_err(|_| EngineError::Overloaded)?
+                    .map_err(|_| EngineError::Overloaded);
                 }
             }
         }
     }
 
-    fn spec(&self, function: &FunctionRecord, runtime: &RuntimeInfo, code_dir: PathBuf, env: &voltrun_domain::function::EnvVars) -> Result<SandboxSpec, EngineError> {
-        let family = RuntimeFamily::of(&runtime.id).ok_or_else(|| EngineError::Internal(format!("unknown runtime {}", runtime.id)))?;
+    fn spec(
+        &self,
+        function: &FunctionRecord,
+        runtime: &RuntimeInfo,
+        code_dir: PathBuf,
+        env: &voltrun_domain::function::EnvVars,
+    ) -> Result<SandboxSpec, EngineError> {
+        let family = RuntimeFamily::of(&runtime.id)
+            .ok_or_else(|| EngineError::Internal(format!("unknown runtime {}", runtime.id)))?;
         let command = match (family, &runtime.interpreter) {
-            (RuntimeFamily::Python, Some(interpreter)) => vec![interpreter.display().to_string(), "/var/runtime/bootstrap.py".into()],
-            (RuntimeFamily::Node, Some(interpreter)) => vec![interpreter.display().to_string(), "/var/runtime/bootstrap.js".into()],
+            (RuntimeFamily::Python, Some(interpreter)) => vec![
+                interpreter.display().to_string(),
+                "/var/runtime/bootstrap.py".into(),
+            ],
+            (RuntimeFamily::Node, Some(interpreter)) => vec![
+                interpreter.display().to_string(),
+                "/var/runtime/bootstrap.js".into(),
+            ],
             (RuntimeFamily::Provided, _) => vec!["/var/task/bootstrap".into()],
             (RuntimeFamily::Python | RuntimeFamily::Node, None) => {
-                return Err(EngineError::Internal(format!("runtime {} has no interpreter", runtime.id)));
+                return Err(EngineError::Internal(format!(
+                    "runtime {} has no interpreter",
+                    runtime.id
+                )));
             }
         };
-        let mut vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut vars: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         vars.extend([
-            ("AWS_LAMBDA_RUNTIME_API".to_string(), format!("127.0.0.1:{RUNTIME_API_PORT}")),
+            (
+                "AWS_LAMBDA_RUNTIME_API".to_string(),
+                format!("127.0.0.1:{RUNTIME_API_PORT}"),
+            ),
             ("_HANDLER".into(), function.handler.clone()),
             ("LAMBDA_TASK_ROOT".into(), "/var/task".into()),
             ("LAMBDA_RUNTIME_DIR".into(), "/var/runtime".into()),
             ("AWS_LAMBDA_FUNCTION_NAME".into(), function.name.clone()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), function.memory_mb.to_string()),
-            ("AWS_LAMBDA_FUNCTION_VERSION".into(), function.version.to_string()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+                function.memory_mb.to_string(),
+            ),
+            (
+                "AWS_LAMBDA_FUNCTION_VERSION".into(),
+                function.version.to_string(),
+            ),
             ("AWS_REGION".into(), "local".into()),
             ("TZ".into(), ":UTC".into()),
             ("LANG".into(), "C.UTF-8".into()),
@@ -231,13 +290,25 @@ impl LocalEngine {
             ("HOME".into(), "/tmp".into()),
         ]);
         let mut binds = vec![
-            BindMount { source: code_dir, dest: "/var/task".into() },
-            BindMount { source: self.runtime_dir.join("bootstraps"), dest: "/var/runtime".into() },
+            BindMount {
+                source: code_dir,
+                dest: "/var/task".into(),
+            },
+            BindMount {
+                source: self.runtime_dir.join("bootstraps"),
+                dest: "/var/runtime".into(),
+            },
         ];
         for etc in ["passwd", "group", "hosts"] {
-            binds.push(BindMount { source: self.runtime_dir.join("etc").join(etc), dest: PathBuf::from("/etc").join(etc) });
+            binds.push(BindMount {
+                source: self.runtime_dir.join("etc").join(etc),
+                dest: PathBuf::from("/etc").join(etc),
+            });
         }
-        binds.extend(runtime.binds.iter().map(|dir| BindMount { source: dir.clone(), dest: dir.clone() }));
+        binds.extend(runtime.binds.iter().map(|dir| BindMount {
+            source: dir.clone(),
+            dest: dir.clone(),
+        }));
         let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
         let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % self.config.uid_count.max(1);
         Ok(SandboxSpec {
@@ -269,7 +340,10 @@ fn write_runtime_files(dir: &std::path::Path) -> std::io::Result<()> {
     let files: [(PathBuf, &str); 5] = [
         (bootstraps.join("bootstrap.py"), PYTHON_BOOTSTRAP),
         (bootstraps.join("bootstrap.js"), NODE_BOOTSTRAP),
-        (etc.join("passwd"), "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:1000:1000:function:/tmp:/usr/sbin/nologin\n"),
+        (
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:1000:1000:function:/tmp:/usr/sbin/nologin\n",
+        ),
         (etc.join("group"), "root:x:0:\nsbx_user:x:1000:\n"),
         (etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n"),
     ];
@@ -281,20 +355,36 @@ fn write_runtime_files(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn platform_error(error_type: &str, message: impl Into<String>) -> ExecutionError {
-    ExecutionError { error_type: error_type.into(), message: message.into() }
+    ExecutionError {
+        error_type: error_type.into(),
+        message: message.into(),
+    }
 }
 
 /// Maps how an invocation ended to the execution's status and error (Lambda's error types).
-fn classify(result: Result<RuntimeReply, Failure>, function: &FunctionRecord) -> (ExecutionStatus, Option<serde_json::Value>, Option<ExecutionError>) {
+fn classify(
+    result: Result<RuntimeReply, Failure>,
+    function: &FunctionRecord,
+) -> (
+    ExecutionStatus,
+    Option<serde_json::Value>,
+    Option<ExecutionError>,
+) {
     match result {
         Ok(RuntimeReply::Response(bytes)) => {
             // Lambda returns whatever bytes the function produced; a record keeps JSON, so non-JSON
             // output is kept as a string.
-            let output = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            let output = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            });
             (ExecutionStatus::Succeeded, Some(output), None)
         }
-        Ok(RuntimeReply::Error { error_type, message }) => {
-            let error = if error_type.starts_with("Runtime.") || error_type.starts_with("Function.") {
+        Ok(RuntimeReply::Error {
+            error_type,
+            message,
+        }) => {
+            let error = if error_type.starts_with("Runtime.") || error_type.starts_with("Function.")
+            {
                 platform_error(&error_type, message)
             } else {
                 platform_error("Runtime.Unhandled", format!("{error_type}: {message}"))
@@ -306,35 +396,71 @@ fn classify(result: Result<RuntimeReply, Failure>, function: &FunctionRecord) ->
             None,
             Some(platform_error(
                 "Function.ResponseSizeTooLarge",
-                format!("response payload of {size} bytes exceeds the limit of {} bytes", crate::runtime_api::MAX_RESPONSE_BYTES),
+                format!(
+                    "response payload of {size} bytes exceeds the limit of {} bytes",
+                    crate::runtime_api::MAX_RESPONSE_BYTES
+                ),
             )),
         ),
-        Err(Failure::Init(init)) => (ExecutionStatus::Failed, None, Some(platform_error(&init.error_type, init.message))),
-        Err(Failure::Exited { out_of_memory: true, .. }) => (
+        Err(Failure::Init(init)) => (
             ExecutionStatus::Failed,
             None,
-            Some(platform_error("Runtime.OutOfMemory", format!("the function ran out of memory (limit {} MB)", function.memory_mb))),
+            Some(platform_error(&init.error_type, init.message)),
         ),
-        Err(Failure::Exited { status, .. }) => {
-            (ExecutionStatus::Failed, None, Some(platform_error("Runtime.ExitError", format!("the runtime exited: {status}"))))
-        }
+        Err(Failure::Exited {
+            out_of_memory: true,
+            ..
+        }) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(platform_error(
+                "Runtime.OutOfMemory",
+                format!(
+                    "the function ran out of memory (limit {} MB)",
+                    function.memory_mb
+                ),
+            )),
+        ),
+        Err(Failure::Exited { status, .. }) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(platform_error(
+                "Runtime.ExitError",
+                format!("the runtime exited: {status}"),
+            )),
+        ),
         Err(Failure::TimedOut) => (
             ExecutionStatus::TimedOut,
             None,
-            Some(platform_error("Sandbox.Timedout", format!("task timed out after {} seconds", function.timeout_s))),
+            Some(platform_error(
+                "Sandbox.Timedout",
+                format!("task timed out after {} seconds", function.timeout_s),
+            )),
         ),
-        Err(Failure::Sandbox(message)) => (ExecutionStatus::Failed, None, Some(platform_error("Platform.SandboxError", message))),
+        Err(Failure::Sandbox(message)) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(platform_error("Platform.SandboxError", message)),
+        ),
     }
 }
 
 fn platform_line(text: String) -> LogLine {
-    LogLine { timestamp: Utc::now(), stream: LogStream::Stdout, line: text }
+    LogLine {
+        timestamp: Utc::now(),
+        stream: LogStream::Stdout,
+        line: text,
+    }
 }
 
 #[async_trait]
 impl Engine for LocalEngine {
     fn status(&self) -> EngineStatus {
-        EngineStatus { backend: "namespace".into(), ready: true, detail: self.detail.clone() }
+        EngineStatus {
+            backend: "namespace".into(),
+            ready: true,
+            detail: self.detail.clone(),
+        }
     }
 
     fn runtimes(&self) -> &[RuntimeInfo] {
@@ -347,7 +473,12 @@ impl Engine for LocalEngine {
             .runtimes
             .iter()
             .find(|r| r.id == function.runtime)
-            .ok_or_else(|| EngineError::Internal(format!("runtime {} is no longer offered on this host", function.runtime)))?
+            .ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "runtime {} is no longer offered on this host",
+                    function.runtime
+                ))
+            })?
             .clone();
         let _slot = self.function_slot(function.id).await?;
         let key = (function.id, function.version);
@@ -357,7 +488,10 @@ impl Engine for LocalEngine {
         }
         let started_at = voltrun_storage::now();
         let request_id = invocation.execution_id.to_string();
-        let mut logs = vec![platform_line(format!("START RequestId: {request_id} Version: {}", function.version))];
+        let mut logs = vec![platform_line(format!(
+            "START RequestId: {request_id} Version: {}",
+            function.version
+        ))];
         let clock = Instant::now();
 
         let (mut instance, cold) = match warm {
@@ -370,15 +504,31 @@ impl Engine for LocalEngine {
                     Ok(instance) => (instance, true),
                     Err((failure, init_logs)) => {
                         logs.extend(init_logs);
-                        return Ok(self.finish(function, &request_id, started_at, clock, logs, Err(failure), None, true, None));
+                        return Ok(self.finish(
+                            function,
+                            &request_id,
+                            started_at,
+                            clock,
+                            logs,
+                            Err(failure),
+                            None,
+                            true,
+                            None,
+                        ));
                     }
                 }
             }
         };
         let init_duration = instance.init_duration.take();
-        let event = Bytes::from(serde_json::to_vec(&invocation.event).map_err(|e| EngineError::Internal(e.to_string()))?);
+        let event = Bytes::from(
+            serde_json::to_vec(&invocation.event)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+        );
         let timeout = Duration::from_secs(u64::try_from(function.timeout_s).unwrap_or(30));
-        let arn = format!("arn:voltrun:function:{}:{}", function.name, function.version);
+        let arn = format!(
+            "arn:voltrun:function:{}:{}",
+            function.name, function.version
+        );
         let invoke_clock = Instant::now();
         let result = match instance.invoke(&request_id, event, timeout, arn).await {
             crate::instance::InvokeResult::Replied(reply) => Ok(reply),
@@ -389,11 +539,26 @@ impl Engine for LocalEngine {
         let peak = instance.memory_peak_mb();
         let instance_id = instance.id.clone();
         if instance.is_healthy() {
-            self.idle.lock().await.entry(key).or_default().push(instance);
+            self.idle
+                .lock()
+                .await
+                .entry(key)
+                .or_default()
+                .push(instance);
         } else {
             instance.stop().await;
         }
-        Ok(self.finish(function, &request_id, started_at, clock, logs, result, init_duration, cold, Some((duration, peak, instance_id))))
+        Ok(self.finish(
+            function,
+            &request_id,
+            started_at,
+            clock,
+            logs,
+            result,
+            init_duration,
+            cold,
+            Some((duration, peak, instance_id)),
+        ))
     }
 }
 
@@ -421,10 +586,17 @@ impl LocalEngine {
             peak.unwrap_or(0)
         );
         if let Some(init) = init_duration {
-            report.push_str(&format!("\tInit Duration: {:.2} ms", init.as_secs_f64() * 1000.0));
+            report.push_str(&format!(
+                "\tInit Duration: {:.2} ms",
+                init.as_secs_f64() * 1000.0
+            ));
         }
         if let Some(error) = &error {
-            logs.push(LogLine { timestamp: Utc::now(), stream: LogStream::Stderr, line: format!("[ERROR] {}: {}", error.error_type, error.message) });
+            logs.push(LogLine {
+                timestamp: Utc::now(),
+                stream: LogStream::Stderr,
+                line: format!("[ERROR] {}: {}", error.error_type, error.message),
+            });
         }
         logs.push(platform_line(format!("END RequestId: {request_id}")));
         logs.push(platform_line(report));
@@ -437,7 +609,8 @@ impl LocalEngine {
                 started_at,
                 finished_at: voltrun_storage::now(),
                 duration_ms: duration.as_millis().try_into().unwrap_or(i64::MAX),
-                init_duration_ms: init_duration.map(|d| d.as_millis().try_into().unwrap_or(i64::MAX)),
+                init_duration_ms: init_duration
+                    .map(|d| d.as_millis().try_into().unwrap_or(i64::MAX)),
                 memory_peak_mb: peak,
                 cold_start: cold,
                 node: self.config.node.clone(),

@@ -4,14 +4,25 @@ use std::time::Duration;
 
 use voltrun_domain::execution::ExecutionStatus;
 
-pub fn record(runtime: &str, cold: bool, init: Option<Duration>, duration: Duration, status: ExecutionStatus) {
+pub fn record(
+    runtime: &str,
+    cold: bool,
+    init: Option<Duration>,
+    duration: Duration,
+    status: ExecutionStatus,
+) {
     let runtime = runtime.to_string();
     if cold {
         metrics::counter!("voltrun_cold_starts_total", "runtime" => runtime.clone()).increment(1);
     }
     if let Some(init) = init {
-        metrics::histogram!("voltrun_init_duration_seconds", "runtime" => runtime.clone()).record(init.as_secs_f64());
+        metrics::histogram!("voltrun_init_duration_seconds", "runtime" => runtime.clone())
+            .record(init.as_secs_f64());
     }
     metrics::histogram!("voltrun_invocation_duration_seconds", "runtime" => runtime, "status" => status.as_str())
         .record(duration.as_secs_f64());
+}
+
+pub fn record_execution(status: ExecutionStatus) {
+    metrics::counter!("voltrun_executions_total", "status" => status.as_str()).increment(1);
 }

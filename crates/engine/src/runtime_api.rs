@@ -59,7 +59,10 @@ struct ApiState {
 
 /// Builds the router for one instance. Invocations arrive on `next`; readiness and init errors are
 /// reported on `signals`.
-pub fn router(next: mpsc::Receiver<NextInvocation>, signals: mpsc::UnboundedSender<RuntimeSignal>) -> Router {
+pub fn router(
+    next: mpsc::Receiver<NextInvocation>,
+    signals: mpsc::UnboundedSender<RuntimeSignal>,
+) -> Router {
     let state = Arc::new(ApiState {
         next: Mutex::new(next),
         current: Mutex::new(None),
@@ -68,7 +71,10 @@ pub fn router(next: mpsc::Receiver<NextInvocation>, signals: mpsc::UnboundedSend
     });
     Router::new()
         .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
         // Read one byte more than allowed, to tell "too large" from "exactly the limit".
@@ -77,7 +83,10 @@ pub fn router(next: mpsc::Receiver<NextInvocation>, signals: mpsc::UnboundedSend
 }
 
 async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
-    if !state.ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if !state
+        .ready_sent
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
         let _ = state.signals.send(RuntimeSignal::Ready);
     }
     let invocation = state.next.lock().await.recv().await;
@@ -89,9 +98,18 @@ async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
     let mut headers = HeaderMap::new();
     let pairs = [
         ("lambda-runtime-aws-request-id", inv.request_id.clone()),
-        ("lambda-runtime-deadline-ms", inv.deadline_unix_ms.to_string()),
-        ("lambda-runtime-invoked-function-arn", inv.function_arn.clone()),
-        ("lambda-runtime-trace-id", format!("Root=1-{}", inv.request_id.replace('-', ""))),
+        (
+            "lambda-runtime-deadline-ms",
+            inv.deadline_unix_ms.to_string(),
+        ),
+        (
+            "lambda-runtime-invoked-function-arn",
+            inv.function_arn.clone(),
+        ),
+        (
+            "lambda-runtime-trace-id",
+            format!("Root=1-{}", inv.request_id.replace('-', "")),
+        ),
         ("content-type", "application/json".to_string()),
     ];
     for (name, value) in pairs {
@@ -113,7 +131,11 @@ async fn take_current(state: &ApiState, id: &str) -> Option<oneshot::Sender<Runt
     }
 }
 
-async fn response(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> StatusCode {
+async fn response(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> StatusCode {
     let Some(reply) = take_current(&state, &id).await else {
         return StatusCode::BAD_REQUEST;
     };
@@ -137,23 +159,48 @@ async fn response(State(state): State<Arc<ApiState>>, Path(id): Path<String>, bo
 /// the `Lambda-Runtime-Function-Error-Type` header.
 fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
-    let header_type = headers.get("lambda-runtime-function-error-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let error_type = doc["errorType"].as_str().map(str::to_string).or(header_type).unwrap_or_else(|| "Unhandled".into());
-    let message = doc["errorMessage"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
+    let header_type = headers
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let error_type = doc["errorType"]
+        .as_str()
+        .map(str::to_string)
+        .or(header_type)
+        .unwrap_or_else(|| "Unhandled".into());
+    let message = doc["errorMessage"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
     (error_type, message)
 }
 
-async fn error(State(state): State<Arc<ApiState>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn error(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let Some(reply) = take_current(&state, &id).await else {
         return StatusCode::BAD_REQUEST;
     };
     let (error_type, message) = parse_error(&headers, &body);
-    let _ = reply.send(RuntimeReply::Error { error_type, message });
+    let _ = reply.send(RuntimeReply::Error {
+        error_type,
+        message,
+    });
     StatusCode::ACCEPTED
 }
 
-async fn init_error(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn init_error(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let (error_type, message) = parse_error(&headers, &body);
-    let _ = state.signals.send(RuntimeSignal::InitError(InitFailure { error_type, message }));
+    let _ = state.signals.send(RuntimeSignal::InitError(InitFailure {
+        error_type,
+        message,
+    }));
     StatusCode::ACCEPTED
 }

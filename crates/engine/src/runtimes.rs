@@ -30,7 +30,8 @@ pub fn detect_runtimes() -> Vec<RuntimeInfo> {
     let python_probe = "import sys, platform; print(platform.python_version()); print(sys.base_prefix); print(sys.executable)";
     for candidate in ["/usr/bin/python3", "python3"] {
         if let Some(lines) = probe(candidate, &["-c", python_probe]) {
-            let [version, prefix, executable] = <[String; 3]>::try_from(lines).ok().unwrap_or_default();
+            let [version, prefix, executable] =
+                <[String; 3]>::try_from(lines).ok().unwrap_or_default();
             let minor: Vec<&str> = version.split('.').take(2).collect();
             if minor.len() == 2 && !executable.is_empty() {
                 found.push(RuntimeInfo {
@@ -45,10 +46,20 @@ pub fn detect_runtimes() -> Vec<RuntimeInfo> {
         }
     }
     for candidate in ["/usr/bin/node", "node"] {
-        if let Some(lines) = probe(candidate, &["-p", "process.versions.node + '\\n' + process.execPath"]) {
+        if let Some(lines) = probe(
+            candidate,
+            &["-p", "process.versions.node + '\\n' + process.execPath"],
+        ) {
             let [version, executable] = <[String; 2]>::try_from(lines).ok().unwrap_or_default();
-            if let Some(major) = version.split('.').next().filter(|m| m.parse::<u32>().is_ok()) {
-                let prefix = Path::new(&executable).parent().and_then(Path::parent).unwrap_or(Path::new("/usr"));
+            if let Some(major) = version
+                .split('.')
+                .next()
+                .filter(|m| m.parse::<u32>().is_ok())
+            {
+                let prefix = Path::new(&executable)
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("/usr"));
                 found.push(RuntimeInfo {
                     id: format!("nodejs{major}"),
                     family: "nodejs".into(),
@@ -60,12 +71,22 @@ pub fn detect_runtimes() -> Vec<RuntimeInfo> {
             }
         }
     }
-    found.push(RuntimeInfo { id: "provided".into(), family: "provided".into(), version: None, interpreter: None, binds: vec![] });
+    found.push(RuntimeInfo {
+        id: "provided".into(),
+        family: "provided".into(),
+        version: None,
+        interpreter: None,
+        binds: vec![],
+    });
     found
 }
 
 fn outside_usr(prefix: &Path) -> Vec<PathBuf> {
-    if prefix.starts_with("/usr") { vec![] } else { vec![prefix.to_path_buf()] }
+    if prefix.starts_with("/usr") {
+        vec![]
+    } else {
+        vec![prefix.to_path_buf()]
+    }
 }
 
 fn probe(program: &str, args: &[&str]) -> Option<Vec<String>> {
@@ -73,7 +94,12 @@ fn probe(program: &str, args: &[&str]) -> Option<Vec<String>> {
     if !out.status.success() {
         return None;
     }
-    Some(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect())
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -85,7 +111,11 @@ mod tests {
         let runtimes = detect_runtimes();
         assert!(runtimes.iter().any(|r| r.id == "provided"));
         for r in &runtimes {
-            assert!(voltrun_domain::function::RuntimeFamily::of(&r.id).is_some(), "{} has no family", r.id);
+            assert!(
+                voltrun_domain::function::RuntimeFamily::of(&r.id).is_some(),
+                "{} has no family",
+                r.id
+            );
         }
     }
 }

@@ -9,7 +9,9 @@ mod queries;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use voltrun_domain::execution::{ExecutionOutcome, ExecutionRecord, ExecutionStatus, LogLine};
+use voltrun_domain::execution::{
+    AttemptRecord, ExecutionOutcome, ExecutionRecord, ExecutionStatus, LogLine,
+};
 use voltrun_domain::function::FunctionRecord;
 use voltrun_domain::user::User;
 
@@ -152,7 +154,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         filter: &ExecutionFilter,
         page: Page,
     ) -> StoreResult<Vec<ExecutionRecord>>;
-    async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>) -> StoreResult<()>;
+    /// Marks a queued execution running on `node` and counts the attempt.
+    async fn mark_execution_running(
+        &self,
+        id: Uuid,
+        started_at: DateTime<Utc>,
+        node: &str,
+    ) -> StoreResult<()>;
+    /// Claims up to `limit` queued asynchronous executions that are due, marking them running on
+    /// `node` (one conditional UPDATE per row, so two dispatchers never claim the same one).
+    async fn claim_async(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ExecutionRecord>>;
+    /// Puts a running execution back in the queue, due at `not_before`.
+    async fn requeue_execution(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()>;
+    async fn record_attempt(&self, id: Uuid, attempt: &AttemptRecord) -> StoreResult<()>;
+    async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>>;
+    /// After a crash of `node`: its running synchronous executions fail with `Platform.NodeLost`
+    /// (their callers are gone); its running asynchronous ones go back to the queue. Returns both counts.
+    async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)>;
     async fn finish_execution(&self, id: Uuid, outcome: &ExecutionOutcome) -> StoreResult<()>;
     /// Appends log lines, keeping the execution's total within `cap_bytes` and flagging truncation.
     async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()>;

@@ -14,16 +14,30 @@ pub(crate) enum Flavour {
     Sqlite,
 }
 
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "async retries",
+        include_str!("../migrations/postgres/0002_async_retries.sql"),
+    ),
+];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "async retries",
+        include_str!("../migrations/sqlite/0002_async_retries.sql"),
+    ),
+];
 
 pub(crate) fn migrator(flavour: Flavour) -> Migrator {
     let set = match flavour {
@@ -99,7 +113,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1]);
+        assert_eq!(versions, [1, 2]);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -137,6 +151,6 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1]);
+        assert_eq!(versions, [1, 2]);
     }
 }

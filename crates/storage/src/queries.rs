@@ -6,8 +6,8 @@ use sqlx::Row;
 use sqlx::types::Json;
 use uuid::Uuid;
 use voltrun_domain::execution::{
-    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
-    LogStream,
+    AttemptRecord, ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus,
+    InvocationType, LogLine, LogStream,
 };
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_domain::user::User;
@@ -75,14 +75,14 @@ macro_rules! user_cols {
 macro_rules! function_cols {
     () => {
         "id, user_id, name, description, runtime, handler, code_sha256, code_size_bytes, code_kind, \
-         code_filename, memory_mb, timeout_s, env_ciphertext, version, created_at, updated_at"
+         code_filename, memory_mb, timeout_s, env_ciphertext, max_retries, version, created_at, updated_at"
     };
 }
 macro_rules! execution_cols {
     () => {
         "id, user_id, function_id, function_version, status, invocation_type, input, output, error_type, \
          error_message, created_at, started_at, finished_at, duration_ms, init_duration_ms, memory_peak_mb, \
-         cold_start, node, instance_id, logs_truncated"
+         cold_start, node, instance_id, logs_truncated, attempts"
     };
 }
 macro_rules! api_key_cols {
@@ -92,7 +92,7 @@ macro_rules! api_key_cols {
 }
 
 macro_rules! store_impl {
-    ($store:ident, $db:ty, $pool:ty, $row:ty, $opts:ty, $ids:ident, $flavour:expr, $backend:literal) => {
+    ($store:ident, $db:ty, $pool:ty, $row:ty, $opts:ty, $ids:ident, $flavour:expr, $backend:literal, $begin_write:literal) => {
         #[derive(Debug, Clone)]
         pub struct $store {
             pool: $pool,
@@ -125,6 +125,7 @@ macro_rules! store_impl {
                     memory_mb: row.try_get("memory_mb")?,
                     timeout_s: row.try_get("timeout_s")?,
                     env_ciphertext: row.try_get("env_ciphertext")?,
+                    max_retries: row.try_get("max_retries")?,
                     version: row.try_get("version")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
@@ -162,6 +163,7 @@ macro_rules! store_impl {
                     node: row.try_get("node")?,
                     instance_id: row.try_get("instance_id")?,
                     logs_truncated: row.try_get("logs_truncated")?,
+                    attempts: row.try_get("attempts")?,
                 })
             }
 
@@ -249,7 +251,7 @@ macro_rules! store_impl {
                 next: &NextRefreshToken,
                 now: DateTime<Utc>,
             ) -> StoreResult<RefreshOutcome> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
                 // Spending is one conditional UPDATE, so two concurrent refreshes with the same token
                 // cannot both succeed: the loser sees it used and revokes the family.
                 let spent = sqlx::query(
@@ -374,13 +376,13 @@ macro_rules! store_impl {
             }
 
             async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
                 Self::put_code(&mut tx, &f.code_sha256, code, f.created_at).await?;
                 sqlx::query(
                     "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
                      code_size_bytes, code_kind, code_filename, memory_mb, timeout_s, env_ciphertext, version, \
-                     created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                     created_at, updated_at, max_retries) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                 )
                 .bind($ids::id(f.id))
                 .bind($ids::id(f.user_id))
@@ -398,6 +400,7 @@ macro_rules! store_impl {
                 .bind(f.version)
                 .bind(f.created_at)
                 .bind(f.updated_at)
+                .bind(f.max_retries)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -432,7 +435,7 @@ macro_rules! store_impl {
                 expected_version: i64,
                 new_code: Option<&[u8]>,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
                 if let Some(code) = new_code {
                     Self::put_code(&mut tx, &f.code_sha256, code, f.updated_at).await?;
                 }
@@ -447,7 +450,7 @@ macro_rules! store_impl {
                 let done = sqlx::query(
                     "UPDATE functions SET name = $1, description = $2, runtime = $3, handler = $4, \
                      code_sha256 = $5, code_size_bytes = $6, code_kind = $7, code_filename = $8, memory_mb = $9, \
-                     timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13 \
+                     timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13, max_retries = $17 \
                      WHERE id = $14 AND user_id = $15 AND version = $16",
                 )
                 .bind(&f.name)
@@ -466,6 +469,7 @@ macro_rules! store_impl {
                 .bind($ids::id(f.id))
                 .bind($ids::id(f.user_id))
                 .bind(expected_version)
+                .bind(f.max_retries)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -481,7 +485,7 @@ macro_rules! store_impl {
             }
 
             async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
                 let deleted = sqlx::query("DELETE FROM functions WHERE id = $1 AND user_id = $2 RETURNING code_sha256")
                     .bind($ids::id(id))
                     .bind($ids::id(user_id))
@@ -546,13 +550,128 @@ macro_rules! store_impl {
                 rows.iter().map(Self::execution_from_row).collect()
             }
 
-            async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>) -> StoreResult<()> {
-                sqlx::query("UPDATE executions SET status = 'running', started_at = $1 WHERE id = $2 AND status = 'queued'")
-                    .bind(started_at)
+            async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>, node: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE executions SET status = 'running', started_at = $1, node = $2, attempts = attempts + 1 \
+                     WHERE id = $3 AND status = 'queued'",
+                )
+                .bind(started_at)
+                .bind(node)
+                .bind($ids::id(id))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_async(&self, node: &str, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<ExecutionRecord>> {
+                let due = sqlx::query(
+                    "SELECT id FROM executions WHERE status = 'queued' AND invocation_type = 'async' \
+                     AND (not_before IS NULL OR not_before <= $1) ORDER BY id LIMIT $2",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut claimed = Vec::new();
+                for row in due {
+                    let id = $ids::get(&row, "id")?;
+                    const SQL: &str = concat!(
+                        "UPDATE executions SET status = 'running', started_at = $1, node = $2, attempts = attempts + 1, \
+                         not_before = NULL WHERE id = $3 AND status = 'queued' RETURNING ",
+                        execution_cols!()
+                    );
+                    let row = match sqlx::query(SQL).bind(now).bind(node).bind($ids::id(id)).fetch_optional(&self.pool).await {
+                        Ok(row) => row,
+                        // Rows claimed so far are already marked running: hand them over rather than
+                        // strand them; the rest stay queued for the next round.
+                        Err(e) if !claimed.is_empty() => {
+                            tracing::warn!(error = %e, "claiming stopped early");
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(row) = row {
+                        claimed.push(Self::execution_from_row(&row)?);
+                    }
+                }
+                Ok(claimed)
+            }
+
+            async fn requeue_execution(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()> {
+                sqlx::query("UPDATE executions SET status = 'queued', not_before = $1 WHERE id = $2 AND status = 'running'")
+                    .bind(not_before)
                     .bind($ids::id(id))
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn record_attempt(&self, id: Uuid, a: &AttemptRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO execution_attempts (execution_id, attempt, status, error_type, error_message, \
+                     started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (execution_id, attempt) DO NOTHING",
+                )
+                .bind($ids::id(id))
+                .bind(a.attempt)
+                .bind(a.status.as_str())
+                .bind(a.error.as_ref().map(|e| e.error_type.as_str()))
+                .bind(a.error.as_ref().map(|e| e.message.as_str()))
+                .bind(a.started_at)
+                .bind(a.finished_at)
+                .bind(a.duration_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>> {
+                let rows = sqlx::query(
+                    "SELECT attempt, status, error_type, error_message, started_at, finished_at, duration_ms \
+                     FROM execution_attempts WHERE execution_id = $1 ORDER BY attempt",
+                )
+                .bind($ids::id(id))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = r.try_get("status")?;
+                        let error_type: Option<String> = r.try_get("error_type")?;
+                        let message: Option<String> = r.try_get("error_message")?;
+                        Ok(AttemptRecord {
+                            attempt: r.try_get("attempt")?,
+                            status: ExecutionStatus::parse(&status).ok_or_else(|| corrupt("attempt status", &status))?,
+                            error: error_type.map(|error_type| ExecutionError { error_type, message: message.unwrap_or_default() }),
+                            started_at: r.try_get("started_at")?,
+                            finished_at: r.try_get("finished_at")?,
+                            duration_ms: r.try_get("duration_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)> {
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let failed = sqlx::query(
+                    "UPDATE executions SET status = 'failed', finished_at = $1, error_type = 'Platform.NodeLost', \
+                     error_message = 'the server stopped while this execution ran; its caller has gone' \
+                     WHERE status = 'running' AND invocation_type = 'sync' AND (node = $2 OR node IS NULL)",
+                )
+                .bind(now)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let requeued = sqlx::query(
+                    "UPDATE executions SET status = 'queued', not_before = NULL \
+                     WHERE status = 'running' AND invocation_type = 'async' AND (node = $1 OR node IS NULL)",
+                )
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok((failed, requeued))
             }
 
             async fn finish_execution(&self, id: Uuid, o: &ExecutionOutcome) -> StoreResult<()> {
@@ -580,7 +699,7 @@ macro_rules! store_impl {
             }
 
             async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
                 let row = sqlx::query(
                     "SELECT logs_bytes, logs_truncated, \
                      (SELECT COUNT(*) FROM execution_logs WHERE execution_id = $1) AS line_count \
@@ -694,10 +813,17 @@ macro_rules! store_impl {
         }
 
         impl $store {
-            pub async fn connect_with(opts: $opts, max_connections: u32) -> StoreResult<Self> {
+            /// `test_before_acquire`: ping a pooled connection before handing it out, to replace one
+            /// the server has dropped. Every connection is also pinged when it is returned.
+            pub async fn connect_with(
+                opts: $opts,
+                max_connections: u32,
+                test_before_acquire: bool,
+            ) -> StoreResult<Self> {
                 let pool = sqlx::pool::PoolOptions::<$db>::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(std::time::Duration::from_secs(5))
+                    .test_before_acquire(test_before_acquire)
                     .connect_with(opts)
                     .await?;
                 migrator($flavour).run(&pool).await?;
@@ -715,7 +841,8 @@ store_impl!(
     sqlx::postgres::PgConnectOptions,
     pg_ids,
     Flavour::Postgres,
-    "postgres"
+    "postgres",
+    "BEGIN"
 );
 store_impl!(
     SqliteStore,
@@ -725,13 +852,18 @@ store_impl!(
     sqlx::sqlite::SqliteConnectOptions,
     sqlite_ids,
     Flavour::Sqlite,
-    "sqlite"
+    "sqlite",
+    // A deferred SQLite transaction that reads and then writes fails at once with "database is locked"
+    // when another connection wrote in between (the busy timeout does not apply to that upgrade).
+    // Taking the write lock up front makes writers queue on the busy timeout instead.
+    "BEGIN IMMEDIATE"
 );
 
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
-        Self::connect_with(opts, max_connections).await
+        // A PostgreSQL connection can die while idle (server restart, proxy timeout): test it first.
+        Self::connect_with(opts, max_connections, true).await
     }
 }
 
@@ -748,6 +880,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        Self::connect_with(opts, max_connections).await
+        // An SQLite connection is a file handle in this process, driven by its own worker thread; it
+        // cannot be dropped by a server, so the ping before each acquire (a round trip to that thread
+        // on every query) buys nothing. The ping on release still runs.
+        Self::connect_with(opts, max_connections, false).await
     }
 }

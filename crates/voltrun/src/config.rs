@@ -85,6 +85,12 @@ pub struct RawSettings {
     /// Processes and threads per instance [default: 256]
     #[arg(long, env = "ENGINE_MAX_PROCESSES")]
     pub engine_max_processes: Option<String>,
+    /// Asynchronous executions run at once [default: 8]
+    #[arg(long, env = "ENGINE_ASYNC_PARALLELISM")]
+    pub engine_async_parallelism: Option<String>,
+    /// Delay before the first retry of a failed asynchronous execution, in ms; doubles per retry [default: 1000]
+    #[arg(long, env = "ENGINE_RETRY_BACKOFF_MS")]
+    pub engine_retry_backoff_ms: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +118,8 @@ pub struct EngineSettings {
     pub sandbox_uid_base: u32,
     pub tmp_size_mb: u64,
     pub max_processes: u64,
+    pub async_parallelism: usize,
+    pub retry_backoff_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +180,18 @@ pub struct Settings {
 
 /// Three quarters of the host's memory, from /proc/meminfo (4 GiB when unreadable).
 fn default_memory_budget_mb() -> u64 {
-    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-        text.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    });
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        });
     total_kb.map(|kb| kb / 1024 * 3 / 4).unwrap_or(4096)
 }
 
@@ -384,11 +401,26 @@ impl Settings {
                     Some("namespace") => EngineBackend::Namespace,
                     Some("none") => EngineBackend::None,
                     Some(other) => {
-                        return Err(bad("ENGINE_BACKEND", format!("{other:?} is not auto, namespace or none")));
+                        return Err(bad(
+                            "ENGINE_BACKEND",
+                            format!("{other:?} is not auto, namespace or none"),
+                        ));
                     }
                 },
-                keep_alive_s: number("ENGINE_KEEP_ALIVE_S", raw.engine_keep_alive_s.as_deref(), 600, 1, 86_400)?,
-                max_concurrency: number("ENGINE_MAX_CONCURRENCY", raw.engine_max_concurrency.as_deref(), 10, 1, 10_000)?,
+                keep_alive_s: number(
+                    "ENGINE_KEEP_ALIVE_S",
+                    raw.engine_keep_alive_s.as_deref(),
+                    600,
+                    1,
+                    86_400,
+                )?,
+                max_concurrency: number(
+                    "ENGINE_MAX_CONCURRENCY",
+                    raw.engine_max_concurrency.as_deref(),
+                    10,
+                    1,
+                    10_000,
+                )?,
                 memory_budget_mb: number(
                     "ENGINE_MEMORY_BUDGET_MB",
                     raw.engine_memory_budget_mb.as_deref(),
@@ -396,7 +428,13 @@ impl Settings {
                     128,
                     u64::MAX >> 20,
                 )?,
-                queue_timeout_s: number("ENGINE_QUEUE_TIMEOUT_S", raw.engine_queue_timeout_s.as_deref(), 10, 0, 900)?,
+                queue_timeout_s: number(
+                    "ENGINE_QUEUE_TIMEOUT_S",
+                    raw.engine_queue_timeout_s.as_deref(),
+                    10,
+                    0,
+                    900,
+                )?,
                 sandbox_uid_base: number(
                     "ENGINE_SANDBOX_UID_BASE",
                     raw.engine_sandbox_uid_base.as_deref(),
@@ -404,8 +442,34 @@ impl Settings {
                     1000,
                     u32::MAX - 100_000,
                 )?,
-                tmp_size_mb: number("ENGINE_TMP_SIZE_MB", raw.engine_tmp_size_mb.as_deref(), 512, 1, 10_240)?,
-                max_processes: number("ENGINE_MAX_PROCESSES", raw.engine_max_processes.as_deref(), 256, 8, 100_000)?,
+                tmp_size_mb: number(
+                    "ENGINE_TMP_SIZE_MB",
+                    raw.engine_tmp_size_mb.as_deref(),
+                    512,
+                    1,
+                    10_240,
+                )?,
+                max_processes: number(
+                    "ENGINE_MAX_PROCESSES",
+                    raw.engine_max_processes.as_deref(),
+                    256,
+                    8,
+                    100_000,
+                )?,
+                async_parallelism: number(
+                    "ENGINE_ASYNC_PARALLELISM",
+                    raw.engine_async_parallelism.as_deref(),
+                    8,
+                    1,
+                    1000,
+                )?,
+                retry_backoff_ms: number(
+                    "ENGINE_RETRY_BACKOFF_MS",
+                    raw.engine_retry_backoff_ms.as_deref(),
+                    1000,
+                    0,
+                    3_600_000,
+                )?,
             },
         })
     }

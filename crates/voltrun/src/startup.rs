@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use voltrun_api::{ApiConfig, AppState, AuthLimits};
-use voltrun_engine::{Engine, LocalEngine, LocalEngineConfig, UnavailableEngine, detect_runtimes};
+use voltrun_engine::{
+    Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, UnavailableEngine,
+    detect_runtimes,
+};
 use voltrun_storage::Store;
 
 use crate::config::{EngineBackend, SecretSource, Settings};
@@ -20,6 +23,13 @@ pub struct Application {
     store: Arc<dyn Store>,
     local_engine: Option<Arc<LocalEngine>>,
     shutdown_timeout: Duration,
+}
+
+/// This node's name (the host name), recorded on the executions it runs.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "local".into())
 }
 
 /// Chooses the isolation backend. `auto` takes the namespace sandbox when this host can run it and
@@ -44,11 +54,14 @@ fn build_engine(
         uid_count: 10_000,
         tmp_size_mb: e.tmp_size_mb,
         max_processes: e.max_processes,
-        node: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into()),
+        node: node_name(),
     };
     match LocalEngine::new(config, store, runtimes.clone()) {
         Ok(engine) => {
-            tracing::info!(detail = engine.status().detail, "execution engine: namespace sandbox");
+            tracing::info!(
+                detail = engine.status().detail,
+                "execution engine: namespace sandbox"
+            );
             Ok((engine.clone(), Some(engine)))
         }
         Err(e) if settings.engine.backend == EngineBackend::Auto => {
@@ -93,6 +106,30 @@ impl Application {
         );
 
         let (engine, local_engine) = build_engine(settings, store.clone())?;
+        // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue.
+        let dispatcher_wake = match &local_engine {
+            Some(_) => {
+                let secret_box = voltrun_auth::SecretBox::new(settings.encryption_key.expose());
+                let open_env: EnvOpener = Arc::new(move |sealed: &[u8]| {
+                    let plain = secret_box.open(sealed).map_err(|e| e.to_string())?;
+                    serde_json::from_slice(&plain).map_err(|e| e.to_string())
+                });
+                let dispatcher = Dispatcher::new(
+                    store.clone(),
+                    engine.clone(),
+                    node_name(),
+                    open_env,
+                    settings.engine.async_parallelism,
+                    Duration::from_millis(settings.engine.retry_backoff_ms),
+                );
+                dispatcher
+                    .start()
+                    .await
+                    .context("starting the asynchronous dispatcher")?;
+                Some(dispatcher.waker())
+            }
+            None => None,
+        };
         let config = ApiConfig {
             jwt_secret: settings.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
@@ -103,6 +140,8 @@ impl Application {
                 failed_logins_per_account: settings.login_failures_per_account,
             },
             trust_forwarded_for: settings.trust_forwarded_for,
+            node: node_name(),
+            dispatcher_wake,
         };
         let state = Arc::new(AppState::new(store.clone(), engine, config)?);
         let router = voltrun_api::router(state);

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use voltrun_domain::ValidationError;
 use voltrun_domain::execution::{
-    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LOG_CAP_BYTES, LogLine,
+    AttemptRecord, ExecutionError, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
 };
-use voltrun_engine::{EngineError, Invocation, InvocationResult};
+use voltrun_engine::{EngineError, Invocation, run_sync};
 use voltrun_storage::ExecutionFilter;
 
 use super::functions::{open_env, owned_function};
@@ -56,10 +56,21 @@ pub struct ExecutionResponse {
     /// The instance (sandbox) that ran it.
     pub instance_id: Option<String>,
     pub logs_truncated: bool,
+    /// Attempts started (asynchronous executions retry failures up to the function's `max_retries`).
+    pub attempts: i32,
+    /// Each finished attempt of an asynchronous execution; on single-execution reads only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_history: Option<Vec<AttemptRecord>>,
 }
 
 impl From<ExecutionRecord> for ExecutionResponse {
     fn from(e: ExecutionRecord) -> Self {
+        Self::new(e, None)
+    }
+}
+
+impl ExecutionResponse {
+    fn new(e: ExecutionRecord, attempt_history: Option<Vec<AttemptRecord>>) -> Self {
         Self {
             id: e.id,
             function_id: e.function_id,
@@ -79,6 +90,8 @@ impl From<ExecutionRecord> for ExecutionResponse {
             node: e.node,
             instance_id: e.instance_id,
             logs_truncated: e.logs_truncated,
+            attempts: e.attempts,
+            attempt_history,
         }
     }
 }
@@ -176,24 +189,15 @@ pub async fn execute(
         node: None,
         instance_id: None,
         logs_truncated: false,
+        attempts: 0,
     };
-    state.store.insert_execution(&record).await?;
-    let invocation = Invocation {
-        execution_id: record.id,
-        function,
-        env,
-        event,
-    };
-
     match invocation_type {
         InvocationType::Async => {
-            // The engine issue replaces this with a durable dispatcher (queued rows survive a restart).
-            let state = state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = run_execution(&state, invocation).await {
-                    tracing::error!(error = %e, "asynchronous execution failed to run");
-                }
-            });
+            // The queued row is the queue entry: the dispatcher picks it up (also after a restart).
+            state.store.insert_execution(&record).await?;
+            if let Some(wake) = &state.dispatcher_wake {
+                wake.notify_one();
+            }
             let queued = QueuedResponse {
                 execution_id: record.id,
                 status: ExecutionStatus::Queued,
@@ -201,64 +205,33 @@ pub async fn execute(
             Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
         }
         InvocationType::Sync => {
-            let id = record.id;
-            run_execution(&state, invocation).await?;
+            state.store.insert_execution(&record).await?;
+            let invocation = Invocation {
+                execution_id: record.id,
+                function,
+                env,
+                event,
+            };
+            run_sync(
+                state.store.as_ref(),
+                state.engine.as_ref(),
+                &state.node,
+                invocation,
+            )
+            .await
+            .map_err(|e| match e {
+                EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
+                EngineError::Overloaded => ApiError::Overloaded,
+                EngineError::Internal(cause) => ApiError::internal(cause),
+            })?;
             let done = state
                 .store
-                .get_execution(user_id, id)
+                .get_execution(user_id, record.id)
                 .await?
                 .ok_or(ApiError::NotFound("execution"))?;
-            Ok(Json(ExecutionResponse::from(done)).into_response())
+            let attempts = state.store.execution_attempts(record.id).await?;
+            Ok(Json(ExecutionResponse::new(done, Some(attempts))).into_response())
         }
-    }
-}
-
-/// Runs one recorded execution to a terminal state. Platform failures are recorded on the
-/// execution (as `Platform.*` errors) and returned, so a sync caller gets the matching status code.
-async fn run_execution(state: &SharedState, invocation: Invocation) -> ApiResult<()> {
-    let id = invocation.execution_id;
-    let started_at = voltrun_storage::now();
-    state.store.mark_execution_running(id, started_at).await?;
-    let result = state.engine.invoke(invocation).await;
-    let (outcome, failure) = match result {
-        Ok(InvocationResult { outcome, logs }) => {
-            state.store.append_logs(id, &logs, LOG_CAP_BYTES).await?;
-            (outcome, None)
-        }
-        Err(e) => {
-            let (error_type, api_error) = match &e {
-                EngineError::Unavailable(reason) => (
-                    "Platform.EngineUnavailable",
-                    ApiError::EngineUnavailable(reason.clone()),
-                ),
-                EngineError::Overloaded => ("Platform.Overloaded", ApiError::Overloaded),
-                EngineError::Internal(cause) => ("Platform.Internal", ApiError::internal(cause)),
-            };
-            let finished_at = voltrun_storage::now();
-            let outcome = ExecutionOutcome {
-                status: ExecutionStatus::Failed,
-                output: None,
-                error: Some(ExecutionError {
-                    error_type: error_type.into(),
-                    message: e.to_string(),
-                }),
-                started_at,
-                finished_at,
-                duration_ms: (finished_at - started_at).num_milliseconds(),
-                init_duration_ms: None,
-                memory_peak_mb: None,
-                cold_start: false,
-                node: String::new(),
-                instance_id: String::new(),
-            };
-            (outcome, Some(api_error))
-        }
-    };
-    state.store.finish_execution(id, &outcome).await?;
-    crate::metrics::record_execution(outcome.status);
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 
@@ -337,7 +310,8 @@ pub async fn get(
         .get_execution(user_id, id)
         .await?
         .ok_or(ApiError::NotFound("execution"))?;
-    Ok(Json(e.into()))
+    let attempts = state.store.execution_attempts(id).await?;
+    Ok(Json(ExecutionResponse::new(e, Some(attempts))))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

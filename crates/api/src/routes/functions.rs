@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use voltrun_domain::ValidationError;
 use voltrun_domain::function::{
-    CodeKind, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, EnvVars, FunctionName, FunctionRecord, Handler,
-    RuntimeFamily, parse_description, parse_memory_mb, parse_timeout_s, validate_env,
+    CodeKind, DEFAULT_MAX_RETRIES, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, EnvVars, FunctionName,
+    FunctionRecord, Handler, RuntimeFamily, parse_description, parse_max_retries, parse_memory_mb,
+    parse_timeout_s, validate_env,
 };
 
 use super::blocking;
@@ -39,6 +40,8 @@ pub struct CreateFunctionRequest {
     pub timeout_s: Option<i64>,
     /// Encrypted at rest; keys and values together at most 4 KiB.
     pub env: Option<EnvVars>,
+    /// Retries of a failed asynchronous invocation, 0–2 (default 2).
+    pub max_retries: Option<i64>,
 }
 
 /// A partial update: only the fields present change.
@@ -53,6 +56,7 @@ pub struct UpdateFunctionRequest {
     pub memory_mb: Option<i64>,
     pub timeout_s: Option<i64>,
     pub env: Option<EnvVars>,
+    pub max_retries: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -67,6 +71,8 @@ pub struct FunctionResponse {
     /// Present on single-function reads; omitted from lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<EnvVars>,
+    /// Retries of a failed asynchronous invocation.
+    pub max_retries: i32,
     /// Increments on every code or configuration change.
     pub version: i64,
     pub code_sha256: String,
@@ -87,6 +93,7 @@ impl FunctionResponse {
             memory_mb: f.memory_mb,
             timeout_s: f.timeout_s,
             env,
+            max_retries: f.max_retries,
             version: f.version,
             code_sha256: f.code_sha256,
             code_size_bytes: f.code_size_bytes,
@@ -177,6 +184,11 @@ pub async fn create(
         .map(parse_timeout_s)
         .transpose()?
         .unwrap_or(DEFAULT_TIMEOUT_S);
+    let max_retries = req
+        .max_retries
+        .map(parse_max_retries)
+        .transpose()?
+        .unwrap_or(DEFAULT_MAX_RETRIES);
     let env = req.env.unwrap_or_default();
     validate_env(&env)?;
     let code_input = req.code;
@@ -199,6 +211,7 @@ pub async fn create(
         memory_mb,
         timeout_s,
         env_ciphertext: seal_env(&state, &env)?,
+        max_retries,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -320,6 +333,7 @@ pub async fn update(
     }
     let memory_mb = req.memory_mb.map(parse_memory_mb).transpose()?;
     let timeout_s = req.timeout_s.map(parse_timeout_s).transpose()?;
+    let max_retries = req.max_retries.map(parse_max_retries).transpose()?;
     if let Some(env) = &req.env {
         validate_env(env)?;
     }
@@ -378,6 +392,9 @@ pub async fn update(
     if let Some(timeout_s) = timeout_s {
         next.timeout_s = timeout_s;
     }
+    if let Some(max_retries) = max_retries {
+        next.max_retries = max_retries;
+    }
     let env = match &req.env {
         Some(env) => {
             next.env_ciphertext = seal_env(&state, env)?;
@@ -399,6 +416,7 @@ pub async fn update(
         || next.handler != current.handler
         || next.memory_mb != current.memory_mb
         || next.timeout_s != current.timeout_s
+        || next.max_retries != current.max_retries
         || next.code_sha256 != current.code_sha256
         || next.code_filename != current.code_filename;
     if !changed {

@@ -42,6 +42,7 @@ pub async fn seed_execution(
         node: None,
         instance_id: None,
         logs_truncated: false,
+        attempts: 0,
     };
     store.insert_execution(&record).await.unwrap();
     if status != ExecutionStatus::Queued {

@@ -7,6 +7,7 @@
 #[allow(dead_code, unused_macros)]
 mod helpers;
 
+mod asynchronous;
 mod errors;
 mod isolation;
 mod runs;
@@ -17,7 +18,11 @@ use serde_json::{Value, json};
 /// Why the sandbox cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
         return Some("the namespace sandbox needs root".into());
     }
     if !std::path::Path::new("/usr/bin/bwrap").exists() {
@@ -27,7 +32,10 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Starts a server with the namespace engine, or returns `None` after printing why it cannot.
-pub async fn engine_app(test: &str, customise: impl FnOnce(&mut voltrun::config::RawSettings)) -> Option<TestApp> {
+pub async fn engine_app(
+    test: &str,
+    customise: impl FnOnce(&mut voltrun::config::RawSettings),
+) -> Option<TestApp> {
     if let Some(why) = unavailable() {
         println!("SKIPPED {test}: {why}");
         return None;
@@ -43,11 +51,34 @@ pub async fn engine_app(test: &str, customise: impl FnOnce(&mut voltrun::config:
 }
 
 /// Deploys a function and returns its id.
-pub async fn deploy(app: &TestApp, token: &str, name: &str, runtime: &str, handler: &str, files: &[(&str, &str)], extra: Value) -> String {
-    let code = if files.len() == 1 && files[0].0 != "bootstrap" || files.len() == 1 && runtime == "provided" {
+pub async fn deploy(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    files: &[(&str, &str)],
+    extra: Value,
+) -> String {
+    let code = if files.len() == 1 && files[0].0 != "bootstrap"
+        || files.len() == 1 && runtime == "provided"
+    {
         json!({"source": files[0].1, "filename": files[0].0})
     } else {
-        let entries: Vec<(&str, &[u8], u32)> = files.iter().map(|(p, c)| (*p, c.as_bytes(), if *p == "bootstrap" { 0o100755 } else { 0o100644 })).collect();
+        let entries: Vec<(&str, &[u8], u32)> = files
+            .iter()
+            .map(|(p, c)| {
+                (
+                    *p,
+                    c.as_bytes(),
+                    if *p == "bootstrap" {
+                        0o100755
+                    } else {
+                        0o100644
+                    },
+                )
+            })
+            .collect();
         json!({"zip_base64": helpers::b64(&helpers::zip_of(&entries))})
     };
     let mut body = json!({"name": name, "runtime": runtime, "handler": handler, "code": code});
@@ -59,9 +90,18 @@ pub async fn deploy(app: &TestApp, token: &str, name: &str, runtime: &str, handl
 }
 
 pub async fn invoke(app: &TestApp, token: &str, id: &str, event: Value) -> Value {
-    app.post(&format!("/api/functions/{id}/execute"), token, event).await.expect(200).body
+    app.post(&format!("/api/functions/{id}/execute"), token, event)
+        .await
+        .expect(200)
+        .body
 }
 
 pub async fn logs(app: &TestApp, token: &str, execution_id: &str) -> String {
-    app.get(&format!("/api/executions/{execution_id}/logs?format=text"), token).await.expect(200).text
+    app.get(
+        &format!("/api/executions/{execution_id}/logs?format=text"),
+        token,
+    )
+    .await
+    .expect(200)
+    .text
 }

@@ -16,10 +16,23 @@ def handler(event, context):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_runs_cold_then_warm_with_logs() {
-    let Some(app) = engine_app("python_runs_cold_then_warm_with_logs", |_| {}).await else { return };
-    let Some(python) = app.runtime("python").await else { panic!("no python runtime detected") };
+    let Some(app) = engine_app("python_runs_cold_then_warm_with_logs", |_| {}).await else {
+        return;
+    };
+    let Some(python) = app.runtime("python").await else {
+        panic!("no python runtime detected")
+    };
     let user = app.register().await;
-    let id = deploy(&app, &user.access_token, "echo", &python, "main.handler", &[("main.py", PY_ECHO)], json!({"env": {"GREETING": "hi"}})).await;
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "echo",
+        &python,
+        "main.handler",
+        &[("main.py", PY_ECHO)],
+        json!({"env": {"GREETING": "hi"}}),
+    )
+    .await;
 
     let first = invoke(&app, &user.access_token, &id, json!({"n": 1})).await;
     assert_eq!(first["status"], "succeeded", "{first}");
@@ -35,7 +48,10 @@ async fn python_runs_cold_then_warm_with_logs() {
     let second = invoke(&app, &user.access_token, &id, json!({"n": 2})).await;
     assert_eq!(second["status"], "succeeded");
     assert_eq!(second["cold_start"], false);
-    assert_eq!(second["instance_id"], first["instance_id"], "the warm instance is reused");
+    assert_eq!(
+        second["instance_id"], first["instance_id"],
+        "the warm instance is reused"
+    );
     assert_eq!(second["output"]["pid"], first["output"]["pid"]);
     assert_eq!(second["init_duration_ms"], serde_json::Value::Null);
 
@@ -44,21 +60,44 @@ async fn python_runs_cold_then_warm_with_logs() {
     assert!(text.contains(" stdout init\n"), "{text}");
     assert!(text.contains("got {'n': 1}"), "{text}");
     assert!(text.contains("END RequestId: "), "{text}");
-    assert!(text.contains("REPORT RequestId: ") && text.contains("Init Duration: "), "{text}");
+    assert!(
+        text.contains("REPORT RequestId: ") && text.contains("Init Duration: "),
+        "{text}"
+    );
     let warm_logs = logs(&app, &user.access_token, second["id"].as_str().unwrap()).await;
-    assert!(warm_logs.contains("got {'n': 2}") && !warm_logs.contains("Init Duration"), "{warm_logs}");
+    assert!(
+        warm_logs.contains("got {'n': 2}") && !warm_logs.contains("Init Duration"),
+        "{warm_logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_gets_new_instances() {
-    let Some(app) = engine_app("a_new_version_gets_new_instances", |_| {}).await else { return };
+    let Some(app) = engine_app("a_new_version_gets_new_instances", |_| {}).await else {
+        return;
+    };
     let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let v1 = "def handler(e, c):\n    return 'v1'\n";
-    let id = deploy(&app, &user.access_token, "versioned", &python, "main.handler", &[("main.py", v1)], json!({})).await;
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "versioned",
+        &python,
+        "main.handler",
+        &[("main.py", v1)],
+        json!({}),
+    )
+    .await;
     let a = invoke(&app, &user.access_token, &id, json!({})).await;
     assert_eq!(a["output"], "v1");
-    app.put(&format!("/api/functions/{id}"), &user.access_token, json!({"code": {"source": "def handler(e, c):\n    return 'v2'\n"}})).await.expect(200);
+    app.put(
+        &format!("/api/functions/{id}"),
+        &user.access_token,
+        json!({"code": {"source": "def handler(e, c):\n    return 'v2'\n"}}),
+    )
+    .await
+    .expect(200);
     let b = invoke(&app, &user.access_token, &id, json!({})).await;
     assert_eq!(b["output"], "v2");
     assert_eq!(b["function_version"], 2);
@@ -68,16 +107,41 @@ async fn a_new_version_gets_new_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_async_callback_and_esm_handlers() {
-    let Some(app) = engine_app("node_async_callback_and_esm_handlers", |_| {}).await else { return };
-    let Some(node) = app.runtime("nodejs").await else { panic!("no node runtime detected") };
+    let Some(app) = engine_app("node_async_callback_and_esm_handlers", |_| {}).await else {
+        return;
+    };
+    let Some(node) = app.runtime("nodejs").await else {
+        panic!("no node runtime detected")
+    };
     let user = app.register().await;
     let cases = [
-        ("node-async", "index.js", "exports.handler = async (event, context) => { console.log('hello from node'); return { sum: event.a + event.b, fn: context.functionName }; };"),
-        ("node-callback", "index.js", "exports.handler = (event, context, callback) => { callback(null, { sum: event.a + event.b, fn: context.functionName }); };"),
-        ("node-esm", "index.mjs", "export const handler = async (event, context) => ({ sum: event.a + event.b, fn: context.functionName });"),
+        (
+            "node-async",
+            "index.js",
+            "exports.handler = async (event, context) => { console.log('hello from node'); return { sum: event.a + event.b, fn: context.functionName }; };",
+        ),
+        (
+            "node-callback",
+            "index.js",
+            "exports.handler = (event, context, callback) => { callback(null, { sum: event.a + event.b, fn: context.functionName }); };",
+        ),
+        (
+            "node-esm",
+            "index.mjs",
+            "export const handler = async (event, context) => ({ sum: event.a + event.b, fn: context.functionName });",
+        ),
     ];
     for (name, file, source) in cases {
-        let id = deploy(&app, &user.access_token, name, &node, "index.handler", &[(file, source)], json!({})).await;
+        let id = deploy(
+            &app,
+            &user.access_token,
+            name,
+            &node,
+            "index.handler",
+            &[(file, source)],
+            json!({}),
+        )
+        .await;
         let run = invoke(&app, &user.access_token, &id, json!({"a": 2, "b": 3})).await;
         assert_eq!(run["status"], "succeeded", "{name}: {run}");
         assert_eq!(run["output"], json!({"sum": 5, "fn": name}), "{name}");
@@ -86,7 +150,10 @@ async fn node_async_callback_and_esm_handlers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provided_shell_bootstrap_speaks_the_runtime_api() {
-    let Some(app) = engine_app("provided_shell_bootstrap_speaks_the_runtime_api", |_| {}).await else { return };
+    let Some(app) = engine_app("provided_shell_bootstrap_speaks_the_runtime_api", |_| {}).await
+    else {
+        return;
+    };
     let user = app.register().await;
     let bootstrap = r#"#!/bin/sh
 set -eu
@@ -99,9 +166,25 @@ while true; do
   curl -sS -X POST "$API/invocation/$ID/response" -d "{\"shell\":true,\"event\":$EVENT}" > /dev/null
 done
 "#;
-    let id = deploy(&app, &user.access_token, "shell", "provided", "function.handler", &[("bootstrap", bootstrap)], json!({})).await;
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "shell",
+        "provided",
+        "function.handler",
+        &[("bootstrap", bootstrap)],
+        json!({}),
+    )
+    .await;
     let run = invoke(&app, &user.access_token, &id, json!({"x": [1, 2]})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["output"], json!({"shell": true, "event": {"x": [1, 2]}}));
-    assert!(logs(&app, &user.access_token, run["id"].as_str().unwrap()).await.contains("handling "));
+    assert_eq!(
+        run["output"],
+        json!({"shell": true, "event": {"x": [1, 2]}})
+    );
+    assert!(
+        logs(&app, &user.access_token, run["id"].as_str().unwrap())
+            .await
+            .contains("handling ")
+    );
 }
