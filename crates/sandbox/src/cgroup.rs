@@ -26,7 +26,11 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub enum CgroupSupport {
     /// Separate v1 hierarchies: one base directory per controller.
-    V1 { memory: PathBuf, pids: Option<PathBuf>, cpu: Option<PathBuf> },
+    V1 {
+        memory: PathBuf,
+        pids: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+    },
     /// The unified v2 hierarchy: one base directory with memory, pids and cpu enabled below it.
     V2 { base: PathBuf },
     /// No writable cgroup controller; limits fall back to rlimits.
@@ -34,7 +38,10 @@ pub enum CgroupSupport {
 }
 
 fn cgroup_error(path: &Path, source: io::Error) -> SandboxError {
-    SandboxError::Cgroup { path: path.display().to_string(), source }
+    SandboxError::Cgroup {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
@@ -48,10 +55,13 @@ fn own_v1_dir(controller: &str) -> Option<PathBuf> {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         if controllers.split(',').any(|c| c == controller) {
-            let mount = [format!("/sys/fs/cgroup/{controllers}"), format!("/sys/fs/cgroup/{controller}")]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.join("cgroup.procs").exists())?;
+            let mount = [
+                format!("/sys/fs/cgroup/{controllers}"),
+                format!("/sys/fs/cgroup/{controller}"),
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists())?;
             return Some(mount.join(path.trim_start_matches('/')));
         }
     }
@@ -75,7 +85,9 @@ impl CgroupSupport {
     pub fn detect() -> Self {
         match Self::detect_v2().or_else(|_| Self::detect_v1()) {
             Ok(support) => support,
-            Err(e) => Self::Unavailable { reason: e.to_string() },
+            Err(e) => Self::Unavailable {
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -92,14 +104,21 @@ impl CgroupSupport {
 
     fn detect_v2() -> Result<Self, SandboxError> {
         let root = Path::new("/sys/fs/cgroup");
-        let controllers = fs::read_to_string(root.join("cgroup.controllers")).map_err(|e| cgroup_error(root, e))?;
+        let controllers = fs::read_to_string(root.join("cgroup.controllers"))
+            .map_err(|e| cgroup_error(root, e))?;
         for needed in ["memory", "pids"] {
             if !controllers.split_whitespace().any(|c| c == needed) {
-                return Err(cgroup_error(root, io::Error::other(format!("v2 controller {needed} not available"))));
+                return Err(cgroup_error(
+                    root,
+                    io::Error::other(format!("v2 controller {needed} not available")),
+                ));
             }
         }
         let table = fs::read_to_string("/proc/self/cgroup").map_err(|e| cgroup_error(root, e))?;
-        let own_path = table.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
+        let own_path = table
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/");
         let own = root.join(own_path.trim_start_matches('/'));
         // v2 forbids processes in a cgroup that delegates controllers to children, so this process
         // moves into a leaf of its own cgroup first, then enables the controllers below.
@@ -107,9 +126,11 @@ impl CgroupSupport {
         fs::create_dir_all(&leaf).map_err(|e| cgroup_error(&leaf, e))?;
         write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
         let enable = "+memory +pids +cpu";
-        write(&own.join("cgroup.subtree_control"), enable).or_else(|_| write(&own.join("cgroup.subtree_control"), "+memory +pids"))?;
+        write(&own.join("cgroup.subtree_control"), enable)
+            .or_else(|_| write(&own.join("cgroup.subtree_control"), "+memory +pids"))?;
         let base = make_base(&own)?;
-        write(&base.join("cgroup.subtree_control"), enable).or_else(|_| write(&base.join("cgroup.subtree_control"), "+memory +pids"))?;
+        write(&base.join("cgroup.subtree_control"), enable)
+            .or_else(|_| write(&base.join("cgroup.subtree_control"), "+memory +pids"))?;
         Ok(Self::V2 { base })
     }
 
@@ -121,7 +142,9 @@ impl CgroupSupport {
         match self {
             Self::V1 { memory, .. } => format!("cgroup v1 under {}", memory.display()),
             Self::V2 { base } => format!("cgroup v2 under {}", base.display()),
-            Self::Unavailable { reason } => format!("no writable cgroups ({reason}); limits fall back to rlimits"),
+            Self::Unavailable { reason } => {
+                format!("no writable cgroups ({reason}); limits fall back to rlimits")
+            }
         }
     }
 
@@ -131,8 +154,15 @@ impl CgroupSupport {
             Self::V1 { memory, pids, cpu } => {
                 let mem = memory.join(name);
                 fs::create_dir_all(&mem).map_err(|e| cgroup_error(&mem, e))?;
-                let mut cgroup = Cgroup { dirs: vec![mem.clone()], memory: mem.clone(), v2: false };
-                write(&mem.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                let mut cgroup = Cgroup {
+                    dirs: vec![mem.clone()],
+                    memory: mem.clone(),
+                    v2: false,
+                };
+                write(
+                    &mem.join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
                 let memsw = mem.join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
                     write(&memsw, &limits.memory_bytes.to_string())?;
@@ -147,7 +177,10 @@ impl CgroupSupport {
                     let dir = cpu.join(name);
                     fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
                     cgroup.dirs.push(dir.clone());
-                    write(&dir.join("cpu.shares"), &limits.cpu_shares.max(2).to_string())?;
+                    write(
+                        &dir.join("cpu.shares"),
+                        &limits.cpu_shares.max(2).to_string(),
+                    )?;
                 }
                 Ok(Some(cgroup))
             }
@@ -160,7 +193,11 @@ impl CgroupSupport {
                 // v2 weight 1..10000 with 100 the default; v1 shares 1024 is the default.
                 let weight = (limits.cpu_shares * 100 / 1024).clamp(1, 10_000);
                 let _ = write(&dir.join("cpu.weight"), &weight.to_string());
-                Ok(Some(Cgroup { dirs: vec![dir.clone()], memory: dir, v2: true }))
+                Ok(Some(Cgroup {
+                    dirs: vec![dir.clone()],
+                    memory: dir,
+                    v2: true,
+                }))
             }
             Self::Unavailable { .. } => Ok(None),
         }
@@ -169,23 +206,38 @@ impl CgroupSupport {
     /// Removes instance cgroups left by server processes that no longer exist (a crash).
     pub fn sweep_stale(&self) {
         let bases: Vec<&PathBuf> = match self {
-            Self::V1 { memory, pids, cpu } => std::iter::once(memory).chain(pids).chain(cpu).collect(),
+            Self::V1 { memory, pids, cpu } => {
+                std::iter::once(memory).chain(pids).chain(cpu).collect()
+            }
             Self::V2 { base } => vec![base],
             Self::Unavailable { .. } => vec![],
         };
         for base in bases {
-            let Some(parent) = base.parent() else { continue };
-            let Ok(entries) = fs::read_dir(parent) else { continue };
+            let Some(parent) = base.parent() else {
+                continue;
+            };
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                let Some(pid) = name.strip_prefix("voltrun-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+                let Some(pid) = name
+                    .strip_prefix("voltrun-")
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
                 if Path::new(&format!("/proc/{pid}")).exists() {
                     continue;
                 }
                 let stale = entry.path();
                 if let Ok(children) = fs::read_dir(&stale) {
                     for child in children.flatten().filter(|c| c.path().is_dir()) {
-                        let cg = Cgroup { dirs: vec![child.path()], memory: child.path(), v2: matches!(self, Self::V2 { .. }) };
+                        let cg = Cgroup {
+                            dirs: vec![child.path()],
+                            memory: child.path(),
+                            v2: matches!(self, Self::V2 { .. }),
+                        };
                         cg.kill_all();
                         cg.remove();
                     }
@@ -213,32 +265,54 @@ impl Cgroup {
             .iter()
             .map(|d| {
                 let path = d.join("cgroup.procs");
-                OpenOptions::new().write(true).open(&path).map_err(|e| cgroup_error(&path, e))
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| cgroup_error(&path, e))
             })
             .collect()
     }
 
     fn read_u64(&self, file: &str) -> Option<u64> {
-        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+        fs::read_to_string(self.memory.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Peak memory use since the last [`reset_peak`](Self::reset_peak).
     pub fn memory_peak_bytes(&self) -> Option<u64> {
-        if self.v2 { self.read_u64("memory.peak") } else { self.read_u64("memory.max_usage_in_bytes") }
+        if self.v2 {
+            self.read_u64("memory.peak")
+        } else {
+            self.read_u64("memory.max_usage_in_bytes")
+        }
     }
 
     pub fn reset_peak(&self) {
-        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
         let _ = fs::write(self.memory.join(file), "0");
     }
 
     /// How many processes the kernel OOM-killed in this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         fs::read_to_string(self.memory.join(file))
             .ok()
             .and_then(|text| {
-                text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+                text.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse().ok())
+                })
             })
             .unwrap_or(0)
     }

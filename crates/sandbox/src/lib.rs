@@ -30,7 +30,10 @@ pub enum SandboxError {
     #[error("network namespace setup failed: {0}")]
     Network(std::io::Error),
     #[error("cgroup setup failed at {path}: {source}")]
-    Cgroup { path: String, source: std::io::Error },
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("seccomp filter could not be built: {0}")]
     Seccomp(String),
     #[error("starting the sandbox failed: {0}")]

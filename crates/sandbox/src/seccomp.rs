@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use crate::SandboxError;
@@ -73,13 +73,21 @@ const NAMESPACE_FLAGS: &[i32] = &[
 ];
 
 fn arch() -> Result<TargetArch, SandboxError> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SandboxError::Seccomp(format!("{e:?}")))
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, SandboxError> {
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch()?)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch()?,
+    )
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
 /// The filters as the raw `struct sock_filter` arrays bubblewrap reads from a descriptor.
@@ -88,14 +96,26 @@ pub fn programs() -> Result<Vec<Vec<u8>>, SandboxError> {
     let clone_rules = NAMESPACE_FLAGS
         .iter()
         .map(|&flag| {
-            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag as u64), flag as u64)
-                .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+            let cond = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag as u64),
+                flag as u64,
+            )
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
             SeccompRule::new(vec![cond]).map_err(|e| SandboxError::Seccomp(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     deny.insert(libc::SYS_clone, clone_rules);
-    let no_clone3: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, vec![])].into_iter().collect();
-    Ok([compile(deny, libc::EPERM)?, compile(no_clone3, libc::ENOSYS)?].iter().map(|p| to_bytes(p)).collect())
+    let no_clone3: BTreeMap<i64, Vec<SeccompRule>> =
+        [(libc::SYS_clone3, vec![])].into_iter().collect();
+    Ok([
+        compile(deny, libc::EPERM)?,
+        compile(no_clone3, libc::ENOSYS)?,
+    ]
+    .iter()
+    .map(|p| to_bytes(p))
+    .collect())
 }
 
 fn to_bytes(program: &BpfProgram) -> Vec<u8> {

@@ -122,7 +122,11 @@ const BWRAP_CANDIDATES: &[&str] = &["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/
 
 impl Spawner {
     pub fn new() -> Result<Self, SandboxError> {
-        let bwrap = BWRAP_CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or(SandboxError::NoBubblewrap)?;
+        let bwrap = BWRAP_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or(SandboxError::NoBubblewrap)?;
         let cgroups = CgroupSupport::detect();
         cgroups.sweep_stale();
         let programs = seccomp::programs()?;
@@ -146,7 +150,9 @@ impl Spawner {
     /// Starts a sandbox. Blocks for the few milliseconds that takes: call from a blocking context.
     pub fn spawn(&self, spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
         let (reply, answer) = mpsc::channel();
-        self.requests.send((spec, reply)).map_err(|_| SandboxError::SpawnerGone)?;
+        self.requests
+            .send((spec, reply))
+            .map_err(|_| SandboxError::SpawnerGone)?;
         answer.recv().map_err(|_| SandboxError::SpawnerGone)?
     }
 }
@@ -182,16 +188,33 @@ fn bwrap_args(spec: &SandboxSpec, seccomp_fds: &[i32]) -> Vec<String> {
     for dir in SYSTEM_DIRS {
         let host = Path::new("/").join(dir);
         match std::fs::read_link(&host) {
-            Ok(target) => args.extend(["--symlink".into(), target.display().to_string(), host.display().to_string()]),
-            Err(_) if host.is_dir() => args.extend(["--ro-bind".into(), host.display().to_string(), host.display().to_string()]),
+            Ok(target) => args.extend([
+                "--symlink".into(),
+                target.display().to_string(),
+                host.display().to_string(),
+            ]),
+            Err(_) if host.is_dir() => args.extend([
+                "--ro-bind".into(),
+                host.display().to_string(),
+                host.display().to_string(),
+            ]),
             Err(_) => {}
         }
     }
-    for etc in ["/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/localtime"] {
+    for etc in [
+        "/etc/ssl",
+        "/etc/ca-certificates",
+        "/etc/alternatives",
+        "/etc/localtime",
+    ] {
         args.extend(["--ro-bind-try".into(), etc.into(), etc.into()]);
     }
     for bind in &spec.binds {
-        args.extend(["--ro-bind".into(), bind.source.display().to_string(), bind.dest.display().to_string()]);
+        args.extend([
+            "--ro-bind".into(),
+            bind.source.display().to_string(),
+            bind.dest.display().to_string(),
+        ]);
     }
     args.extend([
         "--size".into(),
@@ -230,7 +253,9 @@ fn spawn_one(
     let mut seccomp_reads: Vec<OwnedFd> = Vec::new();
     for program in programs {
         let (read, write) = sys::pipe().map_err(SandboxError::Spawn)?;
-        std::fs::File::from(write).write_all(program).map_err(SandboxError::Spawn)?;
+        std::fs::File::from(write)
+            .write_all(program)
+            .map_err(SandboxError::Spawn)?;
         seccomp_reads.push(read);
     }
     let seccomp_fds: Vec<i32> = seccomp_reads.iter().map(AsRawFd::as_raw_fd).collect();
@@ -276,5 +301,11 @@ fn spawn_one(
     })?;
     drop(procs);
     drop(seccomp_reads);
-    Ok(Sandbox { child, listener: Some(listener), cgroup, _netns: netns, killed: false })
+    Ok(Sandbox {
+        child,
+        listener: Some(listener),
+        cgroup,
+        _netns: netns,
+        killed: false,
+    })
 }

@@ -4,7 +4,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Moves the calling thread into a new network namespace.
@@ -106,7 +110,10 @@ impl ChildSetup {
             check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
         }
         for &(resource, limit) in &self.rlimits {
-            let rlim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            let rlim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
             // SAFETY: setrlimit is async-signal-safe and reads the struct on our stack.
             check(unsafe { libc::setrlimit(resource, &rlim) })?;
         }
