@@ -63,6 +63,8 @@ pub enum InvokeResult {
 #[derive(Debug)]
 pub struct Instance {
     pub id: String,
+    /// The runtime identifier, for metrics.
+    pub runtime: String,
     pub last_used: Instant,
     /// Set on a cold start, reported with the first invocation only.
     pub init_duration: Option<Duration>,
@@ -132,6 +134,7 @@ impl Instance {
     pub async fn start(
         spawner: Arc<Spawner>,
         spec: SandboxSpec,
+        runtime: String,
         memory: Option<OwnedSemaphorePermit>,
     ) -> Result<Self, (Failure, Vec<LogLine>)> {
         let started = Instant::now();
@@ -140,23 +143,19 @@ impl Instance {
             .await
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
-        let mut instance = Self::wire(id, sandbox, memory)
+        let mut instance = Self::wire(id, runtime, sandbox, memory)
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
-        let deadline = tokio::time::sleep(INIT_TIMEOUT);
-        tokio::pin!(deadline);
-        let failure = loop {
-            tokio::select! {
-                signal = instance.signals.recv() => match signal {
-                    Some(RuntimeSignal::Ready) => {
-                        instance.init_duration = Some(started.elapsed());
-                        return Ok(instance);
-                    }
-                    Some(RuntimeSignal::InitError(failure)) => break Failure::Init(failure),
-                    None => break Failure::Sandbox("runtime API stopped".into()),
-                },
-                () = wait_readable(&instance.exit) => break instance.exit_failure(),
-                () = &mut deadline => break Failure::TimedOut,
-            }
+        let failure = tokio::select! {
+            signal = instance.signals.recv() => match signal {
+                Some(RuntimeSignal::Ready) => {
+                    instance.init_duration = Some(started.elapsed());
+                    return Ok(instance);
+                }
+                Some(RuntimeSignal::InitError(failure)) => Failure::Init(failure),
+                None => Failure::Sandbox("runtime API stopped".into()),
+            },
+            () = wait_readable(&instance.exit) => instance.exit_failure(),
+            () = tokio::time::sleep(INIT_TIMEOUT) => Failure::TimedOut,
         };
         let logs = instance.finish_logs().await;
         instance.stop().await;
@@ -165,6 +164,7 @@ impl Instance {
 
     fn wire(
         id: String,
+        runtime: String,
         mut sandbox: Sandbox,
         memory: Option<OwnedSemaphorePermit>,
     ) -> std::io::Result<Self> {
@@ -204,6 +204,7 @@ impl Instance {
         let exit = AsyncFd::new(sandbox.exit_fd()?)?;
         Ok(Self {
             id,
+            runtime,
             last_used: Instant::now(),
             init_duration: None,
             sandbox: Some(sandbox),

@@ -151,7 +151,20 @@ impl LocalEngine {
             taken.extend(out);
         }
         idle.retain(|_, list| !list.is_empty());
+        self.publish_idle(&idle);
         taken
+    }
+
+    /// Sets the idle-instance gauge per runtime from the pool (call with the pool locked, after a change).
+    fn publish_idle(&self, idle: &HashMap<PoolKey, Vec<Instance>>) {
+        for runtime in &self.runtimes {
+            let count = idle
+                .values()
+                .flatten()
+                .filter(|i| i.runtime == runtime.id)
+                .count();
+            metrics::gauge!("voltrun_instances", "runtime" => runtime.id.clone(), "state" => "idle").set(count as f64);
+        }
     }
 
     /// Stops every instance (server shutdown).
@@ -189,6 +202,7 @@ impl LocalEngine {
             .flatten()
             .collect();
         let warm = idle.get_mut(&key).and_then(Vec::pop);
+        self.publish_idle(&idle);
         (warm, stale)
     }
 
@@ -213,7 +227,7 @@ impl LocalEngine {
                     .filter_map(|(k, list)| list.iter().map(|i| i.last_used).min().map(|t| (*k, t)))
                     .min_by_key(|(_, t)| *t)
                     .map(|(k, _)| k);
-                key.and_then(|k| {
+                let evicted = key.and_then(|k| {
                     let list = idle.get_mut(&k)?;
                     let pos = list
                         .iter()
@@ -221,7 +235,9 @@ impl LocalEngine {
                         .min_by_key(|(_, i)| i.last_used)
                         .map(|(p, _)| p)?;
                     Some(list.remove(pos))
-                })
+                });
+                self.publish_idle(&idle);
+                evicted
             };
             match oldest {
                 Some(instance) => instance.stop().await,
@@ -500,7 +516,9 @@ impl Engine for LocalEngine {
                 let memory = self.reserve_memory(function.memory_mb).await?;
                 let code_dir = self.code.ensure(self.store.as_ref(), function).await?;
                 let spec = self.spec(function, &runtime, code_dir, &invocation.env)?;
-                match Instance::start(self.spawner.clone(), spec, Some(memory)).await {
+                match Instance::start(self.spawner.clone(), spec, runtime.id.clone(), Some(memory))
+                    .await
+                {
                     Ok(instance) => (instance, true),
                     Err((failure, init_logs)) => {
                         logs.extend(init_logs);
@@ -519,6 +537,7 @@ impl Engine for LocalEngine {
                 }
             }
         };
+        crate::metrics::instance_state(&runtime.id, "busy", 1.0);
         let init_duration = instance.init_duration.take();
         let event = Bytes::from(
             serde_json::to_vec(&invocation.event)
@@ -535,16 +554,14 @@ impl Engine for LocalEngine {
             crate::instance::InvokeResult::Failed(failure) => Err(failure),
         };
         let duration = invoke_clock.elapsed();
+        crate::metrics::instance_state(&runtime.id, "busy", -1.0);
         logs.extend(instance.finish_logs().await);
         let peak = instance.memory_peak_mb();
         let instance_id = instance.id.clone();
         if instance.is_healthy() {
-            self.idle
-                .lock()
-                .await
-                .entry(key)
-                .or_default()
-                .push(instance);
+            let mut idle = self.idle.lock().await;
+            idle.entry(key).or_default().push(instance);
+            self.publish_idle(&idle);
         } else {
             instance.stop().await;
         }

@@ -114,7 +114,7 @@ pub fn programs() -> Result<Vec<Vec<u8>>, SandboxError> {
         compile(no_clone3, libc::ENOSYS)?,
     ]
     .iter()
-    .map(|p| to_bytes(p))
+    .map(to_bytes)
     .collect())
 }
 

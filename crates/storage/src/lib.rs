@@ -175,6 +175,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>>;
     /// After a crash of `node`: its running synchronous executions fail with `Platform.NodeLost`
     /// (their callers are gone); its running asynchronous ones go back to the queue. Returns both counts.
+    /// Executions waiting in the queue (for the queue-depth gauge).
+    async fn queued_executions(&self) -> StoreResult<u64>;
     async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)>;
     async fn finish_execution(&self, id: Uuid, outcome: &ExecutionOutcome) -> StoreResult<()>;
     /// Appends log lines, keeping the execution's total within `cap_bytes` and flagging truncation.

@@ -650,6 +650,13 @@ macro_rules! store_impl {
                     .collect()
             }
 
+            async fn queued_executions(&self) -> StoreResult<u64> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE status = 'queued'")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
             async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)> {
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 let failed = sqlx::query(

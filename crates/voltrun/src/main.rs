@@ -1,6 +1,9 @@
-//! `voltrun`: the server and its operator commands. Only wiring lives here.
+//! `voltrun`: the server, its operator commands, and the command-line client. Only wiring lives
+//! here: the server in this crate's library, the client in `voltrun-cli`.
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
 use voltrun::config::{RawSettings, Settings};
 use voltrun::startup::Application;
 
@@ -8,9 +11,12 @@ use voltrun::startup::Application;
 #[command(
     name = "voltrun",
     version,
-    about = "VoltRun: a self-hostable function platform"
+    about = "VoltRun: a self-hostable function platform",
+    after_help = voltrun_cli::AFTER_HELP
 )]
 struct Cli {
+    #[command(flatten)]
+    client: voltrun_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,18 +27,31 @@ enum Command {
     Server(RawSettings),
     /// Apply database migrations and exit
     Migrate(RawSettings),
+    #[command(flatten)]
+    Client(voltrun_cli::Command),
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     // A missing .env is normal; a malformed one is reported by the settings it breaks.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    let (Command::Server(raw) | Command::Migrate(raw)) = &cli.command;
-    let settings = match Settings::from_raw(raw.clone()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return voltrun_cli::exit_on_parse_error(e),
+    };
+    match cli.command {
+        Command::Server(raw) => server(raw, false),
+        Command::Migrate(raw) => server(raw, true),
+        Command::Client(command) => voltrun_cli::run(cli.client, command, Cli::command),
+    }
+}
+
+/// `voltrun server` and `voltrun migrate`: both need the server's settings, the client does not.
+fn server(raw: RawSettings, migrate_only: bool) -> ExitCode {
+    let settings = match Settings::from_raw(raw) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("voltrun: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     voltrun::telemetry::init(settings.log_format, &settings.log_level);
@@ -43,25 +62,24 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("voltrun: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Server(_) => Application::build(&settings).await?.run().await,
-            Command::Migrate(_) => {
-                voltrun_storage::migrate(settings.database_url.expose()).await?;
-                tracing::info!("migrations applied");
-                Ok(())
-            }
+        if migrate_only {
+            voltrun_storage::migrate(settings.database_url.expose()).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        } else {
+            Application::build(&settings).await?.run().await
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "voltrun stopped with an error");
             eprintln!("voltrun: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

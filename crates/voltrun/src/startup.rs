@@ -32,16 +32,23 @@ fn node_name() -> String {
         .unwrap_or_else(|_| "local".into())
 }
 
+/// The engine the API calls, and the local engine behind it when there is one (to stop its instances
+/// at shutdown and to run the asynchronous dispatcher).
+struct ChosenEngine {
+    engine: Arc<dyn Engine>,
+    local: Option<Arc<LocalEngine>>,
+}
+
 /// Chooses the isolation backend. `auto` takes the namespace sandbox when this host can run it and
 /// otherwise runs without one, saying why in /health and on every execute call.
-fn build_engine(
-    settings: &Settings,
-    store: Arc<dyn Store>,
-) -> anyhow::Result<(Arc<dyn Engine>, Option<Arc<LocalEngine>>)> {
+fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<ChosenEngine> {
     let runtimes = detect_runtimes();
     if settings.engine.backend == EngineBackend::None {
         let reason = "ENGINE_BACKEND=none: this server stores functions but does not run them";
-        return Ok((Arc::new(UnavailableEngine::new(reason, runtimes)), None));
+        return Ok(ChosenEngine {
+            engine: Arc::new(UnavailableEngine::new(reason, runtimes)),
+            local: None,
+        });
     }
     let e = &settings.engine;
     let config = LocalEngineConfig {
@@ -62,12 +69,18 @@ fn build_engine(
                 detail = engine.status().detail,
                 "execution engine: namespace sandbox"
             );
-            Ok((engine.clone(), Some(engine)))
+            Ok(ChosenEngine {
+                engine: engine.clone(),
+                local: Some(engine),
+            })
         }
         Err(e) if settings.engine.backend == EngineBackend::Auto => {
             let reason = format!("the namespace sandbox cannot run on this host: {e}");
             tracing::warn!(reason, "functions can be deployed but not run");
-            Ok((Arc::new(UnavailableEngine::new(reason, runtimes)), None))
+            Ok(ChosenEngine {
+                engine: Arc::new(UnavailableEngine::new(reason, runtimes)),
+                local: None,
+            })
         }
         Err(e) => Err(anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
     }
@@ -105,7 +118,10 @@ impl Application {
             "database ready, migrations applied"
         );
 
-        let (engine, local_engine) = build_engine(settings, store.clone())?;
+        let ChosenEngine {
+            engine,
+            local: local_engine,
+        } = build_engine(settings, store.clone())?;
         // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue.
         let dispatcher_wake = match &local_engine {
             Some(_) => {

@@ -66,6 +66,9 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     let stats = state.store.pool_stats();
+    if let Ok(depth) = state.store.queued_executions().await {
+        metrics::gauge!("voltrun_execution_queue_depth").set(depth as f64);
+    }
     match crate::metrics::render(stats.size, stats.idle) {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => crate::ApiError::internal("another metrics recorder is installed in this process")

@@ -1,0 +1,11 @@
+//! The command-line client suite: each test starts the real server in-process on port 0 with a
+//! SQLite database of its own, and runs the real `voltrun` binary against it with a config
+//! directory of its own.
+
+mod helpers;
+
+mod auth;
+mod executions;
+mod functions;
+mod keys;
+mod usage;
