@@ -25,7 +25,7 @@ use crate::config::{CredentialStore, DEFAULT_SERVER, Environment, StoredCredenti
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::Output;
 
-pub use crate::commands::auth::LoginArgs;
+pub use crate::commands::auth::{LoginArgs, RegisterArgs};
 pub use crate::commands::deploy::DeployArgs;
 pub use crate::commands::executions::{ExecutionsCommand, LogsArgs};
 pub use crate::commands::functions::FunctionsCommand;
@@ -76,6 +76,8 @@ pub struct GlobalArgs {
 /// The client commands, flattened next to the server's own by the binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create an account on a server and log in to it
+    Register(RegisterArgs),
     /// Log in to a server (email and password, or an API key) and store the credentials
     Login(LoginArgs),
     /// End the session on the server and forget the stored credentials

@@ -111,17 +111,50 @@ pub async fn login(context: &Context, args: LoginArgs) -> CliResult<Exit> {
     }
 
     let (email, password) = ask_email_and_password(args.email)?;
-    let mut api = context.anonymous(server.clone(), None)?;
+    start_session(
+        context,
+        &mut store,
+        &server,
+        "/api/auth/login",
+        json!({ "email": email, "password": password }),
+    )
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Email address [default: asked for; the first line of stdin when it is not a terminal]
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Display name
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `voltrun register`: creates an account and logs in to it.
+pub async fn register(context: &Context, args: RegisterArgs) -> CliResult<Exit> {
+    let mut store = context.store()?;
+    let server = context.server(Some(&store))?;
+    let (email, password) = ask_email_and_password(args.email)?;
+    let body = json!({ "email": email, "password": password, "name": args.name });
+    start_session(context, &mut store, &server, "/api/auth/register", body).await
+}
+
+/// Logs in (or registers) through `path` and stores the session for `server`.
+async fn start_session(
+    context: &Context,
+    store: &mut crate::config::CredentialStore,
+    server: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> CliResult<Exit> {
+    let mut api = context.anonymous(server.to_string(), None)?;
     let reply = api
-        .send_anonymous(
-            Method::POST,
-            "/api/auth/login",
-            Body::json(&json!({ "email": email, "password": password })),
-        )
+        .send_anonymous(Method::POST, path, Body::json(&body))
         .await?;
     let (auth, _): (AuthResponse, _) = api.decode(&reply)?;
     store.set(
-        &server,
+        server,
         StoredCredential::Session {
             email: auth.user.email.clone(),
             access_token: auth.access_token,

@@ -18,6 +18,7 @@ pub async fn dispatch(
 ) -> CliResult<Exit> {
     match command {
         Command::Login(args) => auth::login(context, args).await,
+        Command::Register(args) => auth::register(context, args).await,
         Command::Logout => auth::logout(context).await,
         Command::Whoami => auth::whoami(context).await,
         Command::Functions(command) => functions::run(context, command).await,

@@ -202,3 +202,34 @@ async fn commands_renewing_the_session_at_once_keep_it_alive() {
     c.ok();
     cli.run(&["whoami"]).await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_creates_an_account_and_logs_in() {
+    let server = TestServer::spawn().await;
+    let cli = Cli::new(&server.url);
+    let email = format!("new-{}@example.com", crate::helpers::unique());
+    let run = cli
+        .run_with_stdin(
+            &["register", "--email", &email, "--name", "New User"],
+            Some("correct horse battery\n"),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        run.stdout.trim(),
+        format!("Logged in to {} as {email}", server.url)
+    );
+    assert_eq!(cli.credentials_mode(), 0o600);
+    let who = cli.run(&["whoami"]).await.ok();
+    assert!(who.stdout.contains(&email), "{}", who.stdout);
+    // The same email again is refused with the server's code and request id, on one line.
+    let again = cli
+        .run_with_stdin(
+            &["register", "--email", &email],
+            Some("correct horse battery\n"),
+        )
+        .await
+        .fails(3);
+    assert_eq!(again.stderr.trim().lines().count(), 1, "{}", again.stderr);
+    assert!(again.stderr.contains("conflict"), "{}", again.stderr);
+}

@@ -11,6 +11,7 @@ mod asynchronous;
 mod errors;
 mod isolation;
 mod runs;
+mod walkthrough;
 
 use helpers::{Backend, TestApp};
 use serde_json::{Value, json};
@@ -34,7 +35,10 @@ pub fn unavailable() -> Option<String> {
 /// Says, on the real stderr (test output capture does not hide it), that a test did not run and why.
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} (this test did not run)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (this test did not run)"
+    );
 }
 
 /// Starts a server with the namespace engine, or returns `None` after printing why it cannot.
