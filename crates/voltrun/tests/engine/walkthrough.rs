@@ -97,26 +97,8 @@ async fn readme_walkthrough_with_the_cli() {
         let output: serde_json::Value = serde_json::from_str(out.trim())
             .unwrap_or_else(|_| panic!("{runtime}: not JSON: {out}"));
         assert!(output.to_string().contains("Ada"), "{runtime}: {output}");
-        let with_logs = run(
-            s(&[
-                "invoke",
-                &name,
-                "--data",
-                "@".to_string().as_str(),
-                "--logs",
-            ])
-            .into_iter()
-            .map(|a| {
-                if a == "@" {
-                    format!("@{}", dir.join("event.json").display())
-                } else {
-                    a
-                }
-            })
-            .collect(),
-            None,
-        )
-        .await;
+        let event = format!("@{}", dir.join("event.json").display());
+        let with_logs = run(s(&["invoke", &name, "--data", &event, "--logs"]), None).await;
         ok(&with_logs);
         let stderr = String::from_utf8_lossy(&with_logs.stderr);
         assert!(
