@@ -27,6 +27,10 @@ pub struct FunctionRecord {
     pub env_ciphertext: Vec<u8>,
     /// How often a failed asynchronous invocation is retried (0–2, as Lambda).
     pub max_retries: i32,
+    /// Reserved concurrency: invocations that may run at once (`None`: the engine's default).
+    pub max_concurrency: Option<i32>,
+    /// Instances kept warm (started after deploy and at server start, never reaped).
+    pub min_instances: i32,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -196,6 +200,17 @@ pub const DEFAULT_MAX_RETRIES: i32 = 2;
 
 pub fn parse_max_retries(v: i64) -> Result<i32, ValidationError> {
     in_range("max_retries", v, &MAX_RETRIES_RANGE)
+}
+
+pub const MAX_CONCURRENCY_RANGE: std::ops::RangeInclusive<i32> = 1..=1000;
+pub const MIN_INSTANCES_RANGE: std::ops::RangeInclusive<i32> = 0..=10;
+
+pub fn parse_max_concurrency(v: i64) -> Result<i32, ValidationError> {
+    in_range("max_concurrency", v, &MAX_CONCURRENCY_RANGE)
+}
+
+pub fn parse_min_instances(v: i64) -> Result<i32, ValidationError> {
+    in_range("min_instances", v, &MIN_INSTANCES_RANGE)
 }
 
 pub fn parse_timeout_s(v: i64) -> Result<i32, ValidationError> {

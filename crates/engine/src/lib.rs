@@ -73,6 +73,16 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Runs one invocation to its end. A function's own failure is an `Ok` outcome with status
     /// `failed` or `timed_out`; `Err` is for the platform refusing or failing to run it.
     async fn invoke(&self, invocation: Invocation) -> Result<InvocationResult, EngineError>;
+
+    /// Starts instances until `function.min_instances` of its current version are warm; returns how
+    /// many it started. Backends without warm instances start none.
+    async fn prewarm(
+        &self,
+        _function: FunctionRecord,
+        _env: EnvVars,
+    ) -> Result<usize, EngineError> {
+        Ok(0)
+    }
 }
 
 /// The engine in place while no isolation backend is configured: it lists the runtimes the host has

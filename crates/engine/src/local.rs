@@ -20,7 +20,7 @@ use uuid::Uuid;
 use voltrun_domain::execution::{
     ExecutionError, ExecutionOutcome, ExecutionStatus, LogLine, LogStream,
 };
-use voltrun_domain::function::{FunctionRecord, RuntimeFamily};
+use voltrun_domain::function::{EnvVars, FunctionRecord, RuntimeFamily};
 use voltrun_sandbox::{BindMount, Limits, SandboxSpec, Spawner};
 use voltrun_storage::Store;
 
@@ -63,7 +63,12 @@ pub struct LocalEngine {
     code: CodeCache,
     runtime_dir: PathBuf,
     idle: Mutex<HashMap<PoolKey, Vec<Instance>>>,
-    concurrency: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Per function: its concurrency limit and the semaphore enforcing it (replaced when the limit changes).
+    concurrency: Mutex<HashMap<Uuid, (usize, Arc<Semaphore>)>>,
+    /// This engine, for background work it starts itself (re-warming after an instance dies).
+    me: std::sync::Weak<Self>,
+    /// Per (function, version): how many idle instances the reaper must leave warm (`min_instances`).
+    warm_floor: Mutex<HashMap<PoolKey, usize>>,
     memory: Arc<Semaphore>,
     next_uid: AtomicU32,
     detail: String,
@@ -102,7 +107,8 @@ impl LocalEngine {
         let memory = Arc::new(Semaphore::new(
             usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4),
         ));
-        let engine = Arc::new(Self {
+        let engine = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             config,
             store,
             spawner: Arc::new(spawner),
@@ -111,6 +117,7 @@ impl LocalEngine {
             runtime_dir,
             idle: Mutex::new(HashMap::new()),
             concurrency: Mutex::new(HashMap::new()),
+            warm_floor: Mutex::new(HashMap::new()),
             memory,
             next_uid: AtomicU32::new(0),
             detail,
@@ -131,15 +138,37 @@ impl LocalEngine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                let expired = engine
-                    .take_idle_where(|i| i.last_used.elapsed() >= engine.config.keep_alive)
-                    .await;
+                let expired = engine.take_expired().await;
                 for instance in expired {
                     tracing::debug!(instance = %instance.id, "stopping idle instance after keep-alive");
                     instance.stop().await;
                 }
             }
         });
+    }
+
+    /// Idle instances past the keep-alive, except the most recently used `min_instances` of each
+    /// (function, version), which stay warm.
+    async fn take_expired(&self) -> Vec<Instance> {
+        let floors = self.warm_floor.lock().await.clone();
+        let mut idle = self.idle.lock().await;
+        let mut taken = Vec::new();
+        for (key, list) in idle.iter_mut() {
+            list.sort_by_key(|i| std::cmp::Reverse(i.last_used));
+            let floor = floors.get(key).copied().unwrap_or(0);
+            let mut keep = Vec::new();
+            for (n, instance) in list.drain(..).enumerate() {
+                if n >= floor && instance.last_used.elapsed() >= self.config.keep_alive {
+                    taken.push(instance);
+                } else {
+                    keep.push(instance);
+                }
+            }
+            *list = keep;
+        }
+        idle.retain(|_, list| !list.is_empty());
+        self.publish_idle(&idle);
+        taken
     }
 
     async fn take_idle_where(&self, mut pred: impl FnMut(&Instance) -> bool) -> Vec<Instance> {
@@ -174,14 +203,25 @@ impl LocalEngine {
         }
     }
 
-    async fn function_slot(&self, function_id: Uuid) -> Result<OwnedSemaphorePermit, EngineError> {
-        let semaphore = self
-            .concurrency
-            .lock()
-            .await
-            .entry(function_id)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency_per_function)))
-            .clone();
+    async fn function_slot(
+        &self,
+        function: &FunctionRecord,
+    ) -> Result<OwnedSemaphorePermit, EngineError> {
+        let limit = function
+            .max_concurrency
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(self.config.max_concurrency_per_function);
+        let semaphore = {
+            let mut all = self.concurrency.lock().await;
+            let entry = all
+                .entry(function.id)
+                .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+            if entry.0 != limit {
+                // A changed limit takes effect for new invocations; running ones finish on the old one.
+                *entry = (limit, Arc::new(Semaphore::new(limit)));
+            }
+            entry.1.clone()
+        };
         tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned())
             .await
             .map_err(|_| EngineError::Overloaded)?
@@ -259,7 +299,7 @@ impl LocalEngine {
         function: &FunctionRecord,
         runtime: &RuntimeInfo,
         code_dir: PathBuf,
-        env: &voltrun_domain::function::EnvVars,
+        env: &EnvVars,
     ) -> Result<SandboxSpec, EngineError> {
         let family = RuntimeFamily::of(&runtime.id)
             .ok_or_else(|| EngineError::Internal(format!("unknown runtime {}", runtime.id)))?;
@@ -280,6 +320,7 @@ impl LocalEngine {
                 )));
             }
         };
+        let name = format!("i-{}", Uuid::now_v7().simple());
         let mut vars: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         vars.extend([
@@ -299,7 +340,24 @@ impl LocalEngine {
                 "AWS_LAMBDA_FUNCTION_VERSION".into(),
                 function.version.to_string(),
             ),
+            // Where the instance's logs go, named as Lambda names them (the group as the built-in
+            // bootstraps report it); the official runtime interface clients put them on the
+            // context, and aws-lambda-ric refuses to run without them.
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+                format!("/voltrun/{}", function.name),
+            ),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME".into(),
+                format!(
+                    "{}/[{}]{name}",
+                    Utc::now().format("%Y/%m/%d"),
+                    function.version
+                ),
+            ),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
             ("AWS_REGION".into(), "local".into()),
+            ("AWS_DEFAULT_REGION".into(), "local".into()),
             ("TZ".into(), ":UTC".into()),
             ("LANG".into(), "C.UTF-8".into()),
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
@@ -328,7 +386,7 @@ impl LocalEngine {
         let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
         let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % self.config.uid_count.max(1);
         Ok(SandboxSpec {
-            name: format!("i-{}", Uuid::now_v7().simple()),
+            name,
             command,
             env: vars,
             binds,
@@ -471,6 +529,51 @@ fn platform_line(text: String) -> LogLine {
 
 #[async_trait]
 impl Engine for LocalEngine {
+    async fn prewarm(&self, function: FunctionRecord, env: EnvVars) -> Result<usize, EngineError> {
+        let key = (function.id, function.version);
+        let wanted = usize::try_from(function.min_instances).unwrap_or(0);
+        {
+            let mut floors = self.warm_floor.lock().await;
+            floors.retain(|(f, _), _| *f != function.id);
+            if wanted > 0 {
+                floors.insert(key, wanted);
+            }
+        }
+        let runtime = self
+            .runtimes
+            .iter()
+            .find(|r| r.id == function.runtime)
+            .ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "runtime {} is not offered on this host",
+                    function.runtime
+                ))
+            })?
+            .clone();
+        let have = self.idle.lock().await.get(&key).map_or(0, Vec::len);
+        let mut started = 0;
+        for _ in have..wanted {
+            let memory = self.reserve_memory(function.memory_mb).await?;
+            let code_dir = self.code.ensure(self.store.as_ref(), &function).await?;
+            let spec = self.spec(&function, &runtime, code_dir, &env)?;
+            let mut instance =
+                Instance::start(self.spawner.clone(), spec, runtime.id.clone(), Some(memory))
+                    .await
+                    .map_err(|(failure, _)| {
+                        EngineError::Internal(format!("pre-warming failed: {failure:?}"))
+                    })?;
+            // Its initialisation happened ahead of time: invocations on it are not cold starts.
+            instance.init_duration = None;
+            metrics::counter!("voltrun_prewarmed_instances_total", "runtime" => runtime.id.clone())
+                .increment(1);
+            let mut idle = self.idle.lock().await;
+            idle.entry(key).or_default().push(instance);
+            self.publish_idle(&idle);
+            started += 1;
+        }
+        Ok(started)
+    }
+
     fn status(&self) -> EngineStatus {
         EngineStatus {
             backend: "namespace".into(),
@@ -496,7 +599,7 @@ impl Engine for LocalEngine {
                 ))
             })?
             .clone();
-        let _slot = self.function_slot(function.id).await?;
+        let _slot = self.function_slot(function).await?;
         let key = (function.id, function.version);
         let (warm, stale) = self.take_warm(key).await;
         for old in stale {
@@ -564,6 +667,16 @@ impl Engine for LocalEngine {
             self.publish_idle(&idle);
         } else {
             instance.stop().await;
+            // A kept-warm instance died (timeout, crash, OOM): start its replacement in the background.
+            let floor = self.warm_floor.lock().await.get(&key).copied().unwrap_or(0);
+            if let (true, Some(me)) = (floor > 0, self.me.upgrade()) {
+                let (function, env) = (function.clone(), invocation.env.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.prewarm(function, env).await {
+                        tracing::warn!(error = %e, "re-warming after an instance ended failed");
+                    }
+                });
+            }
         }
         Ok(self.finish(
             function,

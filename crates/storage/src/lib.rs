@@ -175,6 +175,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>>;
     /// After a crash of `node`: its running synchronous executions fail with `Platform.NodeLost`
     /// (their callers are gone); its running asynchronous ones go back to the queue. Returns both counts.
+    /// Every user's functions with `min_instances > 0` (pre-warmed at start; not tenant-scoped, for
+    /// the engine only).
+    async fn functions_to_keep_warm(&self) -> StoreResult<Vec<FunctionRecord>>;
     /// Executions waiting in the queue (for the queue-depth gauge).
     async fn queued_executions(&self) -> StoreResult<u64>;
     async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)>;

@@ -14,29 +14,18 @@ pub(crate) enum Flavour {
     Sqlite,
 }
 
+// One line per migration, in order; both flavours keep the same numbering.
+#[rustfmt::skip]
 const POSTGRES: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "async retries",
-        include_str!("../migrations/postgres/0002_async_retries.sql"),
-    ),
+    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
+    (2, "async retries", include_str!("../migrations/postgres/0002_async_retries.sql")),
+    (3, "capacity", include_str!("../migrations/postgres/0003_capacity.sql")),
 ];
+#[rustfmt::skip]
 const SQLITE: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "async retries",
-        include_str!("../migrations/sqlite/0002_async_retries.sql"),
-    ),
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "async retries", include_str!("../migrations/sqlite/0002_async_retries.sql")),
+    (3, "capacity", include_str!("../migrations/sqlite/0003_capacity.sql")),
 ];
 
 pub(crate) fn migrator(flavour: Flavour) -> Migrator {
@@ -113,7 +102,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -151,6 +140,6 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
     }
 }

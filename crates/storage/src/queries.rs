@@ -75,7 +75,8 @@ macro_rules! user_cols {
 macro_rules! function_cols {
     () => {
         "id, user_id, name, description, runtime, handler, code_sha256, code_size_bytes, code_kind, \
-         code_filename, memory_mb, timeout_s, env_ciphertext, max_retries, version, created_at, updated_at"
+         code_filename, memory_mb, timeout_s, env_ciphertext, max_retries, max_concurrency, min_instances, version, \
+         created_at, updated_at"
     };
 }
 macro_rules! execution_cols {
@@ -126,6 +127,8 @@ macro_rules! store_impl {
                     timeout_s: row.try_get("timeout_s")?,
                     env_ciphertext: row.try_get("env_ciphertext")?,
                     max_retries: row.try_get("max_retries")?,
+                    max_concurrency: row.try_get("max_concurrency")?,
+                    min_instances: row.try_get("min_instances")?,
                     version: row.try_get("version")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
@@ -381,8 +384,8 @@ macro_rules! store_impl {
                 sqlx::query(
                     "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
                      code_size_bytes, code_kind, code_filename, memory_mb, timeout_s, env_ciphertext, version, \
-                     created_at, updated_at, max_retries) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                     created_at, updated_at, max_retries, max_concurrency, min_instances) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
                 )
                 .bind($ids::id(f.id))
                 .bind($ids::id(f.user_id))
@@ -401,6 +404,8 @@ macro_rules! store_impl {
                 .bind(f.created_at)
                 .bind(f.updated_at)
                 .bind(f.max_retries)
+                .bind(f.max_concurrency)
+                .bind(f.min_instances)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -450,7 +455,8 @@ macro_rules! store_impl {
                 let done = sqlx::query(
                     "UPDATE functions SET name = $1, description = $2, runtime = $3, handler = $4, \
                      code_sha256 = $5, code_size_bytes = $6, code_kind = $7, code_filename = $8, memory_mb = $9, \
-                     timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13, max_retries = $17 \
+                     timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13, max_retries = $17, \
+                     max_concurrency = $18, min_instances = $19 \
                      WHERE id = $14 AND user_id = $15 AND version = $16",
                 )
                 .bind(&f.name)
@@ -470,6 +476,8 @@ macro_rules! store_impl {
                 .bind($ids::id(f.user_id))
                 .bind(expected_version)
                 .bind(f.max_retries)
+                .bind(f.max_concurrency)
+                .bind(f.min_instances)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -648,6 +656,12 @@ macro_rules! store_impl {
                         })
                     })
                     .collect()
+            }
+
+            async fn functions_to_keep_warm(&self) -> StoreResult<Vec<FunctionRecord>> {
+                const SQL: &str = concat!("SELECT ", function_cols!(), " FROM functions WHERE min_instances > 0");
+                let rows = sqlx::query(SQL).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::function_from_row).collect()
             }
 
             async fn queued_executions(&self) -> StoreResult<u64> {

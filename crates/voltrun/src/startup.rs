@@ -25,6 +25,32 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
+/// Starts the instances functions keep warm (`min_instances`), without delaying start-up.
+fn prewarm_in_background(store: Arc<dyn Store>, engine: Arc<dyn Engine>, open_env: EnvOpener) {
+    tokio::spawn(async move {
+        let functions = match store.functions_to_keep_warm().await {
+            Ok(functions) => functions,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list functions to keep warm");
+                return;
+            }
+        };
+        for function in functions {
+            let id = function.id;
+            let started = match open_env(&function.env_ciphertext) {
+                Ok(env) => engine
+                    .prewarm(function, env)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                tracing::warn!(function_id = %id, error = e, "pre-warming failed");
+            }
+        }
+    });
+}
+
 /// This node's name (the host name), recorded on the executions it runs.
 fn node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -134,7 +160,7 @@ impl Application {
                     store.clone(),
                     engine.clone(),
                     node_name(),
-                    open_env,
+                    open_env.clone(),
                     settings.engine.async_parallelism,
                     Duration::from_millis(settings.engine.retry_backoff_ms),
                 );
@@ -142,6 +168,7 @@ impl Application {
                     .start()
                     .await
                     .context("starting the asynchronous dispatcher")?;
+                prewarm_in_background(store.clone(), engine.clone(), open_env);
                 Some(dispatcher.waker())
             }
             None => None,

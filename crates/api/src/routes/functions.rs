@@ -11,8 +11,8 @@ use uuid::Uuid;
 use voltrun_domain::ValidationError;
 use voltrun_domain::function::{
     CodeKind, DEFAULT_MAX_RETRIES, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, EnvVars, FunctionName,
-    FunctionRecord, Handler, RuntimeFamily, parse_description, parse_max_retries, parse_memory_mb,
-    parse_timeout_s, validate_env,
+    FunctionRecord, Handler, RuntimeFamily, parse_description, parse_max_concurrency,
+    parse_max_retries, parse_memory_mb, parse_min_instances, parse_timeout_s, validate_env,
 };
 
 use super::blocking;
@@ -42,6 +42,10 @@ pub struct CreateFunctionRequest {
     pub env: Option<EnvVars>,
     /// Retries of a failed asynchronous invocation, 0–2 (default 2).
     pub max_retries: Option<i64>,
+    /// Reserved concurrency, 1–1000; 0 or absent: the server's default.
+    pub max_concurrency: Option<i64>,
+    /// Instances kept warm, 0–10 (default 0).
+    pub min_instances: Option<i64>,
 }
 
 /// A partial update: only the fields present change.
@@ -57,6 +61,9 @@ pub struct UpdateFunctionRequest {
     pub timeout_s: Option<i64>,
     pub env: Option<EnvVars>,
     pub max_retries: Option<i64>,
+    /// 0 resets to the server's default.
+    pub max_concurrency: Option<i64>,
+    pub min_instances: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -73,6 +80,10 @@ pub struct FunctionResponse {
     pub env: Option<EnvVars>,
     /// Retries of a failed asynchronous invocation.
     pub max_retries: i32,
+    /// Reserved concurrency; `null`: the server's default.
+    pub max_concurrency: Option<i32>,
+    /// Instances kept warm.
+    pub min_instances: i32,
     /// Increments on every code or configuration change.
     pub version: i64,
     pub code_sha256: String,
@@ -94,6 +105,8 @@ impl FunctionResponse {
             timeout_s: f.timeout_s,
             env,
             max_retries: f.max_retries,
+            max_concurrency: f.max_concurrency,
+            min_instances: f.min_instances,
             version: f.version,
             code_sha256: f.code_sha256,
             code_size_bytes: f.code_size_bytes,
@@ -135,6 +148,28 @@ fn parse_runtime(state: &SharedState, runtime: &str) -> Result<RuntimeFamily, Va
                 ),
             )
         })
+}
+
+/// `max_concurrency` as given: absent → `None` (unchanged), 0 → `Some(None)` (the server default).
+fn parse_concurrency_setting(raw: Option<i64>) -> Result<Option<Option<i32>>, ValidationError> {
+    match raw {
+        None => Ok(None),
+        Some(0) => Ok(Some(None)),
+        Some(v) => parse_max_concurrency(v).map(|v| Some(Some(v))),
+    }
+}
+
+/// Starts the function's `min_instances` in the background (a deploy answers without waiting).
+fn keep_warm(state: &SharedState, function: &FunctionRecord, env: &EnvVars) {
+    if function.min_instances == 0 || !state.engine.status().ready {
+        return;
+    }
+    let (engine, function, env) = (state.engine.clone(), function.clone(), env.clone());
+    tokio::spawn(async move {
+        if let Err(e) = engine.prewarm(function, env).await {
+            tracing::warn!(error = %e, "pre-warming instances failed");
+        }
+    });
 }
 
 pub(crate) fn seal_env(state: &SharedState, env: &EnvVars) -> ApiResult<Vec<u8>> {
@@ -189,6 +224,12 @@ pub async fn create(
         .map(parse_max_retries)
         .transpose()?
         .unwrap_or(DEFAULT_MAX_RETRIES);
+    let max_concurrency = parse_concurrency_setting(req.max_concurrency)?.flatten();
+    let min_instances = req
+        .min_instances
+        .map(parse_min_instances)
+        .transpose()?
+        .unwrap_or(0);
     let env = req.env.unwrap_or_default();
     validate_env(&env)?;
     let code_input = req.code;
@@ -212,6 +253,8 @@ pub async fn create(
         timeout_s,
         env_ciphertext: seal_env(&state, &env)?,
         max_retries,
+        max_concurrency,
+        min_instances,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -228,6 +271,7 @@ pub async fn create(
             other => other.into(),
         })?;
     tracing::info!(function_id = %record.id, "function created");
+    keep_warm(&state, &record, &env);
     Ok((
         StatusCode::CREATED,
         Json(FunctionResponse::new(record, Some(env))),
@@ -334,6 +378,8 @@ pub async fn update(
     let memory_mb = req.memory_mb.map(parse_memory_mb).transpose()?;
     let timeout_s = req.timeout_s.map(parse_timeout_s).transpose()?;
     let max_retries = req.max_retries.map(parse_max_retries).transpose()?;
+    let max_concurrency = parse_concurrency_setting(req.max_concurrency)?;
+    let min_instances = req.min_instances.map(parse_min_instances).transpose()?;
     if let Some(env) = &req.env {
         validate_env(env)?;
     }
@@ -395,6 +441,12 @@ pub async fn update(
     if let Some(max_retries) = max_retries {
         next.max_retries = max_retries;
     }
+    if let Some(max_concurrency) = max_concurrency {
+        next.max_concurrency = max_concurrency;
+    }
+    if let Some(min_instances) = min_instances {
+        next.min_instances = min_instances;
+    }
     let env = match &req.env {
         Some(env) => {
             next.env_ciphertext = seal_env(&state, env)?;
@@ -417,6 +469,8 @@ pub async fn update(
         || next.memory_mb != current.memory_mb
         || next.timeout_s != current.timeout_s
         || next.max_retries != current.max_retries
+        || next.max_concurrency != current.max_concurrency
+        || next.min_instances != current.min_instances
         || next.code_sha256 != current.code_sha256
         || next.code_filename != current.code_filename;
     if !changed {
@@ -444,6 +498,7 @@ pub async fn update(
         ));
     }
     tracing::info!(function_id = %next.id, version = next.version, "function updated");
+    keep_warm(&state, &next, &env);
     Ok(Json(FunctionResponse::new(next, Some(env))))
 }
 

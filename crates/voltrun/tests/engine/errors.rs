@@ -374,3 +374,67 @@ async fn concurrency_limit_queues_then_refuses_with_429() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_reserved_concurrency_is_its_own_limit() {
+    let Some(app) = engine_app("a_functions_reserved_concurrency_is_its_own_limit", |raw| {
+        raw.engine_queue_timeout_s = Some("1".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let user = app.register().await;
+    let python = app.runtime("python").await.unwrap();
+    let source = "import time\ndef handler(e, c):\n    time.sleep(e['s'])\n    return e['s']\n";
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "reserved",
+        &python,
+        "main.handler",
+        &[("main.py", source)],
+        json!({"max_concurrency": 1}),
+    )
+    .await;
+    let url = format!("{}/api/functions/{id}/execute", app.base);
+    let slow = {
+        let (client, url, token) = (app.client.clone(), url.clone(), user.access_token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"s": 3}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    app.post(
+        &format!("/api/functions/{id}/execute"),
+        &user.access_token,
+        json!({"s": 0}),
+    )
+    .await
+    .expect_error(429, "too_many_requests");
+    assert_eq!(slow.await.unwrap(), 200);
+    let f = app
+        .get(&format!("/api/functions/{id}"), &user.access_token)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(f["max_concurrency"], 1);
+    let reset = app
+        .put(
+            &format!("/api/functions/{id}"),
+            &user.access_token,
+            json!({"max_concurrency": 0}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(reset["max_concurrency"], Value::Null);
+}

@@ -188,3 +188,61 @@ done
             .contains("handling ")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_are_prewarmed_and_survive_keep_alive() {
+    let Some(app) = engine_app(
+        "min_instances_are_prewarmed_and_survive_keep_alive",
+        |raw| {
+            raw.engine_keep_alive_s = Some("1".into());
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let source = "import os\ndef handler(e, c):\n    return os.getpid()\n";
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "warm",
+        &python,
+        "main.handler",
+        &[("main.py", source)],
+        json!({"min_instances": 1}),
+    )
+    .await;
+    // Pre-warming runs in the background after the deploy answers; give it time to finish.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let first = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(
+        first["cold_start"], false,
+        "the first call finds a pre-warmed instance: {first}"
+    );
+    // Well past the 1 s keep-alive, the kept-warm instance is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let later = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(later["cold_start"], false, "{later}");
+    assert_eq!(
+        later["output"], first["output"],
+        "the same process served both"
+    );
+    // Without min_instances, an idle instance is gone after the keep-alive.
+    app.put(
+        &format!("/api/functions/{id}"),
+        &user.access_token,
+        json!({"min_instances": 0}),
+    )
+    .await
+    .expect(200);
+    let cold = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(cold["cold_start"], true, "a new version starts cold");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let again = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(
+        again["cold_start"], true,
+        "reaped after the keep-alive: {again}"
+    );
+}
