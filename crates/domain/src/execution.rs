@@ -103,6 +103,41 @@ pub struct ExecutionRecord {
     pub attempts: i32,
 }
 
+impl ExecutionRecord {
+    /// A new execution of `function_id` at `function_version`, waiting to run.
+    pub fn new_queued(
+        user_id: Uuid,
+        function_id: Uuid,
+        function_version: i64,
+        invocation_type: InvocationType,
+        input: serde_json::Value,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            user_id,
+            function_id,
+            function_version,
+            status: ExecutionStatus::Queued,
+            invocation_type,
+            input,
+            output: None,
+            error: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            init_duration_ms: None,
+            memory_peak_mb: None,
+            cold_start: None,
+            node: None,
+            instance_id: None,
+            logs_truncated: false,
+            attempts: 0,
+        }
+    }
+}
+
 /// One finished attempt of an asynchronous execution that was retried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {

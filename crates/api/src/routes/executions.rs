@@ -169,28 +169,14 @@ pub async fn execute(
     }
     let env = open_env(&state, &function.env_ciphertext)?;
 
-    let record = ExecutionRecord {
-        id: Uuid::now_v7(),
+    let record = ExecutionRecord::new_queued(
         user_id,
-        function_id: function.id,
-        function_version: function.version,
-        status: ExecutionStatus::Queued,
+        function.id,
+        function.version,
         invocation_type,
-        input: event.clone(),
-        output: None,
-        error: None,
-        created_at: voltrun_storage::now(),
-        started_at: None,
-        finished_at: None,
-        duration_ms: None,
-        init_duration_ms: None,
-        memory_peak_mb: None,
-        cold_start: None,
-        node: None,
-        instance_id: None,
-        logs_truncated: false,
-        attempts: 0,
-    };
+        event.clone(),
+        voltrun_storage::now(),
+    );
     match invocation_type {
         InvocationType::Async => {
             // The queued row is the queue entry: the dispatcher picks it up (also after a restart).

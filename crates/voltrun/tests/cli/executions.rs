@@ -18,29 +18,15 @@ async fn seed(
     status: ExecutionStatus,
 ) -> Uuid {
     let store = server.store().await;
-    let id = Uuid::now_v7();
-    let record = ExecutionRecord {
-        id,
-        user_id: user_id.parse().unwrap(),
-        function_id: function_id.parse().unwrap(),
-        function_version: 1,
-        status: ExecutionStatus::Queued,
-        invocation_type: InvocationType::Sync,
-        input: json!({"n": 1}),
-        output: None,
-        error: None,
-        created_at: voltrun_storage::now(),
-        started_at: None,
-        finished_at: None,
-        duration_ms: None,
-        init_duration_ms: None,
-        memory_peak_mb: None,
-        cold_start: None,
-        node: None,
-        instance_id: None,
-        logs_truncated: false,
-        attempts: 0,
-    };
+    let record = ExecutionRecord::new_queued(
+        user_id.parse().unwrap(),
+        function_id.parse().unwrap(),
+        1,
+        InvocationType::Sync,
+        json!({"n": 1}),
+        voltrun_storage::now(),
+    );
+    let id = record.id;
     store.insert_execution(&record).await.unwrap();
     match status {
         ExecutionStatus::Queued => {}

@@ -318,6 +318,40 @@ def handler(e, c):
         .expect(200);
 }
 
+/// Holds a function's only slot with a 3 s call, then checks a second call queues for the 1 s queue
+/// timeout and is refused with 429, and that capacity returns afterwards.
+async fn assert_429_while_the_slot_is_busy(app: &TestApp, token: &str, id: &str) {
+    let url = format!("{}/api/functions/{id}/execute", app.base);
+    let slow = {
+        let (client, token) = (app.client.clone(), token.to_string());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"s": 3}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    app.post(
+        &format!("/api/functions/{id}/execute"),
+        token,
+        json!({"s": 0}),
+    )
+    .await
+    .expect_error(429, "too_many_requests");
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        invoke(app, token, id, json!({"s": 0})).await["output"],
+        0,
+        "capacity is back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queues_then_refuses_with_429() {
     let Some(app) = engine_app("concurrency_limit_queues_then_refuses_with_429", |raw| {
@@ -343,36 +377,7 @@ async fn concurrency_limit_queues_then_refuses_with_429() {
         json!({}),
     )
     .await;
-    let url = format!("{}/api/functions/{id}/execute", app.base);
-    let slow = {
-        let (client, url, token) = (app.client.clone(), url.clone(), user.access_token.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"s": 3}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    // The one slot is busy for ~2 more seconds; this call waits its 1 s queue time, then gets 429.
-    app.post(
-        &format!("/api/functions/{id}/execute"),
-        &user.access_token,
-        json!({"s": 0}),
-    )
-    .await
-    .expect_error(429, "too_many_requests");
-    assert_eq!(slow.await.unwrap(), 200);
-    // Capacity is back.
-    assert_eq!(
-        invoke(&app, &user.access_token, &id, json!({"s": 0})).await["output"],
-        0
-    );
+    assert_429_while_the_slot_is_busy(&app, &user.access_token, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,30 +402,7 @@ async fn a_functions_reserved_concurrency_is_its_own_limit() {
         json!({"max_concurrency": 1}),
     )
     .await;
-    let url = format!("{}/api/functions/{id}/execute", app.base);
-    let slow = {
-        let (client, url, token) = (app.client.clone(), url.clone(), user.access_token.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"s": 3}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    app.post(
-        &format!("/api/functions/{id}/execute"),
-        &user.access_token,
-        json!({"s": 0}),
-    )
-    .await
-    .expect_error(429, "too_many_requests");
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_429_while_the_slot_is_busy(&app, &user.access_token, &id).await;
     let f = app
         .get(&format!("/api/functions/{id}"), &user.access_token)
         .await
