@@ -95,8 +95,9 @@ function makeContext(requestId, deadlineMs, arn) {
     functionName: process.env.AWS_LAMBDA_FUNCTION_NAME || '',
     functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST',
     memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '',
-    logGroupName: `/voltrun/${process.env.AWS_LAMBDA_FUNCTION_NAME || ''}`,
-    logStreamName: '',
+    logGroupName:
+      process.env.AWS_LAMBDA_LOG_GROUP_NAME || `/voltrun/${process.env.AWS_LAMBDA_FUNCTION_NAME || ''}`,
+    logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME || '',
     callbackWaitsForEmptyEventLoop: true,
     getRemainingTimeInMillis: () => Math.max(0, deadlineMs - Date.now()),
   };

@@ -49,8 +49,8 @@ class Context:
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-        self.log_group_name = "/voltrun/" + self.function_name
-        self.log_stream_name = ""
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "/voltrun/" + self.function_name)
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self.identity = None
         self.client_context = None
         self._deadline_ms = deadline_ms

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,7 +77,7 @@ pub fn router(
         )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
-        // Read one byte more than allowed, to tell "too large" from "exactly the limit".
+        // Error documents are read whole; `response` reads its body itself, within the same limit.
         .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES + 1))
         .with_state(state)
 }
@@ -131,26 +131,100 @@ async fn take_current(state: &ApiState, id: &str) -> Option<oneshot::Sender<Runt
     }
 }
 
+/// What a response body turned out to be.
+enum ResponseBody {
+    /// The whole body, with the trailers a streamed (chunked) response may end with.
+    Complete(Bytes, Option<HeaderMap>),
+    /// Over the limit: how many bytes had arrived when reading stopped.
+    TooLarge(usize),
+    /// The connection broke off before the body ended.
+    Broken(String),
+}
+
+/// Reads a response body up to [`MAX_RESPONSE_BYTES`], keeping its trailers: a streamed response
+/// (`Lambda-Runtime-Function-Response-Mode: streaming`, as `aws-lambda-ric` sends for
+/// `awslambda.streamifyResponse` handlers) reports a failure after its data, in the trailers
+/// `Lambda-Runtime-Function-Error-Type` and `Lambda-Runtime-Function-Error-Body`.
+async fn read_body(mut body: Body) -> ResponseBody {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => return ResponseBody::Complete(Bytes::from(data), trailers),
+            Some(Err(e)) => return ResponseBody::Broken(e.to_string()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(chunk) => {
+                    if data.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return ResponseBody::TooLarge(data.len() + chunk.len());
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The failure a streamed response reported in its trailers, if it did: the type, and the error
+/// document (base64 JSON) when it came with one.
+fn trailer_error(trailers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    trailers.get("lambda-runtime-function-error-type")?;
+    let doc = trailers
+        .get("lambda-runtime-function-error-body")
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .ok()
+        })
+        .unwrap_or_default();
+    Some(parse_error(trailers, &doc))
+}
+
 async fn response(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> StatusCode {
     let Some(reply) = take_current(&state, &id).await else {
         return StatusCode::BAD_REQUEST;
     };
-    match body {
-        Ok(bytes) if bytes.len() <= MAX_RESPONSE_BYTES => {
-            let _ = reply.send(RuntimeReply::Response(bytes));
+    match read_body(body).await {
+        ResponseBody::Complete(bytes, trailers) => {
+            match trailers.as_ref().and_then(trailer_error) {
+                Some((error_type, message)) => {
+                    let _ = reply.send(RuntimeReply::Error {
+                        error_type,
+                        message,
+                    });
+                }
+                None => {
+                    let _ = reply.send(RuntimeReply::Response(bytes));
+                }
+            }
             StatusCode::ACCEPTED
         }
-        Ok(bytes) => {
-            let _ = reply.send(RuntimeReply::ResponseTooLarge(bytes.len()));
+        ResponseBody::TooLarge(read) => {
+            // The whole size when the runtime declared it; reading stopped at the limit.
+            let declared = headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let size = declared.map_or(read, |d| d.max(read));
+            let _ = reply.send(RuntimeReply::ResponseTooLarge(size));
             StatusCode::PAYLOAD_TOO_LARGE
         }
-        Err(_) => {
-            let _ = reply.send(RuntimeReply::ResponseTooLarge(MAX_RESPONSE_BYTES + 1));
-            StatusCode::PAYLOAD_TOO_LARGE
+        ResponseBody::Broken(why) => {
+            let _ = reply.send(RuntimeReply::Error {
+                error_type: "Runtime.TruncatedResponse".into(),
+                message: format!("the runtime's response broke off: {why}"),
+            });
+            StatusCode::BAD_REQUEST
         }
     }
 }
