@@ -49,8 +49,10 @@ pub struct EngineStatus {
     pub backend: String,
     /// Whether invocations can run now.
     pub ready: bool,
-    /// Why not, or notes such as a fallback in use.
+    /// What runs functions, or why nothing can.
     pub detail: String,
+    /// Ways the isolation is weaker than it should be on this host (e.g. no cgroups: rlimits only).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,7 @@ impl Engine for UnavailableEngine {
             backend: "none".into(),
             ready: false,
             detail: self.reason.clone(),
+            warnings: vec![],
         }
     }
 

@@ -72,6 +72,7 @@ pub struct LocalEngine {
     memory: Arc<Semaphore>,
     next_uid: AtomicU32,
     detail: String,
+    warnings: Vec<String>,
 }
 
 const PYTHON_BOOTSTRAP: &str = include_str!("../bootstraps/bootstrap.py");
@@ -95,6 +96,14 @@ impl LocalEngine {
             ));
         }
         let spawner = Spawner::new().map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let warnings = if spawner.cgroups().is_available() {
+            vec![]
+        } else {
+            vec![format!(
+                "resource limits are degraded: {}; memory and process caps are per-process rlimits, CPU is not shared fairly",
+                spawner.cgroups().describe()
+            )]
+        };
         let detail = format!("bubblewrap sandboxes; {}", spawner.cgroups().describe());
         if !spawner.cgroups().is_available() {
             tracing::warn!(detail, "sandbox limits are degraded");
@@ -121,6 +130,7 @@ impl LocalEngine {
             memory,
             next_uid: AtomicU32::new(0),
             detail,
+            warnings,
         });
         Self::start_reaper(Arc::downgrade(&engine));
         Ok(engine)
@@ -579,6 +589,7 @@ impl Engine for LocalEngine {
             backend: "namespace".into(),
             ready: true,
             detail: self.detail.clone(),
+            warnings: self.warnings.clone(),
         }
     }
 

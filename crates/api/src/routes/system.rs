@@ -22,7 +22,8 @@ pub struct DatabaseHealth {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
-    /// `ok`, `degraded` (the engine cannot run functions) or `unavailable` (no database).
+    /// `ok`, `degraded` (the engine cannot run functions, or runs them with weakened isolation; see
+    /// `engine.warnings`) or `unavailable` (no database).
     pub status: &'static str,
     pub version: &'static str,
     pub uptime_s: u64,
@@ -50,6 +51,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
     let (code, status) = match (db_ok, engine.ready) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) if !engine.warnings.is_empty() => (StatusCode::OK, "degraded"),
         (true, true) => (StatusCode::OK, "ok"),
     };
     let body = HealthResponse {
