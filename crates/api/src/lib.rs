@@ -6,6 +6,7 @@ mod caller;
 mod code;
 mod error;
 mod extract;
+mod function_cache;
 mod metrics;
 mod middleware;
 mod openapi;
@@ -71,6 +72,7 @@ pub struct AppState {
     account_failures: RateLimiter,
     trust_forwarded_for: bool,
     api_key_touches: caller::KeyTouches,
+    functions: function_cache::FunctionCache,
     node: String,
     dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     started: Instant,
@@ -101,6 +103,7 @@ impl AppState {
             ),
             trust_forwarded_for: config.trust_forwarded_for,
             api_key_touches: caller::KeyTouches::default(),
+            functions: function_cache::FunctionCache::default(),
             node: config.node,
             dispatcher_wake: config.dispatcher_wake,
             started: Instant::now(),

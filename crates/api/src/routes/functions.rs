@@ -182,8 +182,27 @@ pub(crate) fn open_env(state: &SharedState, sealed: &[u8]) -> ApiResult<EnvVars>
     serde_json::from_slice(&plain).map_err(ApiError::internal)
 }
 
-/// Looks up one of the caller's functions; another user's function is simply not found.
+/// Looks up one of the caller's functions; another user's function is simply not found. Served
+/// from the short-lived cache when it can be (see `function_cache`).
 pub(crate) async fn owned_function(
+    state: &SharedState,
+    user_id: Uuid,
+    id: Uuid,
+) -> ApiResult<FunctionRecord> {
+    if let Some(record) = state.functions.get(id) {
+        return if record.user_id == user_id {
+            Ok(record)
+        } else {
+            Err(ApiError::NotFound("function"))
+        };
+    }
+    let record = stored_function(state, user_id, id).await?;
+    state.functions.put(record.clone());
+    Ok(record)
+}
+
+/// The caller's function as the database has it now (for updates, which compare versions).
+async fn stored_function(
     state: &SharedState,
     user_id: Uuid,
     id: Uuid,
@@ -384,7 +403,7 @@ pub async fn update(
         validate_env(env)?;
     }
 
-    let current = owned_function(&state, user_id, id).await?;
+    let current = stored_function(&state, user_id, id).await?;
     let runtime = req
         .runtime
         .clone()
@@ -492,6 +511,8 @@ pub async fn update(
             }
             other => other.into(),
         })?;
+    // Whatever happened, the cached copy may be stale now.
+    state.functions.forget(id);
     if !written {
         return Err(ApiError::Conflict(
             "the function changed while this update was applied; retry".into(),
@@ -511,7 +532,9 @@ pub async fn delete(
     FullAccess(user_id): FullAccess,
     IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
-    if state.store.delete_function(user_id, id).await? {
+    let deleted = state.store.delete_function(user_id, id).await?;
+    state.functions.forget(id);
+    if deleted {
         tracing::info!(function_id = %id, "function deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# The API read benchmark: drives a running VoltRun server with wrk and prints requests/s and p50/p99
+# latency for `GET /health` and an authenticated `GET /api/functions/{id}` (JWT), at 1 and 64
+# connections, on SQLite and PostgreSQL, next to the same figures for `voltrun-floor` (a bare hello
+# server on the same HTTP stack), as a ratio of the floor's requests/s at the same connection count.
+#
+# It builds release binaries, starts the floor and the server on random loopback ports with a data
+# directory in a temporary directory, registers a user and creates a function with curl, runs wrk,
+# and removes every process and file it started on exit.
+#
+# PostgreSQL: uses VOLTRUN_BENCH_DATABASE_URL when set (the server migrates that database and adds a
+# user and a function to it); otherwise starts a throwaway cluster as scripts/test.sh does.
+#
+# Settings (environment):
+#   BENCH_DURATION   seconds per wrk run (default 5, at most 60)
+#   BENCH_REPEAT     runs per figure, taking turns; the table shows medians (default 3, at most 10)
+#   BENCH_DBS        which databases (default "sqlite postgres")
+#   BENCH_RAW_DIR    if set, wrk's full output for every run is copied there
+#
+# The load generator runs on the same machine as the server and shares its cores: the figures are a
+# comparison on one machine, not a capacity statement.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=${BENCH_DURATION:-5}
+REPEAT=${BENCH_REPEAT:-3}
+DBS=${BENCH_DBS:-sqlite postgres}
+if ! [[ "$DURATION" =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 60 ]; then
+  echo "bench-api.sh: BENCH_DURATION must be a whole number of seconds, 1 to 60" >&2
+  exit 2
+fi
+if ! [[ "$REPEAT" =~ ^[0-9]+$ ]] || [ "$REPEAT" -lt 1 ] || [ "$REPEAT" -gt 10 ]; then
+  echo "bench-api.sh: BENCH_REPEAT must be 1 to 10" >&2
+  exit 2
+fi
+for db in $DBS; do
+  case $db in sqlite | postgres) ;; *) echo "bench-api.sh: BENCH_DBS: unknown database $db" >&2; exit 2 ;; esac
+done
+CONNECTIONS=(1 64)
+
+log() { echo "bench-api.sh: $*" >&2; }
+
+# --- tools -----------------------------------------------------------------------------------------
+for tool in curl cargo; do
+  command -v "$tool" >/dev/null 2>&1 || { log "needs $tool on PATH"; exit 1; }
+done
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing wrk: apt-get install -y wrk"
+    apt-get install -y wrk >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y wrk >/dev/null; } \
+      || { log "apt-get install -y wrk failed"; exit 1; }
+  else
+    log "needs the wrk load generator; install it with:  sudo apt-get install -y wrk   (macOS: brew install wrk)"
+    exit 1
+  fi
+fi
+
+log "building release binaries: cargo build --release -p voltrun -p voltrun-floor"
+cargo build --release -p voltrun -p voltrun-floor
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+VOLTRUN=$TARGET_DIR/release/voltrun
+FLOOR=$TARGET_DIR/release/voltrun-floor
+
+# --- processes and clean-up ------------------------------------------------------------------------
+PG_PURPOSE="the PostgreSQL half of the benchmark"
+# start_throwaway_postgres / stop_throwaway_postgres
+source scripts/lib/postgres.sh
+
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/voltrun-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  stop_throwaway_postgres
+  rm -rf "$BENCH_TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME PROBE_PATH COMMAND... : starts COMMAND in the background with PORT set to a free
+# loopback port, waits until http://127.0.0.1:PORT/PROBE_PATH answers, sets STARTED_PORT.
+STARTED_PORT=""
+start() {
+  local name=$1 probe=$2
+  shift 2
+  local attempt port pid i
+  for attempt in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 30000))
+    port_in_use "$port" && continue
+    (cd "$BENCH_TMP" && PORT=$port exec "$@") >"$BENCH_TMP/$name.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 150); do
+      if ! kill -0 "$pid" 2>/dev/null; then break; fi
+      if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port$probe" 2>/dev/null; then
+        PIDS+=("$pid")
+        STARTED_PORT=$port
+        return
+      fi
+      sleep 0.2
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  log "could not start $name; its log:"
+  cat "$BENCH_TMP/$name.log" >&2 || true
+  exit 1
+}
+
+stop_last() {
+  local pid=${PIDS[${#PIDS[@]}-1]}
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset 'PIDS[${#PIDS[@]}-1]'
+}
+
+# --- wrk -------------------------------------------------------------------------------------------
+# wrk's own summary, exact: requests, duration (µs), p50 and p99 (µs), non-2xx/3xx, socket errors.
+cat >"$BENCH_TMP/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %.0f %.0f %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+LUA
+
+SAMPLES="$BENCH_TMP/samples"
+: >"$SAMPLES"
+# measure SECTION TARGET DB CONNECTIONS URL [wrk args...]: one wrk run; appends a line to SAMPLES:
+# section|target|db|connections|req/s|p50 µs|p99 µs|errors.
+measure() {
+  local section=$1 target=$2 db=$3 conns=$4 url=$5
+  shift 5
+  local threads=1
+  [ "$conns" -gt 1 ] && threads=2
+  RUN=$((RUN + 1))
+  local out
+  out="$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$section-${target//[^a-z0-9]/_}-c$conns.txt"
+  timeout $((DURATION + 30)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency \
+    -s "$BENCH_TMP/report.lua" "$@" "$url" >"$out" 2>&1 || { log "wrk failed:"; cat "$out" >&2; exit 1; }
+  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$out" "$BENCH_RAW_DIR/"; fi
+  local requests duration p50 p99 bad socket
+  read -r requests duration p50 p99 bad socket < <(awk '$1 == "BENCH" { print $2, $3, $4, $5, $6, $7 }' "$out")
+  [ -n "${requests:-}" ] || { log "could not read wrk's summary:"; cat "$out" >&2; exit 1; }
+  local rps
+  rps=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+  echo "$section|$target|$db|$conns|$rps|$p50|$p99|$((bad + socket))" >>"$SAMPLES"
+  log "$(awk -v t="$target" -v d="$db" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$((bad + socket))" \
+    'BEGIN { printf "%-24s %-8s c=%-3s %9s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, d, c, r, a / 1000, b / 1000, e }')"
+}
+RUN=0
+
+warm_up() { timeout 30 wrk -t1 -c8 -d1s "$@" >/dev/null 2>&1 || true; }
+
+# --- the runs --------------------------------------------------------------------------------------
+JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
+ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+HOST=127.0.0.1
+
+log "starting voltrun-floor"
+start floor /hello "$FLOOR"
+FLOOR_URL="http://$HOST:$STARTED_PORT"
+
+for db in $DBS; do
+  database_url=""
+  if [ "$db" = postgres ]; then
+    if [ -n "${VOLTRUN_BENCH_DATABASE_URL:-}" ]; then
+      log "PostgreSQL from VOLTRUN_BENCH_DATABASE_URL"
+      database_url=$VOLTRUN_BENCH_DATABASE_URL
+    else
+      start_throwaway_postgres VOLTRUN_BENCH_DATABASE_URL >&2
+      database_url=$PG_URL
+    fi
+  fi
+  mkdir -p "$BENCH_TMP/data-$db"
+  log "starting voltrun server on $db"
+  # Run from the temporary directory so that no .env is read; every setting is given here.
+  db_env=()
+  [ -z "$database_url" ] || db_env=("DATABASE_URL=$database_url")
+  start "server-$db" /health env -u DATABASE_URL "${db_env[@]}" \
+    BIND_ADDRESS=$HOST DATA_DIR="$BENCH_TMP/data-$db" LOG_LEVEL=warn LOG_FORMAT=json \
+    ENVIRONMENT=development JWT_SECRET="$JWT_SECRET" ENCRYPTION_KEY="$ENCRYPTION_KEY" \
+    ACCESS_TOKEN_TTL_S=3600 AUTH_ATTEMPTS_PER_MINUTE=100000 "$VOLTRUN" server
+  SERVER_URL="http://$HOST:$STARTED_PORT"
+
+  email="bench-$(date +%s)-$RANDOM@example.com"
+  auth=$(curl -fsS --max-time 10 -H 'content-type: application/json' \
+    -d "{\"email\":\"$email\",\"password\":\"bench-password-$RANDOM-long\"}" "$SERVER_URL/api/auth/register") \
+    || { log "registering a user failed"; exit 1; }
+  token=$(printf '%s' "$auth" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+  [ -n "$token" ] || { log "no access token in: $auth"; exit 1; }
+  function=$(curl -fsS --max-time 10 -H 'content-type: application/json' -H "authorization: Bearer $token" \
+    -d '{"name":"bench","runtime":"provided","handler":"function.handler","code":{"source":"#!/bin/sh\necho hi\n","filename":"bootstrap"}}' \
+    "$SERVER_URL/api/functions") || { log "creating the function failed"; exit 1; }
+  function_id=$(printf '%s' "$function" | sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+  [ -n "$function_id" ] || { log "no function id in: $function"; exit 1; }
+  read_url="$SERVER_URL/api/functions/$function_id"
+  curl -fsS -o /dev/null --max-time 10 -H "authorization: Bearer $token" "$read_url" \
+    || { log "GET $read_url failed"; exit 1; }
+
+  warm_up "$FLOOR_URL/hello"
+  warm_up "$SERVER_URL/health"
+  warm_up -H "Authorization: Bearer $token" "$read_url"
+  for c in "${CONNECTIONS[@]}"; do
+    # The floor is measured next to each database's runs and the three targets take turns, so that
+    # a ratio compares figures taken seconds apart on a machine whose speed drifts.
+    for _ in $(seq 1 "$REPEAT"); do
+      measure "$db" "floor /hello" "-" "$c" "$FLOOR_URL/hello"
+      measure "$db" "GET /health" "$db" "$c" "$SERVER_URL/health"
+      measure "$db" "GET /api/functions/:id" "$db" "$c" "$read_url" -H "Authorization: Bearer $token"
+    done
+  done
+  stop_last
+  if [ "$db" = postgres ]; then stop_throwaway_postgres; PG_TMP=""; fi
+done
+
+# --- the report ------------------------------------------------------------------------------------
+# Medians over the repeats, per section, target and connection count, in the order measured.
+REPORT=$(awk -F'|' '
+  function median(list,    n, v, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
+  function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+  {
+    key = $1 SUBSEP $2 SUBSEP $4
+    if (!(key in rps)) { order[++keys] = key; target[key] = $2; db[key] = $3; conns[key] = $4; section[key] = $1 }
+    rps[key] = rps[key] " " $5; p50[key] = p50[key] " " $6; p99[key] = p99[key] " " $7; errors[key] += $8
+  }
+  END {
+    for (k = 1; k <= keys; k++) {
+      key = order[k]
+      floor = median(rps[section[key] SUBSEP "floor /hello" SUBSEP conns[key]])
+      printf "%s|%s|%s|%.0f|%s|%s|%.0f|%.0f|%.0f|%d\n", target[key], db[key], conns[key], median(rps[key]),
+        lo(rps[key]), hi(rps[key]), median(p50[key]), median(p99[key]), 100 * median(rps[key]) / floor, errors[key]
+    }
+  }' "$SAMPLES")
+
+echo
+echo "VoltRun API read benchmark: wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), ${DURATION}s per run, $REPEAT runs per figure"
+echo "(medians; the range is the lowest and highest req/s). wrk threads: 1 at 1 connection, 2 at 64."
+echo "JWT-authenticated reads of one function; LOG_LEVEL=warn."
+echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || uname -m)), $(uname -sr)."
+echo "wrk runs on the same cores as the server: the figures compare the API with the bare floor"
+echo "on one machine; they are not a capacity statement. ratio = req/s / floor /hello req/s at the"
+echo "same connection count, measured alongside. errors = non-2xx responses + socket errors."
+echo
+echo "| target                 | db       | conns | req/s  | req/s range    | p50 (ms) | p99 (ms) | ratio | errors |"
+echo "|------------------------|----------|------:|-------:|----------------|---------:|---------:|------:|-------:|"
+while IFS='|' read -r target db conns rps lo hi p50 p99 ratio errors; do
+  awk -v t="$target" -v d="$db" -v c="$conns" -v r="$rps" -v lo="$lo" -v hi="$hi" -v a="$p50" -v b="$p99" \
+    -v q="$ratio" -v e="$errors" \
+    'BEGIN { printf "| %-22s | %-8s | %5s | %6s | %-14s | %8.3f | %8.3f | %4s%% | %6s |\n", t, d, c, r, lo "-" hi, a / 1000, b / 1000, q, e }'
+done <<<"$REPORT"
+echo
+
+# Targets: authenticated reads at >= 50% of the floor's req/s; p99 under 5 ms at 64 connections.
+while IFS='|' read -r target db conns rps lo hi p50 p99 ratio errors; do
+  [ "$target" = "GET /api/functions/:id" ] || continue
+  line="target $db c=$conns: req/s >= 50% of floor: $([ "$ratio" -ge 50 ] && echo met || echo MISSED) ($ratio%)"
+  if [ "$conns" = 64 ]; then
+    line="$line; p99 < 5 ms: $([ "$p99" -lt 5000 ] && echo met || echo MISSED) ($(awk -v v="$p99" 'BEGIN { printf "%.3f", v / 1000 }') ms)"
+  fi
+  [ "$errors" = 0 ] || line="$line; $errors ERRORS"
+  echo "$line"
+done <<<"$REPORT"
