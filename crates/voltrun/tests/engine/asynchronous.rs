@@ -120,6 +120,14 @@ struct Server {
     base: String,
 }
 
+/// A failing assertion must not leave a server running after the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_server(data_dir: &std::path::Path, port: u16, log_name: &str) -> Server {
     let log = std::fs::File::create(data_dir.join(log_name)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_voltrun"))
