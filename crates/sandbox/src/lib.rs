@@ -15,7 +15,9 @@
 //! This is the only crate of the workspace with `unsafe` code; each block says why it is sound.
 
 pub mod cgroup;
+pub mod guest;
 pub mod netns;
+pub mod process;
 pub mod seccomp;
 pub mod spawn;
 mod sys;

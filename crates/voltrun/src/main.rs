@@ -27,6 +27,9 @@ enum Command {
     Server(RawSettings),
     /// Apply database migrations and exit
     Migrate(RawSettings),
+    /// Firecracker microVM backend tools (`vm doctor`, `vm images build`)
+    #[command(subcommand)]
+    Vm(voltrun_vm::cli::VmCommand),
     #[command(flatten)]
     Client(voltrun_cli::Command),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(raw) => server(raw, false),
         Command::Migrate(raw) => server(raw, true),
+        Command::Vm(command) => voltrun_vm::cli::run(command),
         Command::Client(command) => voltrun_cli::run(cli.client, command, Cli::command),
     }
 }

@@ -1,0 +1,507 @@
+//! The agent's work inside the guest, for one host connection: say hello, start the runtime the host
+//! asks for, serve it the Lambda Runtime API on 127.0.0.1, relay each invocation to it and its
+//! result, errors and output lines back to the host.
+//!
+//! The Runtime API here is the contract `voltrun-engine` serves to the same bootstraps in the
+//! namespace backend (`invocation/next`, `…/response`, `…/error`, `init/error`); it is served on the
+//! guest's own loopback because the runtime cannot reach the host's.
+//!
+//! Ordering: an invocation's log lines are sent before its result. Before sending a result the agent
+//! waits until the runtime's pipes are drained and the readers have forwarded what they read.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream};
+
+/// Lambda's limit on a synchronous response payload.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Lines longer than this are split, so a runaway line cannot grow a buffer without bound.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("host connection: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the host sent {0} before starting a runtime")]
+    NotStarted(&'static str),
+}
+
+/// What the runtime said about one invocation.
+#[derive(Debug)]
+enum Reply {
+    Response(Bytes),
+    Error { error_type: String, message: String },
+    TooLarge(usize),
+}
+
+#[derive(Debug)]
+struct Next {
+    request_id: String,
+    deadline_unix_ms: i64,
+    function_arn: String,
+    event: Vec<u8>,
+    reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Debug)]
+enum Signal {
+    Ready,
+    InitError { error_type: String, message: String },
+}
+
+struct ApiState {
+    next: Mutex<mpsc::Receiver<Next>>,
+    current: Mutex<Option<(String, oneshot::Sender<Reply>)>>,
+    signals: mpsc::UnboundedSender<Signal>,
+    ready_sent: std::sync::atomic::AtomicBool,
+}
+
+fn runtime_api(next: mpsc::Receiver<Next>, signals: mpsc::UnboundedSender<Signal>) -> Router {
+    let state = Arc::new(ApiState {
+        next: Mutex::new(next),
+        current: Mutex::new(None),
+        signals,
+        ready_sent: std::sync::atomic::AtomicBool::new(false),
+    });
+    Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(init_error))
+        // One byte more than allowed, to tell "too large" from "exactly the limit".
+        .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES + 1))
+        .with_state(state)
+}
+
+async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
+    if !state
+        .ready_sent
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        let _ = state.signals.send(Signal::Ready);
+    }
+    let Some(next) = state.next.lock().await.recv().await else {
+        return StatusCode::GONE.into_response();
+    };
+    *state.current.lock().await = Some((next.request_id.clone(), next.reply));
+    let mut headers = HeaderMap::new();
+    let pairs = [
+        ("lambda-runtime-aws-request-id", next.request_id.clone()),
+        (
+            "lambda-runtime-deadline-ms",
+            next.deadline_unix_ms.to_string(),
+        ),
+        ("lambda-runtime-invoked-function-arn", next.function_arn),
+        (
+            "lambda-runtime-trace-id",
+            format!("Root=1-{}", next.request_id.replace('-', "")),
+        ),
+        ("content-type", "application/json".to_string()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    (StatusCode::OK, headers, next.event).into_response()
+}
+
+async fn take_current(state: &ApiState, id: &str) -> Option<oneshot::Sender<Reply>> {
+    let mut current = state.current.lock().await;
+    match current.take() {
+        Some((current_id, reply)) if current_id == id => Some(reply),
+        other => {
+            *current = other;
+            None
+        }
+    }
+}
+
+async fn response(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> StatusCode {
+    let Some(reply) = take_current(&state, &id).await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    match body {
+        Ok(bytes) if bytes.len() <= MAX_RESPONSE_BYTES => {
+            let _ = reply.send(Reply::Response(bytes));
+            StatusCode::ACCEPTED
+        }
+        Ok(bytes) => {
+            let _ = reply.send(Reply::TooLarge(bytes.len()));
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        Err(_) => {
+            let _ = reply.send(Reply::TooLarge(MAX_RESPONSE_BYTES + 1));
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+    }
+}
+
+/// Lambda's error document (`errorType`, `errorMessage`); the type may come in a header instead.
+fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let error_type = doc["errorType"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "Unhandled".into());
+    let message = doc["errorMessage"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
+    (error_type, message)
+}
+
+async fn error(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let Some(reply) = take_current(&state, &id).await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let (error_type, message) = parse_error(&headers, &body);
+    let _ = reply.send(Reply::Error {
+        error_type,
+        message,
+    });
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let (error_type, message) = parse_error(&headers, &body);
+    let _ = state.signals.send(Signal::InitError {
+        error_type,
+        message,
+    });
+    StatusCode::ACCEPTED
+}
+
+/// Reads one output stream of the runtime and forwards it line by line.
+async fn forward_lines<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    stream: Stream,
+    out: mpsc::Sender<Message>,
+) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let emit = |bytes: &[u8]| Message::Log {
+        stream,
+        line: String::from_utf8_lossy(bytes)
+            .trim_end_matches('\r')
+            .to_string(),
+    };
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            if out.send(emit(&pending[start..start + pos])).await.is_err() {
+                return;
+            }
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE_BYTES {
+            if out.send(emit(&pending[..MAX_LINE_BYTES])).await.is_err() {
+                return;
+            }
+            pending.drain(..MAX_LINE_BYTES);
+        }
+    }
+    if !pending.is_empty() {
+        let _ = out.send(emit(&pending)).await;
+    }
+}
+
+/// A borrowed raw descriptor of a pipe whose owner moved into a reader task.
+struct RawFdRef(RawFd);
+
+impl AsRawFd for RawFdRef {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Waits (briefly) until the runtime's output written so far has been read and forwarded.
+async fn drain(fds: &[RawFd]) {
+    for _ in 0..50 {
+        let pending: usize = fds
+            .iter()
+            .map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd)))
+            .sum();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The running runtime: its process, its Runtime API and the channels into them.
+struct Runtime {
+    child: tokio::process::Child,
+    next: mpsc::Sender<Next>,
+    signals: mpsc::UnboundedReceiver<Signal>,
+    output_fds: Arc<[RawFd]>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the runtime: binds the Runtime API (port 0 picks a free one) and spawns the command with
+/// exactly the given environment plus `AWS_LAMBDA_RUNTIME_API`.
+async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<Runtime, String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", spec.runtime_api_port))
+        .await
+        .map_err(|e| {
+            format!(
+                "binding the Runtime API on 127.0.0.1:{}: {e}",
+                spec.runtime_api_port
+            )
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("reading the Runtime API's address: {e}"))?;
+    let (next_tx, next_rx) = mpsc::channel(1);
+    let (signal_tx, signals) = mpsc::unbounded_channel();
+    let api = runtime_api(next_rx, signal_tx);
+    let mut tasks = vec![tokio::spawn(async move {
+        let _ = axum::serve(listener, api).await;
+    })];
+    let (program, args) = spec
+        .command
+        .split_first()
+        .ok_or_else(|| "the start request has an empty command".to_string())?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
+        .current_dir(if spec.cwd.is_empty() { "/" } else { &spec.cwd })
+        // A pipe closed at once rather than /dev/null: the guest's /dev may not be mounted.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {program}: {e}"))?;
+    drop(child.stdin.take());
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let output_fds: Arc<[RawFd]> = Arc::new([stdout.as_raw_fd(), stderr.as_raw_fd()]);
+    tasks.push(tokio::spawn(forward_lines(
+        stdout,
+        Stream::Stdout,
+        out.clone(),
+    )));
+    tasks.push(tokio::spawn(forward_lines(
+        stderr,
+        Stream::Stderr,
+        out.clone(),
+    )));
+    Ok(Runtime {
+        child,
+        next: next_tx,
+        signals,
+        output_fds,
+        tasks,
+    })
+}
+
+/// Serves one host connection until the host sends `Shutdown` or goes away. Never panics on what the
+/// host sends: a malformed frame ends the connection with an error.
+pub async fn serve<S>(stream: S, pid1: bool) -> Result<(), AgentError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
+    // One writer: log lines, results and signals leave in the order they are queued.
+    let (out, mut queue) = mpsc::channel::<Message>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            protocol::write_message(&mut write, &message).await?;
+        }
+        Ok::<(), ProtocolError>(())
+    });
+    let _ = out
+        .send(Message::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid1,
+        })
+        .await;
+    let result = session(&mut read, &out).await;
+    drop(out);
+    // Let what is queued (the final `Exited`, a last result) reach the host.
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    result
+}
+
+async fn session<R: AsyncRead + Unpin>(
+    read: &mut R,
+    out: &mpsc::Sender<Message>,
+) -> Result<(), AgentError> {
+    // Until `Start`, only `Shutdown` makes sense.
+    let spec = match protocol::read_message(read).await? {
+        None | Some(Message::Shutdown) => return Ok(()),
+        Some(Message::Start(spec)) => spec,
+        Some(Message::Invoke { .. }) => return Err(AgentError::NotStarted("an invocation")),
+        Some(_) => return Err(AgentError::NotStarted("an unexpected message")),
+    };
+    let started = Instant::now();
+    let mut runtime = match start_runtime(spec, out).await {
+        Ok(runtime) => runtime,
+        Err(message) => {
+            let _ = out
+                .send(Message::InitError {
+                    error_type: "Runtime.InvalidEntrypoint".into(),
+                    message,
+                })
+                .await;
+            return Ok(());
+        }
+    };
+    // Frames from the host, read by a task of their own so that reading is never cut mid-frame.
+    let (host_tx, mut host) = mpsc::channel::<Result<Option<Message>, ProtocolError>>(16);
+    let mut reads = Box::pin(async move {
+        loop {
+            let message = protocol::read_message(read).await;
+            let end = !matches!(message, Ok(Some(_)));
+            if host_tx.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut reads_done = false;
+    loop {
+        tokio::select! {
+            () = &mut reads, if !reads_done => reads_done = true,
+            message = host.recv() => match message {
+                None | Some(Ok(None) | Ok(Some(Message::Shutdown))) => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Some(Message::Invoke { request_id, deadline_unix_ms, function_arn, event }))) => {
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    let next = Next { request_id: request_id.clone(), deadline_unix_ms, function_arn, event, reply: reply_tx };
+                    if runtime.next.send(next).await.is_err() {
+                        continue;
+                    }
+                    let out = out.clone();
+                    let fds = runtime.output_fds.clone();
+                    runtime.tasks.push(tokio::spawn(async move {
+                        let Ok(reply) = reply_rx.await else { return };
+                        drain(&fds).await;
+                        let message = match reply {
+                            Reply::Response(payload) => Message::Response { request_id, payload: payload.to_vec() },
+                            Reply::Error { error_type, message } => Message::Error { request_id, error_type, message },
+                            Reply::TooLarge(size) => Message::ResponseTooLarge { request_id, size: size as u64 },
+                        };
+                        let _ = out.send(message).await;
+                    }));
+                }
+                Some(Ok(Some(other))) => {
+                    let _ = out.send(Message::Log {
+                        stream: Stream::Stderr,
+                        line: format!("[voltrun-agent] ignored an unexpected message: {:?}", kind_name(&other)),
+                    }).await;
+                }
+            },
+            signal = runtime.signals.recv() => match signal {
+                Some(Signal::Ready) => {
+                    let init_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                    let _ = out.send(Message::Ready { init_ms }).await;
+                }
+                Some(Signal::InitError { error_type, message }) => {
+                    drain(&runtime.output_fds).await;
+                    let _ = out.send(Message::InitError { error_type, message }).await;
+                }
+                None => {}
+            },
+            status = runtime.child.wait() => {
+                let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
+                // The readers see end-of-file now; give them a moment to forward the last lines.
+                drain(&runtime.output_fds).await;
+                for task in runtime.tasks.drain(1..) {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
+                }
+                let _ = out.send(Message::Exited { status }).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn kind_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "hello",
+        Message::Start(_) => "start",
+        Message::Ready { .. } => "ready",
+        Message::InitError { .. } => "init error",
+        Message::Invoke { .. } => "invoke",
+        Message::Response { .. } => "response",
+        Message::Error { .. } => "error",
+        Message::ResponseTooLarge { .. } => "response too large",
+        Message::Log { .. } => "log",
+        Message::Exited { .. } => "exited",
+        Message::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_documents_and_the_header_fallback() {
+        let doc = br#"{"errorType": "ValueError", "errorMessage": "bad\nline", "stackTrace": []}"#;
+        let (t, m) = parse_error(&HeaderMap::new(), doc);
+        assert_eq!((t.as_str(), m.as_str()), ("ValueError", "bad\nline"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "lambda-runtime-function-error-type",
+            HeaderValue::from_static("Runtime.X"),
+        );
+        let (t, m) = parse_error(&headers, b"not json");
+        assert_eq!((t.as_str(), m.as_str()), ("Runtime.X", "not json"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Firecracker's host-initiated vsock handshake. The host connects to the VM's vsock Unix socket
+//! and writes `CONNECT <port>\n`; Firecracker forwards the connection to that guest port and, once
+//! the guest accepted it, answers `OK <host port>\n`; from then on the stream carries the guest's
+//! bytes. When no guest listens (yet), Firecracker closes the connection instead.
+//!
+//! [`connect`] is the host's side. [`answer`] is Firecracker's side, for running the agent on the
+//! host (tests) behind a plain Unix socket that behaves like the VM's vsock socket.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// The guest port the agent listens on.
+pub const AGENT_PORT: u32 = 52;
+/// Handshake lines are short; anything longer is not a handshake.
+const MAX_LINE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no agent answered on vsock port {port} within {waited:?} (last: {last})")]
+    Timeout {
+        port: u32,
+        waited: Duration,
+        last: String,
+    },
+    #[error("unexpected handshake line {0:?}")]
+    Unexpected(String),
+    #[error("handshake i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, HandshakeError> {
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(byte);
+        if line.len() > MAX_LINE {
+            return Err(HandshakeError::Unexpected(
+                String::from_utf8_lossy(&line).into_owned(),
+            ));
+        }
+    }
+}
+
+/// One attempt: connect, ask for `port`, expect `OK <n>`.
+async fn attempt(uds: &Path, port: u32) -> Result<UnixStream, HandshakeError> {
+    let mut stream = UnixStream::connect(uds).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    let line = read_line(&mut stream).await?;
+    match line.strip_prefix("OK ") {
+        Some(n) if n.trim().parse::<u32>().is_ok() => Ok(stream),
+        _ => Err(HandshakeError::Unexpected(line)),
+    }
+}
+
+/// Connects to guest port `port` through the VM's vsock socket `uds`, retrying until `timeout`
+/// (while the guest boots, the socket is absent or Firecracker refuses the port).
+pub async fn connect(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, HandshakeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match attempt(uds, port).await {
+            Ok(stream) => return Ok(stream),
+            Err(HandshakeError::Unexpected(line)) => return Err(HandshakeError::Unexpected(line)),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(HandshakeError::Timeout {
+                port,
+                waited: timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Firecracker's side of the handshake: reads `CONNECT <port>\n` and answers `OK <port>\n` when the
+/// port is `expected`; otherwise fails (the caller drops the connection, as Firecracker does).
+pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    expected: u32,
+) -> Result<(), HandshakeError> {
+    let line = read_line(stream).await?;
+    match line
+        .strip_prefix("CONNECT ")
+        .map(|p| p.trim().parse::<u32>())
+    {
+        Some(Ok(port)) if port == expected => {
+            stream.write_all(format!("OK {port}\n").as_bytes()).await?;
+            Ok(())
+        }
+        _ => Err(HandshakeError::Unexpected(line)),
+    }
+}

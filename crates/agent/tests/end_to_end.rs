@@ -1,0 +1,411 @@
+//! The guest agent run on the host (not as PID 1: `--no-init`), behind a Unix socket that speaks
+//! Firecracker's vsock handshake, driven by the host's side of the protocol ([`AgentSession`]), runs
+//! real Python and Node.js functions through the engine's own bootstraps
+//! (crates/engine/bootstraps) with /usr/bin/python3 and /usr/bin/node.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use voltrun_agent::host::{AgentSession, InvokeOutcome, SessionError, StartOutcome};
+use voltrun_agent::protocol::{self, StartSpec, Stream};
+use voltrun_agent::vsock::AGENT_PORT;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn bootstraps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/bootstraps")
+}
+
+struct Agent {
+    child: tokio::process::Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent binary serving one connection on a fresh socket, with `files` as the
+    /// function's code directory.
+    async fn start(files: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "va-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        std::fs::create_dir_all(dir.join("task")).unwrap();
+        for (name, contents) in files {
+            std::fs::write(dir.join("task").join(name), contents).unwrap();
+        }
+        let socket = dir.join("agent.sock");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
+            .args(["--no-init", "--once", "--unix"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { child, socket, dir }
+    }
+
+    async fn connect(&self) -> AgentSession {
+        AgentSession::connect(&self.socket, AGENT_PORT, TIMEOUT)
+            .await
+            .unwrap()
+    }
+
+    fn spec(&self, command: Vec<String>, handler: &str) -> StartSpec {
+        let task = self.dir.join("task").display().to_string();
+        StartSpec {
+            command,
+            env: vec![
+                ("_HANDLER".into(), handler.into()),
+                ("LAMBDA_TASK_ROOT".into(), task.clone()),
+                ("AWS_LAMBDA_FUNCTION_NAME".into(), "e2e".into()),
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+                ("HOME".into(), "/tmp".into()),
+            ],
+            cwd: task,
+            runtime_api_port: 0,
+        }
+    }
+
+    /// Waits for the agent to exit; returns its stderr.
+    async fn finish(mut self) -> String {
+        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("the agent did not exit after its connection ended")
+            .unwrap();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        assert!(status.success(), "agent exited with {status}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn python() -> Vec<String> {
+    vec![
+        "/usr/bin/python3".into(),
+        bootstraps().join("bootstrap.py").display().to_string(),
+    ]
+}
+
+fn node() -> Vec<String> {
+    vec![
+        "/usr/bin/node".into(),
+        bootstraps().join("bootstrap.js").display().to_string(),
+    ]
+}
+
+fn deadline() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(now.as_millis()).unwrap() + 30_000
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+const PY_HANDLER: &str = r#"
+import sys
+print("python starting")
+
+def handler(event, context):
+    print("hello", event["name"])
+    print("to stderr", file=sys.stderr)
+    return {"greeting": "hi " + event["name"], "request": context.aws_request_id}
+
+def fail(event, context):
+    raise ValueError("bad input: " + str(event.get("n")))
+"#;
+
+#[tokio::test]
+async fn python_functions_run_end_to_end() {
+    let agent = Agent::start(&[("app.py", PY_HANDLER)]).await;
+    let mut session = agent.connect().await;
+    assert!(!session.agent_is_pid1());
+    assert_eq!(session.agent_version(), env!("CARGO_PKG_VERSION"));
+
+    let started = session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(started, StartOutcome::Ready { .. }), "{started:?}");
+    let init_logs = session.take_logs();
+    assert!(
+        init_logs.iter().any(|l| l.line == "python starting"),
+        "{init_logs:?}"
+    );
+
+    for (i, name) in ["ada", "grace"].into_iter().enumerate() {
+        let request_id = format!("req-{i}");
+        let event = serde_json::to_vec(&serde_json::json!({ "name": name })).unwrap();
+        let outcome = session
+            .invoke(
+                &request_id,
+                event,
+                deadline(),
+                "arn:voltrun:function:e2e:1",
+                TIMEOUT,
+            )
+            .await
+            .unwrap();
+        let InvokeOutcome::Response(payload) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(
+            json(&payload),
+            serde_json::json!({ "greeting": format!("hi {name}"), "request": request_id })
+        );
+        // The invocation's lines arrived before its result.
+        let logs = session.take_logs();
+        let lines: Vec<(Stream, &str)> = logs.iter().map(|l| (l.stream, l.line.as_str())).collect();
+        assert!(
+            lines.contains(&(Stream::Stdout, &format!("hello {name}"))),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&(Stream::Stderr, "to stderr")), "{lines:?}");
+    }
+
+    session.shutdown().await;
+    agent.finish().await;
+}
+
+#[tokio::test]
+async fn python_errors_and_init_errors_come_back_typed() {
+    let agent = Agent::start(&[("app.py", PY_HANDLER)]).await;
+    let mut session = agent.connect().await;
+    session
+        .start(agent.spec(python(), "app.fail"), TIMEOUT)
+        .await
+        .unwrap();
+
+    let outcome = session
+        .invoke("r1", br#"{"n": 7}"#.to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome,
+        InvokeOutcome::Error {
+            error_type: "ValueError".into(),
+            message: "bad input: 7".into()
+        }
+    );
+    let logs = session.take_logs();
+    assert!(
+        logs.iter().any(|l| l.line.contains("Traceback")),
+        "{logs:?}"
+    );
+    session.shutdown().await;
+    agent.finish().await;
+
+    // A handler that does not exist: the runtime reports an init error and exits.
+    let agent = Agent::start(&[("app.py", PY_HANDLER)]).await;
+    let mut session = agent.connect().await;
+    let started = session
+        .start(agent.spec(python(), "app.missing"), TIMEOUT)
+        .await
+        .unwrap();
+    let StartOutcome::InitError {
+        error_type,
+        message,
+    } = started
+    else {
+        panic!("{started:?}");
+    };
+    assert_eq!(error_type, "Runtime.HandlerNotFound");
+    assert!(message.contains("missing"), "{message}");
+    drop(session);
+    agent.finish().await;
+}
+
+const NODE_HANDLER: &str = r#"
+console.log('node starting');
+exports.handler = async (event, context) => {
+  console.log('hello', event.name);
+  console.error('to stderr');
+  return { greeting: `hi ${event.name}`, request: context.awsRequestId, node: process.version };
+};
+exports.fail = async () => { throw new TypeError('nope'); };
+"#;
+
+#[tokio::test]
+async fn node_functions_run_end_to_end() {
+    let agent = Agent::start(&[("index.js", NODE_HANDLER)]).await;
+    let mut session = agent.connect().await;
+    let started = session
+        .start(agent.spec(node(), "index.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(started, StartOutcome::Ready { .. }), "{started:?}");
+
+    let outcome = session
+        .invoke(
+            "n1",
+            br#"{"name":"linus"}"#.to_vec(),
+            deadline(),
+            "arn",
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+
+    let InvokeOutcome::Response(payload) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let body = json(&payload);
+    assert_eq!(body["greeting"], "hi linus");
+    assert_eq!(body["request"], "n1");
+    assert!(body["node"].as_str().unwrap().starts_with('v'));
+    let logs = session.take_logs();
+    assert!(logs.iter().any(|l| l.line == "hello linus"), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.stream == Stream::Stderr && l.line == "to stderr"),
+        "{logs:?}"
+    );
+    session.shutdown().await;
+    agent.finish().await;
+}
+
+#[tokio::test]
+async fn node_errors_come_back_typed() {
+    let agent = Agent::start(&[("index.js", NODE_HANDLER)]).await;
+    let mut session = agent.connect().await;
+    session
+        .start(agent.spec(node(), "index.fail"), TIMEOUT)
+        .await
+        .unwrap();
+
+    let outcome = session
+        .invoke("n2", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome,
+        InvokeOutcome::Error {
+            error_type: "TypeError".into(),
+            message: "nope".into()
+        }
+    );
+    session.shutdown().await;
+    agent.finish().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_dies_mid_invocation_is_reported() {
+    let code =
+        "import os\ndef handler(event, context):\n    print('going down')\n    os._exit(3)\n";
+    let agent = Agent::start(&[("app.py", code)]).await;
+    let mut session = agent.connect().await;
+    session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+
+    let outcome = session
+        .invoke("d1", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome,
+        InvokeOutcome::Exited {
+            status: "exit status: 3".into()
+        }
+    );
+    assert!(session.take_logs().iter().any(|l| l.line == "going down"));
+    drop(session);
+    agent.finish().await;
+}
+
+#[tokio::test]
+async fn a_host_that_disappears_stops_the_runtime_without_a_panic() {
+    let code = "import os\ndef handler(event, context):\n    return os.getpid()\n";
+    let agent = Agent::start(&[("app.py", code)]).await;
+    let mut session = agent.connect().await;
+    session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    let InvokeOutcome::Response(pid) = session
+        .invoke("p1", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap()
+    else {
+        panic!("no pid");
+    };
+    let runtime_pid: u32 = String::from_utf8(pid).unwrap().parse().unwrap();
+
+    drop(session);
+    agent.finish().await;
+
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{runtime_pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the runtime {runtime_pid} outlived the agent");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_end_the_connection_not_the_agent() {
+    use tokio::io::AsyncWriteExt;
+    for garbage in [
+        // An oversized length.
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2],
+        // A frame of an unknown kind.
+        vec![0, 0, 0, 2, protocol::VERSION, 99],
+        // A future protocol version.
+        vec![0, 0, 0, 2, 200, 2],
+    ] {
+        let agent = Agent::start(&[]).await;
+        let stream = voltrun_agent::vsock::connect(&agent.socket, AGENT_PORT, TIMEOUT)
+            .await
+            .unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let hello = protocol::read_message(&mut read).await.unwrap();
+        assert!(matches!(hello, Some(protocol::Message::Hello { .. })));
+
+        write.write_all(&garbage).await.unwrap();
+
+        // The agent closes the connection (the stream ends) and exits normally after it.
+        let end = tokio::time::timeout(TIMEOUT, protocol::read_message(&mut read))
+            .await
+            .unwrap();
+        assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+        let stderr = agent.finish().await;
+        assert!(
+            stderr.contains("voltrun-agent: host connection"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_refuses_another_port() {
+    let agent = Agent::start(&[]).await;
+    let error = AgentSession::connect(&agent.socket, 1234, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    // The agent drops the connection, as Firecracker does for a port nobody listens on.
+    assert!(matches!(error, SessionError::Handshake(_)), "{error}");
+    let _ = writeln!(std::io::stderr(), "refused as expected: {error}");
+}

@@ -1,0 +1,130 @@
+//! What the microVM guest agent (PID 1 inside a Firecracker guest) needs from the kernel and cannot
+//! get from the standard library: mounting the pseudo-filesystems, bringing loopback up, and a vsock
+//! listener for the host's connections. Kept here so that the agent crate stays free of `unsafe`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::sys;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Mount flags the guest uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountFlags {
+    pub read_only: bool,
+    pub no_suid: bool,
+    pub no_dev: bool,
+    pub no_exec: bool,
+}
+
+impl MountFlags {
+    fn bits(self) -> libc::c_ulong {
+        let mut bits = 0;
+        if self.read_only {
+            bits |= libc::MS_RDONLY;
+        }
+        if self.no_suid {
+            bits |= libc::MS_NOSUID;
+        }
+        if self.no_dev {
+            bits |= libc::MS_NODEV;
+        }
+        if self.no_exec {
+            bits |= libc::MS_NOEXEC;
+        }
+        bits
+    }
+}
+
+/// `mount(2)`: mounts `source` (a device or a pseudo-filesystem name) of type `fstype` on `target`.
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let invalid = |_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte");
+    let source = CString::new(source).map_err(invalid)?;
+    let target = c_path(target)?;
+    let fstype = CString::new(fstype).map_err(invalid)?;
+    let data = data.map(CString::new).transpose().map_err(invalid)?;
+    let data_ptr = data
+        .as_ref()
+        .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
+    // SAFETY: every pointer is a NUL-terminated string (or null for `data`) owned by this frame and
+    // alive for the duration of the call; mount does not keep them.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags.bits(),
+            data_ptr,
+        )
+    })
+    .map(drop)
+}
+
+/// Brings the loopback interface up (a guest kernel starts with it down).
+pub fn loopback_up() -> io::Result<()> {
+    sys::loopback_up()
+}
+
+/// A vsock stream socket listening on `port` for any CID (the host connects through Firecracker).
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket() has no memory-safety preconditions; the result is checked before use.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes for the duration of the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    })?;
+    // SAFETY: listen takes a descriptor we own and a backlog; no pointers.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 4) })?;
+    Ok(fd)
+}
+
+/// Accepts one connection on a listener from [`vsock_listen`] (blocking). The connected socket is a
+/// plain byte stream: callers may wrap it in `std::os::unix::net::UnixStream` for reading and
+/// writing (never for address queries, which assume `AF_UNIX`).
+pub fn vsock_accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address pointers does not write any address; the descriptor is ours.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,941 @@
+//! The VM manager: one Firecracker process per microVM, started directly or through the jailer,
+//! configured over its API socket, watched until it exits, and cleaned up after.
+//!
+//! Every VM owns a directory `<run_dir>/<vm id>/` holding its record (`vm.json`: what was created
+//! on the host for it), the VMM's output (`firecracker.log`) and, when not jailed, its sockets and
+//! scratch disk. Jailed VMs keep those inside the jail instead. A watcher task owns the process:
+//! when it exits — stopped, crashed or killed from outside — the watcher removes everything the VM
+//! created (directories, sockets, scratch disk, jail, cgroups, network namespace) and publishes how
+//! it ended. A server that dies without stopping its VMs leaves records behind: the next manager to
+//! take the run directory's lock kills the VMMs they name and removes the rest ([`SweepReport`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::api::{ApiClient, BootSource, Drive, MachineConfig, VmConfig, Vsock};
+use crate::error::{Step, VmError};
+use crate::jailer::{JailPaths, JailerConfig, jail_paths, jailer_args};
+
+/// The lock file that makes one manager the owner of a run directory.
+const LOCK_FILE: &str = "manager.lock";
+const RECORD_FILE: &str = "vm.json";
+const LOG_FILE: &str = "firecracker.log";
+/// VM directories start with this; nothing else in the run directory is touched by the sweep.
+const VM_PREFIX: &str = "vm-";
+/// The most of the VMM's output quoted in an error.
+const LOG_TAIL_BYTES: usize = 2048;
+/// Guest CIDs 0–2 are reserved (hypervisor, local, host).
+const FIRST_GUEST_CID: u32 = 3;
+
+/// How the manager runs VMs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Where VM directories live; the manager locks it.
+    pub run_dir: PathBuf,
+    pub firecracker: PathBuf,
+    /// Run each VMM through the jailer, when set.
+    pub jailer: Option<JailerConfig>,
+    /// How long the API socket may take to answer after the process starts.
+    pub api_timeout: Duration,
+}
+
+impl ManagerConfig {
+    pub fn new(run_dir: impl Into<PathBuf>, firecracker: impl Into<PathBuf>) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            firecracker: firecracker.into(),
+            jailer: None,
+            api_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one VM is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub vcpu_count: u8,
+    pub mem_mib: u32,
+    /// An uncompressed ELF kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    pub boot_args: String,
+    pub initrd: Option<PathBuf>,
+    /// The runtime's root image, attached read-only and shared by all VMs.
+    pub rootfs: PathBuf,
+    /// A per-VM writable ext4 disk of this size (`/dev/vdb` in the guest); `0` for none.
+    pub scratch_mib: u32,
+}
+
+/// Memory that gives one full vCPU, as on Lambda.
+const MIB_PER_VCPU: u32 = 1769;
+
+impl VmSpec {
+    /// The vCPU count for a function's memory size: one per 1,769 MiB, at least one, at most 8.
+    pub fn vcpus_for_memory(mem_mib: u32) -> u8 {
+        u8::try_from(mem_mib.div_ceil(MIB_PER_VCPU).clamp(1, 8)).unwrap_or(1)
+    }
+
+    fn validate(&self) -> Result<(), VmError> {
+        let invalid = |detail: String| VmError::InvalidSpec {
+            step: Step::Prepare,
+            detail,
+        };
+        if self.mem_mib < 16 {
+            return Err(invalid(format!(
+                "{} MiB of memory is too little",
+                self.mem_mib
+            )));
+        }
+        for (what, path) in [("kernel", &self.kernel), ("root image", &self.rootfs)] {
+            if !path.is_absolute() {
+                return Err(invalid(format!(
+                    "the {what} path {} is not absolute",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a VMM process ended.
+#[derive(Debug, Clone)]
+pub struct ExitInfo {
+    /// As `std::process::ExitStatus` prints it (`exit status: 0`, `signal: 9 (SIGKILL)`).
+    pub status: String,
+    /// Whether the manager asked for it (stop or drop) rather than the process ending on its own.
+    pub requested: bool,
+    /// The last of the VMM's output.
+    pub log_tail: String,
+    /// Anything that could not be removed.
+    pub cleanup_errors: Vec<String>,
+}
+
+/// What a VM left on the host, written before its process starts so a later sweep can undo it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    jail_dir: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
+    netns: Option<String>,
+}
+
+/// What the start-up sweep found and removed.
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    /// Stale VM directories removed.
+    pub vms: Vec<String>,
+    /// VMM processes still running from them, killed.
+    pub killed: Vec<u32>,
+    pub errors: Vec<String>,
+}
+
+/// Owns the run directory: holds its lock for as long as it lives.
+#[derive(Debug)]
+pub struct VmManager {
+    config: ManagerConfig,
+    _lock: std::fs::File,
+    next_cid: AtomicU32,
+}
+
+/// Where one VM's files are, as the host sees them and as Firecracker sees them (they differ in a
+/// jail).
+#[derive(Debug, Clone)]
+struct Layout {
+    dir: PathBuf,
+    api_socket: PathBuf,
+    /// The directory Firecracker's paths are relative to (`/` unless jailed).
+    root: PathBuf,
+    jailed: bool,
+}
+
+impl Layout {
+    /// A host path for something Firecracker will see at `inner` (absolute, in its root).
+    fn host(&self, inner: &str) -> PathBuf {
+        if self.jailed {
+            self.root.join(inner.trim_start_matches('/'))
+        } else {
+            PathBuf::from(inner)
+        }
+    }
+}
+
+impl VmManager {
+    /// Takes the run directory (creating it) and sweeps what crashed managers left in it.
+    pub async fn new(config: ManagerConfig) -> Result<(Self, SweepReport), VmError> {
+        std::fs::create_dir_all(&config.run_dir)
+            .map_err(|e| VmError::io(Step::Prepare, "creating", &config.run_dir, e))?;
+        if let Some(jailer) = &config.jailer {
+            // The jailer canonicalises its chroot base, so it must exist.
+            std::fs::create_dir_all(&jailer.chroot_base)
+                .map_err(|e| VmError::io(Step::Prepare, "creating", &jailer.chroot_base, e))?;
+        }
+        let lock_path = config.run_dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| VmError::io(Step::Prepare, "opening", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(VmError::RunDirInUse(config.run_dir.clone()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(VmError::io(Step::Prepare, "locking", &lock_path, e));
+            }
+        }
+        let manager = Self {
+            config,
+            _lock: lock,
+            next_cid: AtomicU32::new(FIRST_GUEST_CID),
+        };
+        let report = manager.sweep().await;
+        if !report.vms.is_empty() {
+            tracing::warn!(
+                vms = ?report.vms,
+                killed = ?report.killed,
+                errors = ?report.errors,
+                "removed microVMs left by a previous run"
+            );
+        }
+        Ok((manager, report))
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// Everything under the run directory is stale once we hold the lock: kill the VMMs still
+    /// running and remove what their records name.
+    async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else {
+            return report;
+        };
+        let stale: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.starts_with(VM_PREFIX).then(|| (name, e.path()))
+            })
+            .collect();
+        if stale.is_empty() {
+            return report;
+        }
+        let processes = vmm_processes();
+        for (id, dir) in stale {
+            for &(pid, _) in processes.iter().filter(|(_, vm)| *vm == id) {
+                match voltrun_sandbox::process::kill(pid) {
+                    Ok(()) => report.killed.push(pid),
+                    Err(e) => report.errors.push(format!("killing {pid} ({id}): {e}")),
+                }
+                wait_gone(pid).await;
+            }
+            let record = std::fs::read(dir.join(RECORD_FILE))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
+            let record = record.unwrap_or(Record {
+                id: id.clone(),
+                jail_dir: None,
+                cgroups: vec![],
+                netns: None,
+            });
+            report.errors.extend(remove_everything(&dir, &record).await);
+            report.vms.push(id);
+        }
+        report
+    }
+
+    fn layout(&self, id: &str, mem_mib: u32) -> (Layout, Option<JailPaths>) {
+        let dir = self.config.run_dir.join(id);
+        match &self.config.jailer {
+            Some(jailer) => {
+                let paths = jail_paths(jailer, id, &self.config.firecracker, mem_mib);
+                let layout = Layout {
+                    dir,
+                    api_socket: paths.api_socket.clone(),
+                    root: paths.root.clone(),
+                    jailed: true,
+                };
+                (layout, Some(paths))
+            }
+            None => {
+                let layout = Layout {
+                    api_socket: dir.join("api.sock"),
+                    root: PathBuf::from("/"),
+                    dir,
+                    jailed: false,
+                };
+                (layout, None)
+            }
+        }
+    }
+
+    /// Starts a VMM for `spec` and waits until its API answers. Nothing is configured yet.
+    pub async fn spawn(&self, spec: VmSpec) -> Result<Vm, VmError> {
+        spec.validate()?;
+        let started = Instant::now();
+        let id = format!(
+            "{VM_PREFIX}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
+        let (layout, jail) = self.layout(&id, spec.mem_mib);
+        std::fs::create_dir(&layout.dir)
+            .map_err(|e| VmError::io(Step::Prepare, "creating", &layout.dir, e))?;
+        let record = Record {
+            id: id.clone(),
+            jail_dir: jail.as_ref().map(|j| j.jail_dir.clone()),
+            cgroups: jail.as_ref().map(|j| j.cgroups.clone()).unwrap_or_default(),
+            netns: jail
+                .as_ref()
+                .and_then(|j| j.netns.as_ref().map(|(name, _)| name.clone())),
+        };
+        // From here on, anything that fails must undo what was done: `Prepared` does on drop.
+        let mut prepared = Prepared {
+            dir: layout.dir.clone(),
+            record: Some(record.clone()),
+        };
+        let record_path = layout.dir.join(RECORD_FILE);
+        let json = serde_json::to_vec(&record).map_err(|e| VmError::Protocol {
+            step: Step::Prepare,
+            detail: e.to_string(),
+        })?;
+        std::fs::write(&record_path, json)
+            .map_err(|e| VmError::io(Step::Prepare, "writing", &record_path, e))?;
+        if let Some(name) = &record.netns {
+            run_ip(&["netns", "add", name]).await?;
+        }
+        let log_path = layout.dir.join(LOG_FILE);
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| VmError::io(Step::Spawn, "creating", &log_path, e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| VmError::io(Step::Spawn, "opening", &log_path, e))?;
+        let mut command = match &self.config.jailer {
+            Some(jailer) => {
+                let mut c = tokio::process::Command::new(&jailer.jailer);
+                c.args(jailer_args(
+                    jailer,
+                    &id,
+                    &self.config.firecracker,
+                    spec.mem_mib,
+                ));
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(&self.config.firecracker);
+                c.arg("--api-sock")
+                    .arg(&layout.api_socket)
+                    .arg("--id")
+                    .arg(&id);
+                c
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true);
+        let program = self
+            .config
+            .jailer
+            .as_ref()
+            .map_or(&self.config.firecracker, |j| &j.jailer);
+        let child = command
+            .spawn()
+            .map_err(|e| VmError::io(Step::Spawn, "starting", program, e))?;
+        let pid = child.id().unwrap_or(0);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = oneshot::channel();
+        tokio::spawn(watch_process(
+            child,
+            kill_rx,
+            exit_tx,
+            layout.dir.clone(),
+            prepared.take(),
+        ));
+        let mut vm = Vm {
+            id,
+            pid,
+            spec,
+            guest_cid: self.next_guest_cid(),
+            api: ApiClient::new(&layout.api_socket),
+            layout,
+            kill: Some(kill_tx),
+            exit: exit_rx,
+            timings: Timings::default(),
+        };
+        vm.wait_api_ready(self.config.api_timeout).await?;
+        vm.timings.api_ready = Some(started.elapsed());
+        Ok(vm)
+    }
+
+    fn next_guest_cid(&self) -> u32 {
+        // Firecracker's vsock is a per-VM emulation over Unix sockets, so CIDs need not be unique
+        // host-wide; distinct ones make logs easier to follow.
+        let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
+        if cid < FIRST_GUEST_CID {
+            self.next_cid.store(FIRST_GUEST_CID + 1, Ordering::Relaxed);
+            FIRST_GUEST_CID
+        } else {
+            cid
+        }
+    }
+}
+
+/// A VM directory prepared but not yet handed to a watcher: removed (with what its record names)
+/// if spawning fails.
+struct Prepared {
+    dir: PathBuf,
+    record: Option<Record>,
+}
+
+impl Prepared {
+    fn take(&mut self) -> Record {
+        self.record.take().unwrap_or(Record {
+            id: String::new(),
+            jail_dir: None,
+            cgroups: vec![],
+            netns: None,
+        })
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let dir = self.dir.clone();
+            // Spawning failed before a process existed: only files and perhaps a netns to undo.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    remove_everything(&dir, &record).await;
+                });
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}
+
+/// How long the steps took, as measured by the manager.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Process start to the API answering `GET /`.
+    pub api_ready: Option<Duration>,
+    /// Machine, boot source, drives and vsock configured (including the scratch disk's mkfs).
+    pub configure: Option<Duration>,
+    /// The `InstanceStart` request.
+    pub start: Option<Duration>,
+}
+
+/// One microVM. Dropping it kills the VMM (the watcher then cleans up); [`Vm::stop`] does the same
+/// and waits until everything is gone.
+#[derive(Debug)]
+pub struct Vm {
+    id: String,
+    pid: u32,
+    spec: VmSpec,
+    guest_cid: u32,
+    api: ApiClient,
+    layout: Layout,
+    kill: Option<oneshot::Sender<()>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    timings: Timings,
+}
+
+/// What Firecracker sees inside a jail.
+const KERNEL_IN_JAIL: &str = "/kernel";
+const INITRD_IN_JAIL: &str = "/initrd";
+const ROOTFS_IN_JAIL: &str = "/rootfs.ext4";
+const SCRATCH: &str = "scratch.ext4";
+const VSOCK: &str = "vsock.sock";
+
+impl Vm {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The VMM's process id (the jailer execs into Firecracker, so the same process).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    pub fn guest_cid(&self) -> u32 {
+        self.guest_cid
+    }
+
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// The VM's own directory on the host.
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    /// The host side of the VM's vsock device: connect here and send `CONNECT <port>\n`.
+    pub fn vsock_path(&self) -> PathBuf {
+        self.layout.host(&self.vsock_inner())
+    }
+
+    fn vsock_inner(&self) -> String {
+        if self.layout.jailed {
+            format!("/{VSOCK}")
+        } else {
+            self.layout.dir.join(VSOCK).display().to_string()
+        }
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits for the process to exit (and its files to be removed).
+    pub async fn wait_exit(&self) -> ExitInfo {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(info) => info.clone().unwrap_or_else(unknown_exit),
+            Err(_) => unknown_exit(),
+        }
+    }
+
+    fn exited_error(&self, step: Step) -> Option<VmError> {
+        self.exit_info().map(|info| VmError::Exited {
+            step,
+            status: info.status,
+            log: info.log_tail,
+        })
+    }
+
+    async fn wait_api_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(error) = self.exited_error(Step::ApiReady) {
+                return Err(error);
+            }
+            if self.layout.api_socket.exists() && self.api.ping().await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::ApiTimeout {
+                    step: Step::ApiReady,
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Configures machine, boot source, drives (read-only root image, writable scratch disk) and the
+    /// vsock device. No network interface is configured.
+    pub async fn configure(&mut self) -> Result<(), VmError> {
+        let started = Instant::now();
+        let spec = self.spec.clone();
+        let result = self.configure_inner(&spec).await;
+        // A refusal may come from the VMM having died meanwhile: say so rather than quote the
+        // transport error.
+        if let Err(VmError::Transport { step, .. }) = &result {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(error) = self.exited_error(*step) {
+                return Err(error);
+            }
+        }
+        result?;
+        self.timings.configure = Some(started.elapsed());
+        Ok(())
+    }
+
+    async fn configure_inner(&mut self, spec: &VmSpec) -> Result<(), VmError> {
+        self.api
+            .put_machine_config(&MachineConfig {
+                vcpu_count: spec.vcpu_count,
+                mem_size_mib: spec.mem_mib,
+                smt: false,
+                track_dirty_pages: false,
+            })
+            .await?;
+        let kernel = self.place(&spec.kernel, KERNEL_IN_JAIL, Step::ConfigureBootSource)?;
+        let initrd = spec
+            .initrd
+            .as_ref()
+            .map(|i| self.place(i, INITRD_IN_JAIL, Step::ConfigureBootSource))
+            .transpose()?;
+        self.api
+            .put_boot_source(&BootSource {
+                kernel_image_path: kernel,
+                boot_args: Some(spec.boot_args.clone()),
+                initrd_path: initrd,
+            })
+            .await?;
+        let rootfs = self.place(&spec.rootfs, ROOTFS_IN_JAIL, Step::ConfigureDrive)?;
+        self.api
+            .put_drive(&Drive {
+                drive_id: "rootfs".into(),
+                path_on_host: rootfs,
+                is_root_device: true,
+                is_read_only: true,
+            })
+            .await?;
+        if spec.scratch_mib > 0 {
+            let scratch = self.make_scratch(spec.scratch_mib).await?;
+            self.api
+                .put_drive(&Drive {
+                    drive_id: "scratch".into(),
+                    path_on_host: scratch,
+                    is_root_device: false,
+                    is_read_only: false,
+                })
+                .await?;
+        }
+        self.api
+            .put_vsock(&Vsock {
+                guest_cid: self.guest_cid,
+                uds_path: self.vsock_inner(),
+            })
+            .await
+    }
+
+    /// Makes a host file visible to Firecracker and returns the path it uses: the file itself when
+    /// not jailed; a hard link inside the jail otherwise (a copy across file systems).
+    fn place(&self, source: &Path, inner: &str, step: Step) -> Result<String, VmError> {
+        if !self.layout.jailed {
+            return Ok(source.display().to_string());
+        }
+        let target = self.layout.host(inner);
+        if std::fs::hard_link(source, &target).is_err() {
+            std::fs::copy(source, &target)
+                .map_err(|e| VmError::io(step, "copying into the jail", source, e))?;
+        }
+        Ok(inner.to_string())
+    }
+
+    /// Creates the VM's scratch disk: a sparse file with an empty ext4 file system.
+    async fn make_scratch(&self, mib: u32) -> Result<String, VmError> {
+        let (inner, host) = if self.layout.jailed {
+            let inner = format!("/{SCRATCH}");
+            let host = self.layout.host(&inner);
+            (inner, host)
+        } else {
+            let host = self.layout.dir.join(SCRATCH);
+            (host.display().to_string(), host)
+        };
+        let step = Step::ConfigureDrive;
+        let file = std::fs::File::create(&host)
+            .map_err(|e| VmError::io(step, "creating the scratch disk", &host, e))?;
+        file.set_len(u64::from(mib) << 20)
+            .map_err(|e| VmError::io(step, "sizing the scratch disk", &host, e))?;
+        drop(file);
+        let output = tokio::process::Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
+            .arg(&host)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| VmError::io(step, "running mkfs.ext4 (e2fsprogs) for", &host, e))?;
+        if !output.status.success() {
+            return Err(VmError::InvalidSpec {
+                step,
+                detail: format!(
+                    "mkfs.ext4 failed for the scratch disk: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        if let (true, Some(jailer)) = (self.layout.jailed, self.jail_owner()) {
+            std::os::unix::fs::chown(&host, Some(jailer.0), Some(jailer.1)).map_err(|e| {
+                VmError::io(step, "handing the scratch disk to the jail user", &host, e)
+            })?;
+        }
+        Ok(inner)
+    }
+
+    /// The jail's uid and gid, read from the jail root the jailer created and handed over.
+    fn jail_owner(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.layout.root)
+            .ok()
+            .map(|m| (m.uid(), m.gid()))
+    }
+
+    /// Issues `InstanceStart`.
+    pub async fn start(&mut self) -> Result<(), VmError> {
+        let started = Instant::now();
+        let result = self.api.instance_start().await;
+        if let Err(VmError::Transport { .. }) = &result {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(error) = self.exited_error(Step::Start) {
+                return Err(error);
+            }
+        }
+        result?;
+        self.timings.start = Some(started.elapsed());
+        Ok(())
+    }
+
+    /// `GET /vm/config`: the configuration Firecracker holds.
+    pub async fn read_config(&self) -> Result<VmConfig, VmError> {
+        self.api.vm_config().await
+    }
+
+    /// What the manager configured, as `GET /vm/config` should report it.
+    pub fn expected_config(&self) -> VmConfig {
+        let inner = |host: &Path, jailed: &str| {
+            if self.layout.jailed {
+                jailed.to_string()
+            } else {
+                host.display().to_string()
+            }
+        };
+        let mut drives = vec![Drive {
+            drive_id: "rootfs".into(),
+            path_on_host: inner(&self.spec.rootfs, ROOTFS_IN_JAIL),
+            is_root_device: true,
+            is_read_only: true,
+        }];
+        if self.spec.scratch_mib > 0 {
+            drives.push(Drive {
+                drive_id: "scratch".into(),
+                path_on_host: if self.layout.jailed {
+                    format!("/{SCRATCH}")
+                } else {
+                    self.layout.dir.join(SCRATCH).display().to_string()
+                },
+                is_root_device: false,
+                is_read_only: false,
+            });
+        }
+        VmConfig {
+            machine_config: MachineConfig {
+                vcpu_count: self.spec.vcpu_count,
+                mem_size_mib: self.spec.mem_mib,
+                smt: false,
+                track_dirty_pages: false,
+            },
+            boot_source: BootSource {
+                kernel_image_path: inner(&self.spec.kernel, KERNEL_IN_JAIL),
+                boot_args: Some(self.spec.boot_args.clone()),
+                initrd_path: self.spec.initrd.as_ref().map(|i| inner(i, INITRD_IN_JAIL)),
+            },
+            drives,
+            vsock: Some(Vsock {
+                guest_cid: self.guest_cid,
+                uds_path: self.vsock_inner(),
+            }),
+            network_interfaces: vec![],
+        }
+    }
+
+    /// Kills the VMM and waits until it has exited and everything the VM created is removed. The VM
+    /// holds no state worth a graceful shutdown: its scratch disk is discarded anyway.
+    pub async fn stop(mut self) -> ExitInfo {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        self.wait_exit().await
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Dropping the kill sender wakes the watcher, which kills the process and cleans up.
+        self.kill.take();
+    }
+}
+
+fn unknown_exit() -> ExitInfo {
+    ExitInfo {
+        status: "unknown (the watcher stopped)".into(),
+        requested: false,
+        log_tail: String::new(),
+        cleanup_errors: vec![],
+    }
+}
+
+/// Owns the VMM process: waits for it to exit (or kills it on request or when the [`Vm`] is
+/// dropped), then removes what the VM created and publishes how it ended.
+async fn watch_process(
+    mut child: tokio::process::Child,
+    kill: oneshot::Receiver<()>,
+    exit: watch::Sender<Option<ExitInfo>>,
+    dir: PathBuf,
+    record: Record,
+) {
+    let (status, requested) = tokio::select! {
+        status = child.wait() => (status, false),
+        _ = kill => {
+            let _ = child.start_kill();
+            (child.wait().await, true)
+        }
+    };
+    let status = match status {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let log_tail = tail(&dir.join(LOG_FILE));
+    if !requested {
+        tracing::warn!(vm = record.id, status, log = log_tail, "microVM exited");
+    }
+    let cleanup_errors = remove_everything(&dir, &record).await;
+    for error in &cleanup_errors {
+        tracing::warn!(vm = record.id, error, "microVM cleanup incomplete");
+    }
+    let _ = exit.send(Some(ExitInfo {
+        status,
+        requested,
+        log_tail,
+        cleanup_errors,
+    }));
+}
+
+fn tail(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+/// Removes a VM's directory, jail, cgroups and network namespace. Returns what could not be removed.
+async fn remove_everything(dir: &Path, record: &Record) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut remove_dir = |path: &Path| match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("removing {}: {e}", path.display())),
+    };
+    if let Some(jail) = &record.jail_dir {
+        remove_dir(jail);
+    }
+    remove_dir(dir);
+    // A cgroup can be removed only once its last task is gone, which may lag the exit slightly.
+    for cgroup in &record.cgroups {
+        let mut last = None;
+        for _ in 0..50 {
+            match std::fs::remove_dir(cgroup) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(e) = last {
+            errors.push(format!("removing cgroup {}: {e}", cgroup.display()));
+        }
+    }
+    if let Some(name) = &record.netns
+        && Path::new("/var/run/netns").join(name).exists()
+        && let Err(e) = run_ip(&["netns", "delete", name]).await
+    {
+        errors.push(e.to_string());
+    }
+    errors
+}
+
+async fn run_ip(args: &[&str]) -> Result<(), VmError> {
+    let output = tokio::process::Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            VmError::io(
+                Step::Prepare,
+                "running ip (iproute2) for",
+                args.join(" "),
+                e,
+            )
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(VmError::InvalidSpec {
+            step: Step::Prepare,
+            detail: format!(
+                "ip {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// Running Firecracker processes started by a manager, with the VM id they were given (`--id`).
+fn vmm_processes() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let program = args.first()?;
+            if !String::from_utf8_lossy(program).contains("firecracker") {
+                return None;
+            }
+            let id = args
+                .windows(2)
+                .find(|w| w[0] == b"--id")
+                .map(|w| String::from_utf8_lossy(w[1]).into_owned())?;
+            id.starts_with(VM_PREFIX).then_some((pid, id))
+        })
+        .collect()
+}
+
+async fn wait_gone(pid: u32) {
+    let path = PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..200 {
+        // A killed child of ours would linger as a zombie; those from a dead server were reparented
+        // and are reaped by init. Either way, stop waiting once it no longer runs.
+        let state = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !path.exists() || zombie {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_follow_memory_like_lambda() {
+        assert_eq!(VmSpec::vcpus_for_memory(128), 1);
+        assert_eq!(VmSpec::vcpus_for_memory(1769), 1);
+        assert_eq!(VmSpec::vcpus_for_memory(1770), 2);
+        assert_eq!(VmSpec::vcpus_for_memory(10240), 6);
+        assert_eq!(VmSpec::vcpus_for_memory(100_000), 8);
+    }
+}
