@@ -25,6 +25,13 @@ else
   echo "test.sh: PostgreSQL from VOLTRUN_TEST_DATABASE_URL"
 fi
 
+# What the suites run besides our own code, installed once into target/ (each script skips what is
+# already there): the pinned Firecracker + jailer (crates/vm tests), the static guest agent (image
+# builder tests), and AWS's official runtime interface clients (engine suite).
+./scripts/install-firecracker.sh
+./scripts/build-agent.sh >/dev/null
+./scripts/install-rics.sh
+
 sandbox_missing=""
 if [ "$(id -u)" != 0 ]; then
   sandbox_missing="not running as root"
