@@ -1,0 +1,526 @@
+#!/usr/bin/env bash
+# The execution-engine benchmark: a no-op Python handler and a no-op Node.js handler, each run by a
+# release VoltRun server in its namespace sandbox (ENGINE_BACKEND=namespace, SQLite), measured
+#
+#   cold start   N invocations that each start a NEW instance (the function's version is bumped with a
+#                PUT before each): client-side end-to-end p50/p99 and the server's init_duration_ms,
+#                next to the floor, the same N bare interpreter spawns (`python3 -c pass`,
+#                `node -e 0`) timed in the same run, taking turns with the invocations;
+#   warm         wrk POSTing a JSON event with `Authorization: Bearer` to the synchronous execute
+#                endpoint at 1 connection (p50/p99) and at 8 and 32 connections (req/s), next to the
+#                same handler served directly by Google's Functions Framework (functions-framework
+#                from PyPI, @google-cloud/functions-framework from npm) on its own loopback port,
+#                measured in turns with ours.
+#
+# Every VoltRun invocation authenticates (JWT), records its execution and logs in the database and
+# runs in an isolated instance; the peer does none of that. Targets (from the issue): cold start
+# p50 <= floor + 10 ms; warm p50 at 1 connection <= 2 ms; warm req/s >= 1.0x the peer's.
+#
+# Needs root (the sandbox), bubblewrap, wrk, curl, cargo, /usr/bin/python3 and node/npm; installs
+# bubblewrap and wrk with apt-get when missing, and the peers into BENCH_CACHE_DIR (a venv and an npm
+# prefix, reused on later runs). Everything listens on 127.0.0.1 only; every process and temporary
+# file it started is removed on exit.
+#
+# Settings (environment):
+#   BENCH_DURATION   seconds per wrk run (default 5, at most 60)
+#   BENCH_REPEAT     wrk runs per figure, ours and the peer's taking turns; medians (default 3, at most 10)
+#   BENCH_COLD_N     cold starts (and floor spawns) per runtime (default 40, 5 to 200)
+#   BENCH_RUNTIMES   which runtimes (default "python node")
+#   BENCH_CACHE_DIR  where the peers are installed (default target/bench-cache)
+#   BENCH_RAW_DIR    if set, wrk's full output and the cold-start samples are copied there
+#   BENCH_VOLTRUN    a voltrun binary to measure instead of building target/release/voltrun
+#   BENCH_BASELINE   a second voltrun binary (e.g. built from an earlier commit), run as a second server
+#                    and measured in turns with the first, for before/after comparisons
+#
+# The load generator shares the machine's cores with the server and the peer: the figures compare
+# the two on one machine; they are not a capacity statement.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=${BENCH_DURATION:-5}
+REPEAT=${BENCH_REPEAT:-3}
+COLD_N=${BENCH_COLD_N:-40}
+RUNTIMES=${BENCH_RUNTIMES:-python node}
+CACHE=${BENCH_CACHE_DIR:-$ROOT/target/bench-cache}
+PY_PEER_VERSION=3.10.2 # functions-framework (PyPI)
+NODE_PEER_VERSION=5.0.5 # @google-cloud/functions-framework (npm)
+CONNECTIONS=(1 8 32)
+
+log() { echo "bench-engine.sh: $*" >&2; }
+fail() { log "$*"; exit 1; }
+
+if ! [[ "$DURATION" =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 60 ]; then
+  fail "BENCH_DURATION must be a whole number of seconds, 1 to 60"
+fi
+if ! [[ "$REPEAT" =~ ^[0-9]+$ ]] || [ "$REPEAT" -lt 1 ] || [ "$REPEAT" -gt 10 ]; then
+  fail "BENCH_REPEAT must be 1 to 10"
+fi
+if ! [[ "$COLD_N" =~ ^[0-9]+$ ]] || [ "$COLD_N" -lt 5 ] || [ "$COLD_N" -gt 200 ]; then
+  fail "BENCH_COLD_N must be 5 to 200"
+fi
+for rt in $RUNTIMES; do
+  case $rt in python | node) ;; *) fail "BENCH_RUNTIMES: unknown runtime $rt (python, node)" ;; esac
+done
+
+# --- tools -----------------------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || fail "runs as root: the namespace sandbox needs root"
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || fail "needs $1 (install it with your package manager)"
+  log "installing $1: apt-get install -y $1"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; } \
+    || fail "apt-get install -y $1 failed"
+}
+command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
+command -v wrk >/dev/null 2>&1 || apt_install wrk
+for tool in curl cargo; do
+  command -v "$tool" >/dev/null 2>&1 || fail "needs $tool on PATH"
+done
+# The server's Python runtime is /usr/bin/python3 when it exists (see crates/engine/src/runtimes.rs):
+# the floor and the peer use the same interpreter.
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON=$(command -v python3) || fail "needs python3"
+NODE=/usr/bin/node
+[ -x "$NODE" ] || NODE=$(command -v node 2>/dev/null || true)
+case " $RUNTIMES " in *" node "*)
+  [ -n "$NODE" ] || fail "needs node for the Node.js half (or BENCH_RUNTIMES=python)"
+  command -v npm >/dev/null 2>&1 || fail "needs npm for the Node.js peer (or BENCH_RUNTIMES=python)" ;;
+esac
+
+# --- the peers (cached) ----------------------------------------------------------------------------
+mkdir -p "$CACHE"
+PY_FF="$CACHE/py-functions-framework-$PY_PEER_VERSION"
+NODE_FF="$CACHE/node-functions-framework-$NODE_PEER_VERSION"
+case " $RUNTIMES " in *" python "*)
+  if [ ! -x "$PY_FF/bin/functions-framework" ]; then
+    log "installing functions-framework==$PY_PEER_VERSION (PyPI) into $PY_FF"
+    rm -rf "$PY_FF"
+    "$PYTHON" -m venv "$PY_FF" 2>/dev/null || { apt_install python3-venv; "$PYTHON" -m venv "$PY_FF"; }
+    "$PY_FF/bin/pip" install -q --disable-pip-version-check "functions-framework==$PY_PEER_VERSION" \
+      || fail "pip install functions-framework failed"
+  fi ;;
+esac
+case " $RUNTIMES " in *" node "*)
+  if [ ! -x "$NODE_FF/node_modules/.bin/functions-framework" ]; then
+    log "installing @google-cloud/functions-framework@$NODE_PEER_VERSION (npm) into $NODE_FF"
+    rm -rf "$NODE_FF"
+    mkdir -p "$NODE_FF"
+    npm install --prefix "$NODE_FF" --no-audit --no-fund --loglevel=error \
+      "@google-cloud/functions-framework@$NODE_PEER_VERSION" >/dev/null \
+      || fail "npm install @google-cloud/functions-framework failed"
+  fi ;;
+esac
+
+if [ -n "${BENCH_VOLTRUN:-}" ]; then
+  VOLTRUN=$(realpath "$BENCH_VOLTRUN")
+else
+  log "building the release server: cargo build --release -p voltrun"
+  cargo build --release -p voltrun
+  TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+  # A copy: another build in the same target directory cannot replace it mid-run.
+  VOLTRUN_BUILT=$TARGET_DIR/release/voltrun
+fi
+BASELINE=""
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  BASELINE=$(realpath "$BENCH_BASELINE")
+  [ -x "$BASELINE" ] || fail "BENCH_BASELINE: $BENCH_BASELINE is not an executable"
+fi
+
+# --- processes and clean-up ------------------------------------------------------------------------
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/voltrun-bench-engine.XXXXXX")
+chmod 755 "$BENCH_TMP"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$BENCH_TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ -n "${VOLTRUN_BUILT:-}" ]; then
+  cp "$VOLTRUN_BUILT" "$BENCH_TMP/voltrun"
+  VOLTRUN=$BENCH_TMP/voltrun
+fi
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME PROBE_METHOD PROBE_PATH COMMAND... : starts COMMAND in the background with PORT set to
+# a free loopback port (COMMAND may use it as "{PORT}"), waits until the probe gets an HTTP answer,
+# sets STARTED_PORT and STARTED_PID.
+STARTED_PORT=""
+STARTED_PID=""
+start() {
+  local name=$1 method=$2 probe=$3
+  shift 3
+  local attempt port pid i args
+  for attempt in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 30000))
+    port_in_use "$port" && continue
+    args=("${@//\{PORT\}/$port}")
+    (cd "$BENCH_TMP" && PORT=$port exec "${args[@]}") >"$BENCH_TMP/$name.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 150); do
+      if ! kill -0 "$pid" 2>/dev/null; then break; fi
+      if curl -sS -o /dev/null --max-time 2 -X "$method" "http://127.0.0.1:$port$probe" 2>/dev/null; then
+        PIDS+=("$pid")
+        STARTED_PORT=$port
+        STARTED_PID=$pid
+        return
+      fi
+      sleep 0.2
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  log "could not start $name; its log:"
+  cat "$BENCH_TMP/$name.log" >&2 || true
+  exit 1
+}
+
+stop_pid() {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for i in "${!PIDS[@]}"; do
+    [ "${PIDS[$i]}" != "$pid" ] || unset 'PIDS[i]'
+  done
+}
+
+# json_get FIELD: reads a JSON document on stdin and prints one top-level field.
+json_get() { "$PYTHON" -c 'import json, sys; v = json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
+
+# --- the servers -----------------------------------------------------------------------------------
+JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
+ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+HOST=127.0.0.1
+# The servers measured, in turns: "voltrun" and, with BENCH_BASELINE, "baseline".
+SERVERS=(voltrun)
+[ -z "$BASELINE" ] || SERVERS+=(baseline)
+declare -A URL TOKEN
+# start_server NAME BINARY UID_BASE: starts a server (namespace engine, SQLite in a temporary
+# directory) and registers a user on it.
+start_server() {
+  local name=$1 binary=$2 uid_base=$3 health email
+  mkdir -p "$BENCH_TMP/data-$name"
+  log "starting $name: $binary (namespace engine, SQLite)"
+  # Run from the temporary directory so that no .env is read; every setting is given here.
+  start "server-$name" GET /health env -u DATABASE_URL \
+    BIND_ADDRESS=$HOST DATA_DIR="$BENCH_TMP/data-$name" LOG_LEVEL=warn LOG_FORMAT=json \
+    ENVIRONMENT=development JWT_SECRET="$JWT_SECRET" ENCRYPTION_KEY="$ENCRYPTION_KEY" \
+    ACCESS_TOKEN_TTL_S=3600 AUTH_ATTEMPTS_PER_MINUTE=100000 ENGINE_BACKEND=namespace \
+    ENGINE_MAX_CONCURRENCY=32 ENGINE_KEEP_ALIVE_S=600 ENGINE_SANDBOX_UID_BASE="$uid_base" "$binary" server
+  URL[$name]="http://$HOST:$STARTED_PORT"
+  health=$(curl -fsS --max-time 5 "${URL[$name]}/health")
+  case $health in *'"ready":true'*) ;; *) fail "$name: the engine is not ready: $health" ;; esac
+  email="bench-$(date +%s)-$RANDOM@example.com"
+  TOKEN[$name]=$(curl -fsS --max-time 10 -H 'content-type: application/json' \
+    -d "{\"email\":\"$email\",\"password\":\"bench-password-$RANDOM-long\"}" "${URL[$name]}/api/auth/register" \
+    | json_get access_token) || fail "$name: registering a user failed"
+  [ -n "${TOKEN[$name]}" ] || fail "$name: no access token"
+}
+start_server voltrun "$VOLTRUN" 200000
+[ -z "$BASELINE" ] || start_server baseline "$BASELINE" 300000
+RUNTIME_IDS=$(curl -fsS --max-time 10 "${URL[voltrun]}/api/runtimes")
+
+# runtime_id FAMILY: the id the server offers for a family (python3.11, nodejs20, ...).
+runtime_id() {
+  printf '%s' "$RUNTIME_IDS" | "$PYTHON" -c '
+import json, sys
+doc = json.load(sys.stdin)
+items = doc if isinstance(doc, list) else doc.get("runtimes", doc.get("items", []))
+print(next((r["id"] for r in items if r.get("family") == sys.argv[1]), ""))' "$1"
+}
+
+# deploy SERVER NAME RUNTIME FILENAME SOURCE: creates a function, prints its id.
+deploy() {
+  local body
+  body=$("$PYTHON" -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "runtime": sys.argv[2],
+    "handler": sys.argv[3].split(".")[0] + ".handler", "code": {"source": sys.argv[4], "filename": sys.argv[3]}}))' \
+    "$2" "$3" "$4" "$5")
+  curl -fsS --max-time 30 -H 'content-type: application/json' -H "authorization: Bearer ${TOKEN[$1]}" \
+    -d "$body" "${URL[$1]}/api/functions" | json_get id
+}
+
+# --- wrk -------------------------------------------------------------------------------------------
+EVENT='{"bench": true, "n": 1}'
+cat >"$BENCH_TMP/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$EVENT'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %.0f %.0f %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+LUA
+
+SAMPLES="$BENCH_TMP/samples"
+: >"$SAMPLES"
+RUN=0
+# measure RUNTIME TARGET CONNECTIONS URL [wrk args...]: one wrk run; appends
+# runtime|target|connections|req/s|p50 µs|p99 µs|errors to SAMPLES.
+measure() {
+  local rt=$1 target=$2 conns=$3 url=$4
+  shift 4
+  local threads=1
+  [ "$conns" -gt 1 ] && threads=2
+  RUN=$((RUN + 1))
+  local out
+  out="$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$rt-$target-c$conns.txt"
+  timeout $((DURATION + 30)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency --timeout 10s \
+    -s "$BENCH_TMP/post.lua" "$@" "$url" >"$out" 2>&1 || { log "wrk failed:"; cat "$out" >&2; exit 1; }
+  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$out" "$BENCH_RAW_DIR/"; fi
+  local requests duration p50 p99 bad socket
+  read -r requests duration p50 p99 bad socket < <(awk '$1 == "BENCH" { print $2, $3, $4, $5, $6, $7 }' "$out")
+  [ -n "${requests:-}" ] || { log "could not read wrk's summary:"; cat "$out" >&2; exit 1; }
+  local rps
+  rps=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+  echo "$rt|$target|$conns|$rps|$p50|$p99|$((bad + socket))" >>"$SAMPLES"
+  log "$(awk -v t="$rt $target" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$((bad + socket))" \
+    'BEGIN { printf "%-16s c=%-3s %7s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, c, r, a / 1000, b / 1000, e }')"
+}
+
+warm_up() { timeout 60 wrk -t2 -c32 -d"$1" --timeout 10s -s "$BENCH_TMP/post.lua" "${@:2}" >/dev/null 2>&1 || true; }
+
+# --- cold starts -----------------------------------------------------------------------------------
+# Takes turns: bump the version (PUT), time one invocation (a new instance), time one bare spawn of
+# the interpreter. Prints "p50 p99" lines for e2e, init_duration_ms and the floor, in ms.
+cat >"$BENCH_TMP/cold.py" <<'PY'
+import http.client, json, subprocess, sys, time
+
+# cold.py OUT N NAME,URL,TOKEN,FUNCTION_ID[;...] -- FLOOR COMMAND...
+out, n, spec = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+floor_cmd = sys.argv[sys.argv.index("--") + 1:]
+event = json.dumps({"bench": True, "n": 1})
+
+class Target:
+    def __init__(self, item):
+        self.name, url, token, self.function = item.split(",")
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+        self.e2e, self.init = [], []
+
+    def call(self, method, path, body):
+        self.conn.request(method, path, body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            sys.exit(f"{self.name}: {method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data)
+
+def pct(values, p):
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+targets = [Target(item) for item in spec.split(";")]
+floor = []
+for i in range(n + 1):
+    for t in targets:
+        t.call("PUT", f"/api/functions/{t.function}", json.dumps({"description": f"cold start {i}"}))
+        start = time.perf_counter()
+        result = t.call("POST", f"/api/functions/{t.function}/execute", event)
+        took = (time.perf_counter() - start) * 1000
+        if result.get("status") != "succeeded" or result.get("cold_start") is not True:
+            sys.exit(f"{t.name}: expected a successful cold start, got {json.dumps(result)[:500]}")
+        if i > 0:  # the first: the code is unpacked, the interpreter's files are read from disk
+            t.e2e.append(took)
+            t.init.append(result.get("init_duration_ms") or 0)
+    start = time.perf_counter()
+    subprocess.run(floor_cmd, check=True)
+    if i > 0:
+        floor.append((time.perf_counter() - start) * 1000)
+with open(out, "w") as f:
+    rows = [(t.name, name, values) for t in targets for name, values in (("e2e", t.e2e), ("init", t.init))]
+    for target, name, values in rows + [("floor", "floor", floor)]:
+        f.write(f"{target} {name} {pct(values, 50):.2f} {pct(values, 99):.2f} "
+                + ",".join(f"{v:.2f}" for v in values) + "\n")
+PY
+
+# --- the runs --------------------------------------------------------------------------------------
+COLD="$BENCH_TMP/cold"
+: >"$COLD"
+for rt in $RUNTIMES; do
+  if [ "$rt" = python ]; then
+    family=python
+    file=main.py
+    source='def handler(event, context):
+    return {}
+'
+    floor_cmd=("$PYTHON" -c pass)
+    peer_dir="$BENCH_TMP/peer-python"
+    mkdir -p "$peer_dir"
+    printf '%s\n' 'def handler(request):' '    request.get_json(silent=True)' '    return {}' >"$peer_dir/main.py"
+    peer_cmd=("$PY_FF/bin/functions-framework" --target handler --source "$peer_dir/main.py"
+      --host 127.0.0.1 --port "{PORT}")
+    peer_name="functions-framework $PY_PEER_VERSION (Python)"
+  else
+    family=nodejs
+    file=index.js
+    source='exports.handler = async (event, context) => ({});
+'
+    floor_cmd=("$NODE" -e 0)
+    peer_dir="$BENCH_TMP/peer-node"
+    mkdir -p "$peer_dir"
+    printf '%s\n' 'exports.handler = (req, res) => { res.json({}); };' >"$peer_dir/index.js"
+    printf '%s\n' '{"name": "peer", "version": "1.0.0", "main": "index.js"}' >"$peer_dir/package.json"
+    peer_cmd=("$NODE" "$NODE_FF/node_modules/@google-cloud/functions-framework/build/src/main.js"
+      --target=handler --source="$peer_dir" --port="{PORT}")
+    peer_name="@google-cloud/functions-framework $NODE_PEER_VERSION (Node.js)"
+  fi
+  runtime=$(runtime_id "$family")
+  [ -n "$runtime" ] || fail "the server offers no $family runtime"
+
+  log "$rt: cold starts ($COLD_N, after one not counted), with as many bare spawns of ${floor_cmd[*]}"
+  spec=""
+  for srv in "${SERVERS[@]}"; do
+    cold_id=$(deploy "$srv" "cold-$rt" "$runtime" "$file" "$source")
+    [ -n "$cold_id" ] || fail "$srv: deploying cold-$rt failed"
+    spec="$spec${spec:+;}$srv,${URL[$srv]},${TOKEN[$srv]},$cold_id"
+  done
+  timeout 900 "$PYTHON" "$BENCH_TMP/cold.py" "$BENCH_TMP/cold-$rt" "$COLD_N" "$spec" -- "${floor_cmd[@]}" \
+    || fail "the cold-start run failed"
+  sed "s/^/$rt /" "$BENCH_TMP/cold-$rt" >>"$COLD"
+  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$BENCH_TMP/cold-$rt" "$BENCH_RAW_DIR/"; fi
+  log "$rt: $(awk '{ printf "%s %s p50 %s p99 %s; ", $1, $2, $3, $4 }' "$BENCH_TMP/cold-$rt")"
+
+  log "$rt: warm invocations; starting $peer_name"
+  declare -A WARM_URL WARM_ID
+  for srv in "${SERVERS[@]}"; do
+    WARM_ID[$srv]=$(deploy "$srv" "warm-$rt" "$runtime" "$file" "$source")
+    [ -n "${WARM_ID[$srv]}" ] || fail "$srv: deploying warm-$rt failed"
+    WARM_URL[$srv]="${URL[$srv]}/api/functions/${WARM_ID[$srv]}/execute"
+    curl -fsS -o /dev/null --max-time 30 -H "authorization: Bearer ${TOKEN[$srv]}" \
+      -H 'content-type: application/json' -d "$EVENT" "${WARM_URL[$srv]}" || fail "POST ${WARM_URL[$srv]} failed"
+  done
+  start "peer-$rt" POST / "${peer_cmd[@]}"
+  peer_pid=$STARTED_PID
+  peer="http://$HOST:$STARTED_PORT/"
+  curl -fsS -o /dev/null --max-time 10 -H 'content-type: application/json' -d "$EVENT" "$peer" \
+    || fail "POST $peer failed"
+  # Warm-up: 32 connections start the instances that the 32-connection runs use.
+  for srv in "${SERVERS[@]}"; do
+    warm_up 3s -H "Authorization: Bearer ${TOKEN[$srv]}" "${WARM_URL[$srv]}"
+  done
+  warm_up 2s "$peer"
+  for c in "${CONNECTIONS[@]}"; do
+    for _ in $(seq 1 "$REPEAT"); do
+      for srv in "${SERVERS[@]}"; do
+        measure "$rt" "$srv" "$c" "${WARM_URL[$srv]}" -H "Authorization: Bearer ${TOKEN[$srv]}"
+      done
+      measure "$rt" peer "$c" "$peer"
+    done
+  done
+  stop_pid "$peer_pid"
+  # Every measured invocation must have succeeded (a function error would still be a 200).
+  for srv in "${SERVERS[@]}"; do
+    failed=$(curl -fsS --max-time 10 -H "authorization: Bearer ${TOKEN[$srv]}" \
+      "${URL[$srv]}/api/executions?function_id=${WARM_ID[$srv]}&status=failed&limit=1" | json_get data)
+    [ "$failed" = "[]" ] || fail "$srv $rt: some warm invocations failed: $failed"
+  done
+done
+
+# --- the report ------------------------------------------------------------------------------------
+# Medians over the repeats, per runtime, target and connection count.
+REPORT=$(awk -F'|' '
+  function median(list,    n, v, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  {
+    key = $1 SUBSEP $2 SUBSEP $3
+    if (!(key in rps)) order[++keys] = key
+    rps[key] = rps[key] " " $4; p50[key] = p50[key] " " $5; p99[key] = p99[key] " " $6; errors[key] += $7
+  }
+  END {
+    for (k = 1; k <= keys; k++) {
+      split(order[k], f, SUBSEP)
+      printf "%s|%s|%s|%.0f|%.0f|%.0f|%d\n", f[1], f[2], f[3], median(rps[order[k]]), median(p50[order[k]]),
+        median(p99[order[k]]), errors[order[k]]
+    }
+  }' "$SAMPLES")
+
+fig() { awk -F'|' -v r="$1" -v t="$2" -v c="$3" -v col="$4" '$1 == r && $2 == t && $3 == c { print $col }' <<<"$REPORT"; }
+cold() { awk -v r="$1" -v t="$2" -v n="$3" -v col="$4" '$1 == r && $2 == t && $3 == n { print $col }' "$COLD"; }
+ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+# verdict EXPRESSION: "met" when the awk expression (numbers only) is true.
+verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
+
+echo
+echo "VoltRun execution-engine benchmark: wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), ${DURATION}s per run,"
+echo "$REPEAT runs per warm figure (medians; the servers and the peer take turns); $COLD_N cold starts per runtime."
+echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || uname -m)), $(uname -sr)."
+echo "VoltRun: release build, SQLite, ENGINE_BACKEND=namespace, LOG_LEVEL=warn, JWT auth, every execution"
+echo "recorded with its logs. Cold start = PUT (new version), then the first invocation: client-side"
+echo "end-to-end; init = the server's init_duration_ms; floor = a bare interpreter spawn, same run."
+echo "wrk shares the cores with the server and the peer: compare the ratios, not the absolute figures."
+[ -z "$BASELINE" ] || echo "baseline: $BASELINE, measured in turns with VoltRun ($VOLTRUN)."
+echo
+if [ -n "$BASELINE" ]; then
+  echo "| runtime | measure | VoltRun | baseline | VoltRun / baseline | peer or floor | VoltRun vs peer or floor | target | |"
+  echo "|---|---|---:|---:|---:|---:|---:|---|---|"
+else
+  echo "| runtime | measure | VoltRun | peer or floor | VoltRun vs peer or floor | target | |"
+  echo "|---|---|---:|---:|---:|---|---|"
+fi
+# row MEASURE OURS BASELINE OTHER VERSUS TARGET VERDICT
+row() {
+  if [ -n "$BASELINE" ]; then
+    local vs=""
+    [ -z "$3" ] || vs=$(awk -v a="$2" -v b="$3" 'BEGIN { if (b + 0 > 0) printf "%.2fx", a / b }')
+    echo "| $rt | $1 | $2 | $3 | $vs | $4 | $5 | $6 | $7 |"
+  else
+    echo "| $rt | $1 | $2 | $4 | $5 | $6 | $7 |"
+  fi
+}
+ERRORS=0
+for rt in $RUNTIMES; do
+  floor_name="\`$([ "$rt" = python ] && echo "python3 -c pass" || echo "node -e 0")\`"
+  f50=$(cold "$rt" floor floor 4); f99=$(cold "$rt" floor floor 5)
+  e50=$(cold "$rt" voltrun e2e 4); e99=$(cold "$rt" voltrun e2e 5)
+  b50="" b99="" bi50="" bi99=""
+  if [ -n "$BASELINE" ]; then
+    b50=$(cold "$rt" baseline e2e 4); b99=$(cold "$rt" baseline e2e 5)
+    bi50=$(cold "$rt" baseline init 4); bi99=$(cold "$rt" baseline init 5)
+  fi
+  row "cold start p50 (ms)" "$e50" "$b50" "$f50 $floor_name" "$(awk -v a="$e50" -v b="$f50" 'BEGIN { printf "%+.1f ms", a - b }')" \
+    "<= floor + 10 ms" "$(verdict "$e50 - $f50 <= 10")"
+  row "cold start p99 (ms)" "$e99" "$b99" "$f99" "$(awk -v a="$e99" -v b="$f99" 'BEGIN { printf "%+.1f ms", a - b }')" "" ""
+  row "init_duration_ms p50" "$(cold "$rt" voltrun init 4)" "$bi50" "" "" "" ""
+  row "init_duration_ms p99" "$(cold "$rt" voltrun init 5)" "$bi99" "" "" "" ""
+  p50=$(fig "$rt" voltrun 1 5); p99=$(fig "$rt" voltrun 1 6)
+  q50=$(fig "$rt" peer 1 5); q99=$(fig "$rt" peer 1 6)
+  bp50="" bp99=""
+  if [ -n "$BASELINE" ]; then bp50=$(ms "$(fig "$rt" baseline 1 5)"); bp99=$(ms "$(fig "$rt" baseline 1 6)"); fi
+  row "warm c=1 p50 (ms)" "$(ms "$p50")" "$bp50" "$(ms "$q50")" "$(ratio "$p50" "$q50")" "<= 2 ms" "$(verdict "$p50 <= 2000")"
+  row "warm c=1 p99 (ms)" "$(ms "$p99")" "$bp99" "$(ms "$q99")" "$(ratio "$p99" "$q99")" "" ""
+  for c in "${CONNECTIONS[@]}"; do
+    r=$(fig "$rt" voltrun "$c" 4); s=$(fig "$rt" peer "$c" 4)
+    b=""
+    [ -z "$BASELINE" ] || b=$(fig "$rt" baseline "$c" 4)
+    target="" ok=""
+    if [ "$c" != 1 ]; then target=">= 1.0x peer"; ok=$(verdict "$r / $s >= 1.0"); fi
+    row "warm c=$c req/s" "$r" "$b" "$s" "$(ratio "$r" "$s")" "$target" "$ok"
+    if [ "$c" != 1 ]; then
+      p99=$(fig "$rt" voltrun "$c" 6); q99=$(fig "$rt" peer "$c" 6); bp99=""
+      [ -z "$BASELINE" ] || bp99=$(ms "$(fig "$rt" baseline "$c" 6)")
+      row "warm c=$c p99 (ms)" "$(ms "$p99")" "$bp99" "$(ms "$q99")" "$(ratio "$p99" "$q99")" "" ""
+    fi
+    for srv in "${SERVERS[@]}" peer; do
+      ERRORS=$((ERRORS + $(fig "$rt" "$srv" "$c" 7)))
+    done
+  done
+done
+echo
+echo "Peers: functions-framework $PY_PEER_VERSION (PyPI; gunicorn, 1 worker, its default threads) and"
+echo "@google-cloud/functions-framework $NODE_PEER_VERSION (npm), serving the same no-op handler directly."
+echo "errors (non-2xx + socket errors, all runs): $ERRORS"
