@@ -136,6 +136,34 @@ impl ExecutionRecord {
             attempts: 0,
         }
     }
+
+    /// This execution, started now on `node`: what a synchronous invocation records before it runs.
+    pub fn started(mut self, started_at: DateTime<Utc>, node: &str) -> Self {
+        self.status = ExecutionStatus::Running;
+        self.started_at = Some(started_at);
+        self.node = Some(node.to_string());
+        self.attempts += 1;
+        self
+    }
+
+    /// The record as storing `outcome` (and logs, truncated or not) leaves it.
+    pub fn finished(self, outcome: ExecutionOutcome, logs_truncated: bool) -> Self {
+        Self {
+            status: outcome.status,
+            output: outcome.output,
+            error: outcome.error,
+            started_at: Some(outcome.started_at),
+            finished_at: Some(outcome.finished_at),
+            duration_ms: Some(outcome.duration_ms),
+            init_duration_ms: outcome.init_duration_ms,
+            memory_peak_mb: outcome.memory_peak_mb,
+            cold_start: Some(outcome.cold_start),
+            node: Some(outcome.node),
+            instance_id: Some(outcome.instance_id),
+            logs_truncated,
+            ..self
+        }
+    }
 }
 
 /// One finished attempt of an asynchronous execution that was retried.

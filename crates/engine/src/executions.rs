@@ -62,26 +62,35 @@ async fn finish(
     Ok(())
 }
 
-/// Runs a recorded synchronous execution to its end. Platform failures are recorded on the execution
-/// (as `Platform.*` errors) and returned, so the caller can answer with the matching status code.
+/// How a synchronous execution ended, as recorded.
+#[derive(Debug, Clone)]
+pub struct SyncCompletion {
+    pub outcome: ExecutionOutcome,
+    /// Whether its logs were cut at [`LOG_CAP_BYTES`].
+    pub logs_truncated: bool,
+}
+
+/// Runs a synchronous execution, already recorded as running (see [`ExecutionRecord::started`]), to
+/// its end, and records the outcome with its logs in one write. Platform failures are recorded on the
+/// execution (as `Platform.*` errors) and returned, so the caller can answer with the matching status
+/// code.
 pub async fn run_sync(
     store: &dyn Store,
     engine: &dyn Engine,
-    node: &str,
     invocation: Invocation,
-) -> Result<(), EngineError> {
+) -> Result<SyncCompletion, EngineError> {
     let id = invocation.execution_id;
-    store
-        .mark_execution_running(id, voltrun_storage::now(), node)
-        .await
-        .map_err(storage)?;
     match engine.invoke(invocation).await {
         Ok(InvocationResult { outcome, logs }) => {
-            store
-                .append_logs(id, &logs, LOG_CAP_BYTES)
+            let logs_truncated = store
+                .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
                 .await
                 .map_err(storage)?;
-            finish(store, id, &outcome).await
+            crate::metrics::record_execution(outcome.status);
+            Ok(SyncCompletion {
+                outcome,
+                logs_truncated,
+            })
         }
         Err(e) => {
             finish(store, id, &engine_failure(&e)).await?;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
-pub use executions::{Dispatcher, EnvOpener, run_sync};
+pub use executions::{Dispatcher, EnvOpener, SyncCompletion, run_sync};
 pub use local::{LocalEngine, LocalEngineConfig};
 pub use runtimes::{RuntimeInfo, detect_runtimes};
 

@@ -613,8 +613,13 @@ impl Engine for LocalEngine {
         let _slot = self.function_slot(function).await?;
         let key = (function.id, function.version);
         let (warm, stale) = self.take_warm(key).await;
-        for old in stale {
-            old.stop().await;
+        if !stale.is_empty() {
+            // Stopping takes milliseconds (kill, reap, remove the cgroups): not on this call's path.
+            tokio::spawn(async move {
+                for old in stale {
+                    old.stop().await;
+                }
+            });
         }
         let started_at = voltrun_storage::now();
         let request_id = invocation.execution_id.to_string();

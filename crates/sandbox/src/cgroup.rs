@@ -150,52 +150,61 @@ impl CgroupSupport {
 
     /// Creates the cgroup(s) for one instance with its limits applied. `None` when unavailable.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Option<Cgroup>, SandboxError> {
+        let Some(cgroup) = self.make(name)? else {
+            return Ok(None);
+        };
+        cgroup.limit(limits)?;
+        Ok(Some(cgroup))
+    }
+
+    /// Creates the cgroup directories for one instance, without limits yet (see [`Cgroup::limit`]):
+    /// making directories is the slow part (several milliseconds per v1 hierarchy), so the spawner
+    /// makes the next one ahead of need. `None` when unavailable.
+    pub fn make(&self, name: &str) -> Result<Option<Cgroup>, SandboxError> {
+        // `create_dir`, not `create_dir_all`: an existing directory is an error, never a cgroup
+        // shared with another instance.
+        let mkdir = |dir: PathBuf| {
+            fs::create_dir(&dir)
+                .map(|()| dir.clone())
+                .map_err(|e| cgroup_error(&dir, e))
+        };
         match self {
             Self::V1 { memory, pids, cpu } => {
-                let mem = memory.join(name);
-                fs::create_dir_all(&mem).map_err(|e| cgroup_error(&mem, e))?;
                 let mut cgroup = Cgroup {
-                    dirs: vec![mem.clone()],
-                    memory: mem.clone(),
+                    dirs: vec![],
+                    memory: mkdir(memory.join(name))?,
+                    pids: None,
+                    cpu: None,
                     v2: false,
                 };
-                write(
-                    &mem.join("memory.limit_in_bytes"),
-                    &limits.memory_bytes.to_string(),
-                )?;
-                let memsw = mem.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &limits.memory_bytes.to_string())?;
-                }
-                if let Some(pids) = pids {
-                    let dir = pids.join(name);
-                    fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
+                cgroup.dirs.push(cgroup.memory.clone());
+                // Pushed as made, so that a failure part-way removes what was made.
+                let mut add = |base: &Option<PathBuf>| -> Result<Option<PathBuf>, SandboxError> {
+                    let Some(base) = base else { return Ok(None) };
+                    let dir = mkdir(base.join(name))?;
                     cgroup.dirs.push(dir.clone());
-                    write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
+                    Ok(Some(dir))
+                };
+                let made = add(pids).and_then(|p| Ok((p, add(cpu)?)));
+                match made {
+                    Ok((pids, cpu)) => {
+                        cgroup.pids = pids;
+                        cgroup.cpu = cpu;
+                        Ok(Some(cgroup))
+                    }
+                    Err(e) => {
+                        cgroup.remove();
+                        Err(e)
+                    }
                 }
-                if let Some(cpu) = cpu {
-                    let dir = cpu.join(name);
-                    fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
-                    cgroup.dirs.push(dir.clone());
-                    write(
-                        &dir.join("cpu.shares"),
-                        &limits.cpu_shares.max(2).to_string(),
-                    )?;
-                }
-                Ok(Some(cgroup))
             }
             Self::V2 { base } => {
-                let dir = base.join(name);
-                fs::create_dir_all(&dir).map_err(|e| cgroup_error(&dir, e))?;
-                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
-                let _ = write(&dir.join("memory.swap.max"), "0");
-                write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
-                // v2 weight 1..10000 with 100 the default; v1 shares 1024 is the default.
-                let weight = (limits.cpu_shares * 100 / 1024).clamp(1, 10_000);
-                let _ = write(&dir.join("cpu.weight"), &weight.to_string());
+                let dir = mkdir(base.join(name))?;
                 Ok(Some(Cgroup {
                     dirs: vec![dir.clone()],
-                    memory: dir,
+                    memory: dir.clone(),
+                    pids: Some(dir.clone()),
+                    cpu: Some(dir),
                     v2: true,
                 }))
             }
@@ -236,6 +245,8 @@ impl CgroupSupport {
                         let cg = Cgroup {
                             dirs: vec![child.path()],
                             memory: child.path(),
+                            pids: None,
+                            cpu: None,
                             v2: matches!(self, Self::V2 { .. }),
                         };
                         cg.kill_all();
@@ -254,10 +265,56 @@ impl CgroupSupport {
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     memory: PathBuf,
+    pids: Option<PathBuf>,
+    cpu: Option<PathBuf>,
     v2: bool,
 }
 
 impl Cgroup {
+    /// Applies an instance's limits (before any process joins). On failure the directories are
+    /// removed.
+    pub fn limit(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let applied = if self.v2 {
+            self.limit_v2(limits)
+        } else {
+            self.limit_v1(limits)
+        };
+        if applied.is_err() {
+            self.remove();
+        }
+        applied
+    }
+
+    fn limit_v1(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let memory = limits.memory_bytes.to_string();
+        write(&self.memory.join("memory.limit_in_bytes"), &memory)?;
+        let memsw = self.memory.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write(&memsw, &memory)?;
+        }
+        if let Some(dir) = &self.pids {
+            write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
+        }
+        if let Some(dir) = &self.cpu {
+            write(
+                &dir.join("cpu.shares"),
+                &limits.cpu_shares.max(2).to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn limit_v2(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let dir = &self.memory;
+        write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+        let _ = write(&dir.join("memory.swap.max"), "0");
+        write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
+        // v2 weight 1..10000 with 100 the default; v1 shares 1024 is the default.
+        let weight = (limits.cpu_shares * 100 / 1024).clamp(1, 10_000);
+        let _ = write(&dir.join("cpu.weight"), &weight.to_string());
+        Ok(())
+    }
+
     /// `cgroup.procs` of each directory, opened for the child to write itself into between fork and
     /// exec, so the sandbox is limited from its first instruction.
     pub fn procs_files(&self) -> Result<Vec<File>, SandboxError> {

@@ -135,8 +135,15 @@ impl Spawner {
         std::thread::Builder::new()
             .name("voltrun-spawner".into())
             .spawn(move || {
+                // The next instance's cgroup, made while nobody waits for it.
+                let mut spare: Option<Cgroup> = None;
                 for (spec, reply) in inbox {
-                    let _ = reply.send(spawn_one(&bwrap, &thread_cgroups, &programs, &spec));
+                    let result = spawn_one(&bwrap, &thread_cgroups, &programs, &spec, spare.take());
+                    let _ = reply.send(result);
+                    spare = thread_cgroups.make(&spare_name()).ok().flatten();
+                }
+                if let Some(unused) = spare {
+                    unused.remove();
                 }
             })
             .map_err(SandboxError::Spawn)?;
@@ -155,6 +162,14 @@ impl Spawner {
             .map_err(|_| SandboxError::SpawnerGone)?;
         answer.recv().map_err(|_| SandboxError::SpawnerGone)?
     }
+}
+
+/// A name for a cgroup made ahead of need, unique in this process: every spawner of the process
+/// (tests run several servers in one) makes its cgroups under the same per-process base.
+fn spare_name() -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("spare-{n}")
 }
 
 /// The top-level entries of `/` that hold system files: bound read-only, or recreated as the same
@@ -243,8 +258,15 @@ fn spawn_one(
     cgroups: &CgroupSupport,
     programs: &[Vec<u8>],
     spec: &SandboxSpec,
+    spare: Option<Cgroup>,
 ) -> Result<Sandbox, SandboxError> {
-    let cgroup = cgroups.create(&spec.name, &spec.limits)?;
+    let cgroup = match spare {
+        Some(cgroup) => {
+            cgroup.limit(&spec.limits)?;
+            Some(cgroup)
+        }
+        None => cgroups.create(&spec.name, &spec.limits)?,
+    };
     let procs = match &cgroup {
         Some(cg) => cg.procs_files()?,
         None => Vec::new(),

@@ -146,6 +146,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes the function and, when no other function uses it, its code.
     async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
 
+    /// Inserts a new execution as given: queued, or already running (a synchronous call starts at
+    /// once, so it is recorded running in one write: `started_at`, `node` and `attempts` are stored).
     async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
     async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>>;
     async fn list_executions(
@@ -182,6 +184,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn queued_executions(&self) -> StoreResult<u64>;
     async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)>;
     async fn finish_execution(&self, id: Uuid, outcome: &ExecutionOutcome) -> StoreResult<()>;
+    /// [`Self::append_logs`] and [`Self::finish_execution`] in one transaction, for an execution
+    /// that has no log lines yet (a synchronous one: its logs are stored once, when it ends): stores
+    /// `lines` (within `cap_bytes`) and the outcome. Returns whether the logs were truncated (false,
+    /// with nothing written, when there is no such execution).
+    async fn complete_execution(
+        &self,
+        id: Uuid,
+        outcome: &ExecutionOutcome,
+        lines: &[LogLine],
+        cap_bytes: usize,
+    ) -> StoreResult<bool>;
     /// Appends log lines, keeping the execution's total within `cap_bytes` and flagging truncation.
     async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()>;
     async fn execution_logs(

@@ -54,6 +54,36 @@ mod sqlite_ids {
     }
 }
 
+/// Log lines per multi-row INSERT: 5 parameters each, well within SQLite's 32,766 and PostgreSQL's
+/// 65,535 bound parameters per statement.
+const LOG_LINES_PER_INSERT: usize = 1000;
+
+/// Which of `lines` an execution that already keeps `used` bytes of logs (and is `truncated` or not)
+/// can keep within `cap_bytes`: the first `kept` lines, in order, up to the first that does not fit.
+/// Returns `(kept, used, truncated)` after them.
+fn fit_logs(
+    lines: &[LogLine],
+    mut used: i64,
+    mut truncated: bool,
+    cap_bytes: usize,
+) -> (usize, i64, bool) {
+    let cap = i64::try_from(cap_bytes).unwrap_or(i64::MAX);
+    let mut kept = 0;
+    for line in lines {
+        if truncated {
+            break;
+        }
+        let len = i64::try_from(line.line.len()).unwrap_or(i64::MAX);
+        if used + len > cap {
+            truncated = true;
+            break;
+        }
+        used += len;
+        kept += 1;
+    }
+    (kept, used, truncated)
+}
+
 /// The largest UUID: a page with no cursor starts below it, so one statement serves every page.
 const ABOVE_ALL_IDS: Uuid = Uuid::max();
 
@@ -97,9 +127,21 @@ macro_rules! store_impl {
         #[derive(Debug, Clone)]
         pub struct $store {
             pool: $pool,
+            /// Set where the database allows one writer at a time (SQLite): writes take turns here,
+            /// in order and without delay, instead of in SQLite's busy handler, which sleeps 1, 2, 5,
+            /// 10… ms between retries (most of a busy server's latency, before this).
+            writes: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
         }
 
         impl $store {
+            /// This store's turn to write, held until the write (or its transaction) ends.
+            async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+                match &self.writes {
+                    Some(writes) => Some(writes.lock().await),
+                    None => None,
+                }
+            }
+
             fn user_from_row(row: &$row) -> StoreResult<User> {
                 Ok(User {
                     id: $ids::get(row, "id")?,
@@ -205,6 +247,7 @@ macro_rules! store_impl {
             }
 
             async fn create_user(&self, u: &User) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "INSERT INTO users (id, email, name, password_hash, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $5)",
@@ -233,6 +276,7 @@ macro_rules! store_impl {
             }
 
             async fn insert_refresh_token(&self, t: &NewRefreshToken) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -254,6 +298,7 @@ macro_rules! store_impl {
                 next: &NextRefreshToken,
                 now: DateTime<Utc>,
             ) -> StoreResult<RefreshOutcome> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 // Spending is one conditional UPDATE, so two concurrent refreshes with the same token
                 // cannot both succeed: the loser sees it used and revokes the family.
@@ -304,6 +349,7 @@ macro_rules! store_impl {
             }
 
             async fn revoke_refresh_family(&self, presented_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
                 let affected = sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $1 \
                      WHERE revoked_at IS NULL AND family_id IN \
@@ -319,6 +365,7 @@ macro_rules! store_impl {
             }
 
             async fn create_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, scopes, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -347,6 +394,7 @@ macro_rules! store_impl {
             }
 
             async fn delete_api_key(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
                 let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
                     .bind($ids::id(id))
                     .bind($ids::id(user_id))
@@ -362,6 +410,7 @@ macro_rules! store_impl {
             }
 
             async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind($ids::id(id))
@@ -379,6 +428,7 @@ macro_rules! store_impl {
             }
 
             async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 Self::put_code(&mut tx, &f.code_sha256, code, f.created_at).await?;
                 sqlx::query(
@@ -440,6 +490,7 @@ macro_rules! store_impl {
                 expected_version: i64,
                 new_code: Option<&[u8]>,
             ) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 if let Some(code) = new_code {
                     Self::put_code(&mut tx, &f.code_sha256, code, f.updated_at).await?;
@@ -493,6 +544,7 @@ macro_rules! store_impl {
             }
 
             async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 let deleted = sqlx::query("DELETE FROM functions WHERE id = $1 AND user_id = $2 RETURNING code_sha256")
                     .bind($ids::id(id))
@@ -510,9 +562,10 @@ macro_rules! store_impl {
             }
 
             async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "INSERT INTO executions (id, user_id, function_id, function_version, status, invocation_type, \
-                     input, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     input, created_at, started_at, node, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind($ids::id(e.id))
                 .bind($ids::id(e.user_id))
@@ -522,6 +575,9 @@ macro_rules! store_impl {
                 .bind(e.invocation_type.as_str())
                 .bind(Json(&e.input))
                 .bind(e.created_at)
+                .bind(e.started_at)
+                .bind(e.node.as_deref())
+                .bind(e.attempts)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -559,6 +615,7 @@ macro_rules! store_impl {
             }
 
             async fn mark_execution_running(&self, id: Uuid, started_at: DateTime<Utc>, node: &str) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "UPDATE executions SET status = 'running', started_at = $1, node = $2, attempts = attempts + 1 \
                      WHERE id = $3 AND status = 'queued'",
@@ -572,6 +629,7 @@ macro_rules! store_impl {
             }
 
             async fn claim_async(&self, node: &str, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<ExecutionRecord>> {
+                let _turn = self.write_turn().await;
                 let due = sqlx::query(
                     "SELECT id FROM executions WHERE status = 'queued' AND invocation_type = 'async' \
                      AND (not_before IS NULL OR not_before <= $1) ORDER BY id LIMIT $2",
@@ -606,6 +664,7 @@ macro_rules! store_impl {
             }
 
             async fn requeue_execution(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query("UPDATE executions SET status = 'queued', not_before = $1 WHERE id = $2 AND status = 'running'")
                     .bind(not_before)
                     .bind($ids::id(id))
@@ -615,6 +674,7 @@ macro_rules! store_impl {
             }
 
             async fn record_attempt(&self, id: Uuid, a: &AttemptRecord) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "INSERT INTO execution_attempts (execution_id, attempt, status, error_type, error_message, \
                      started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -672,6 +732,7 @@ macro_rules! store_impl {
             }
 
             async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 let failed = sqlx::query(
                     "UPDATE executions SET status = 'failed', finished_at = $1, error_type = 'Platform.NodeLost', \
@@ -696,6 +757,7 @@ macro_rules! store_impl {
             }
 
             async fn finish_execution(&self, id: Uuid, o: &ExecutionOutcome) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 sqlx::query(
                     "UPDATE executions SET status = $1, output = $2, error_type = $3, error_message = $4, \
                      started_at = $5, finished_at = $6, duration_ms = $7, init_duration_ms = $8, \
@@ -720,6 +782,7 @@ macro_rules! store_impl {
             }
 
             async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 let row = sqlx::query(
                     "SELECT logs_bytes, logs_truncated, \
@@ -733,32 +796,9 @@ macro_rules! store_impl {
                     tx.rollback().await?;
                     return Ok(());
                 };
-                let mut used: i64 = row.try_get("logs_bytes")?;
-                let mut truncated: bool = row.try_get("logs_truncated")?;
-                let mut seq: i64 = row.try_get("line_count")?;
-                let cap = i64::try_from(cap_bytes).unwrap_or(i64::MAX);
-                for line in lines {
-                    if truncated {
-                        break;
-                    }
-                    let len = i64::try_from(line.line.len()).unwrap_or(i64::MAX);
-                    if used + len > cap {
-                        truncated = true;
-                        break;
-                    }
-                    sqlx::query(
-                        "INSERT INTO execution_logs (execution_id, seq, ts, stream, line) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind($ids::id(id))
-                    .bind(seq)
-                    .bind(line.timestamp)
-                    .bind(line.stream.as_str())
-                    .bind(&line.line)
-                    .execute(&mut *tx)
-                    .await?;
-                    used += len;
-                    seq += 1;
-                }
+                let (kept, used, truncated) =
+                    fit_logs(lines, row.try_get("logs_bytes")?, row.try_get("logs_truncated")?, cap_bytes);
+                Self::insert_log_rows(&mut tx, id, row.try_get("line_count")?, &lines[..kept]).await?;
                 sqlx::query("UPDATE executions SET logs_bytes = $1, logs_truncated = $2 WHERE id = $3")
                     .bind(used)
                     .bind(truncated)
@@ -767,6 +807,50 @@ macro_rules! store_impl {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn complete_execution(
+                &self,
+                id: Uuid,
+                o: &ExecutionOutcome,
+                lines: &[LogLine],
+                cap_bytes: usize,
+            ) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
+                // The execution has no log lines yet: they start at 0 bytes, sequence 0.
+                let (kept, used, truncated) = fit_logs(lines, 0, false, cap_bytes);
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let updated = sqlx::query(
+                    "UPDATE executions SET status = $1, output = $2, error_type = $3, error_message = $4, \
+                     started_at = $5, finished_at = $6, duration_ms = $7, init_duration_ms = $8, \
+                     memory_peak_mb = $9, cold_start = $10, node = $11, instance_id = $12, \
+                     logs_bytes = $13, logs_truncated = $14 WHERE id = $15",
+                )
+                .bind(o.status.as_str())
+                .bind(o.output.as_ref().map(Json))
+                .bind(o.error.as_ref().map(|e| e.error_type.as_str()))
+                .bind(o.error.as_ref().map(|e| e.message.as_str()))
+                .bind(o.started_at)
+                .bind(o.finished_at)
+                .bind(o.duration_ms)
+                .bind(o.init_duration_ms)
+                .bind(o.memory_peak_mb)
+                .bind(o.cold_start)
+                .bind(&o.node)
+                .bind(&o.instance_id)
+                .bind(used)
+                .bind(truncated)
+                .bind($ids::id(id))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Self::insert_log_rows(&mut tx, id, 0, &lines[..kept]).await?;
+                tx.commit().await?;
+                Ok(truncated)
             }
 
             async fn execution_logs(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<(Vec<LogLine>, bool)>> {
@@ -799,6 +883,31 @@ macro_rules! store_impl {
         }
 
         impl $store {
+            /// Inserts log lines numbered from `first_seq`, in a few statements however many there are.
+            async fn insert_log_rows(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                id: Uuid,
+                first_seq: i64,
+                lines: &[LogLine],
+            ) -> StoreResult<()> {
+                let mut seq = first_seq;
+                for chunk in lines.chunks(LOG_LINES_PER_INSERT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO execution_logs (execution_id, seq, ts, stream, line) ",
+                    );
+                    insert.push_values(chunk, |mut row, line| {
+                        row.push_bind($ids::id(id))
+                            .push_bind(seq)
+                            .push_bind(line.timestamp)
+                            .push_bind(line.stream.as_str())
+                            .push_bind(line.line.as_str());
+                        seq += 1;
+                    });
+                    insert.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
             async fn put_code(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 sha256: &str,
@@ -836,10 +945,12 @@ macro_rules! store_impl {
         impl $store {
             /// `test_before_acquire`: ping a pooled connection before handing it out, to replace one
             /// the server has dropped. Every connection is also pinged when it is returned.
+            /// `serialize_writes`: writes take turns in this process (see `writes`).
             pub async fn connect_with(
                 opts: $opts,
                 max_connections: u32,
                 test_before_acquire: bool,
+                serialize_writes: bool,
             ) -> StoreResult<Self> {
                 let pool = sqlx::pool::PoolOptions::<$db>::new()
                     .max_connections(max_connections.max(1))
@@ -848,7 +959,8 @@ macro_rules! store_impl {
                     .connect_with(opts)
                     .await?;
                 migrator($flavour).run(&pool).await?;
-                Ok(Self { pool })
+                let writes = serialize_writes.then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+                Ok(Self { pool, writes })
             }
         }
     };
@@ -884,7 +996,8 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
         // A PostgreSQL connection can die while idle (server restart, proxy timeout): test it first.
-        Self::connect_with(opts, max_connections, true).await
+        // Row locks: concurrent writers need no turns.
+        Self::connect_with(opts, max_connections, true, false).await
     }
 }
 
@@ -904,6 +1017,7 @@ impl SqliteStore {
         // An SQLite connection is a file handle in this process, driven by its own worker thread; it
         // cannot be dropped by a server, so the ping before each acquire (a round trip to that thread
         // on every query) buys nothing. The ping on release still runs.
-        Self::connect_with(opts, max_connections, false).await
+        // One writer at a time: take turns in the process rather than in the busy handler.
+        Self::connect_with(opts, max_connections, false, true).await
     }
 }

@@ -174,7 +174,7 @@ pub async fn execute(
         function.id,
         function.version,
         invocation_type,
-        event.clone(),
+        event,
         voltrun_storage::now(),
     );
     match invocation_type {
@@ -191,32 +191,26 @@ pub async fn execute(
             Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
         }
         InvocationType::Sync => {
+            // Recorded running from the start: one write before the run, one (outcome and logs) after.
+            let record = record.started(voltrun_storage::now(), &state.node);
             state.store.insert_execution(&record).await?;
             let invocation = Invocation {
                 execution_id: record.id,
                 function,
                 env,
-                event,
+                event: record.input.clone(),
             };
-            run_sync(
-                state.store.as_ref(),
-                state.engine.as_ref(),
-                &state.node,
-                invocation,
-            )
-            .await
-            .map_err(|e| match e {
-                EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
-                EngineError::Overloaded => ApiError::Overloaded,
-                EngineError::Internal(cause) => ApiError::internal(cause),
-            })?;
-            let done = state
-                .store
-                .get_execution(user_id, record.id)
-                .await?
-                .ok_or(ApiError::NotFound("execution"))?;
-            let attempts = state.store.execution_attempts(record.id).await?;
-            Ok(Json(ExecutionResponse::new(done, Some(attempts))).into_response())
+            let done = run_sync(state.store.as_ref(), state.engine.as_ref(), invocation)
+                .await
+                .map_err(|e| match e {
+                    EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
+                    EngineError::Overloaded => ApiError::Overloaded,
+                    EngineError::Internal(cause) => ApiError::internal(cause),
+                })?;
+            // The answer is the record as just stored, built in memory rather than read back; a
+            // synchronous execution has no attempt history (only the dispatcher's retries add one).
+            let record = record.finished(done.outcome, done.logs_truncated);
+            Ok(Json(ExecutionResponse::new(record, Some(Vec::new()))).into_response())
         }
     }
 }
