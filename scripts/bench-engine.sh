@@ -25,6 +25,9 @@
 #   BENCH_DURATION   seconds per wrk run (default 5, at most 60)
 #   BENCH_REPEAT     wrk runs per figure, ours and the peer's taking turns; medians (default 3, at most 10)
 #   BENCH_COLD_N     cold starts (and floor spawns) per runtime (default 40, 5 to 200)
+#   BENCH_WARMUP     seconds of 32-connection load on each server and peer before the warm runs
+#                    (default 10, at most 120): it starts the instances the 32-connection runs use,
+#                    and gives each Node.js instance's JIT (one per instance) time to settle
 #   BENCH_RUNTIMES   which runtimes (default "python node")
 #   BENCH_CACHE_DIR  where the peers are installed (default target/bench-cache)
 #   BENCH_RAW_DIR    if set, wrk's full output and the cold-start samples are copied there
@@ -42,6 +45,7 @@ ROOT=$(pwd)
 DURATION=${BENCH_DURATION:-5}
 REPEAT=${BENCH_REPEAT:-3}
 COLD_N=${BENCH_COLD_N:-40}
+WARMUP=${BENCH_WARMUP:-10}
 RUNTIMES=${BENCH_RUNTIMES:-python node}
 CACHE=${BENCH_CACHE_DIR:-$ROOT/target/bench-cache}
 PY_PEER_VERSION=3.10.2 # functions-framework (PyPI)
@@ -56,6 +60,9 @@ if ! [[ "$DURATION" =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt
 fi
 if ! [[ "$REPEAT" =~ ^[0-9]+$ ]] || [ "$REPEAT" -lt 1 ] || [ "$REPEAT" -gt 10 ]; then
   fail "BENCH_REPEAT must be 1 to 10"
+fi
+if ! [[ "$WARMUP" =~ ^[0-9]+$ ]] || [ "$WARMUP" -lt 1 ] || [ "$WARMUP" -gt 120 ]; then
+  fail "BENCH_WARMUP must be a whole number of seconds, 1 to 120"
 fi
 if ! [[ "$COLD_N" =~ ^[0-9]+$ ]] || [ "$COLD_N" -lt 5 ] || [ "$COLD_N" -gt 200 ]; then
   fail "BENCH_COLD_N must be 5 to 200"
@@ -287,7 +294,7 @@ measure() {
     'BEGIN { printf "%-16s c=%-3s %7s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, c, r, a / 1000, b / 1000, e }')"
 }
 
-warm_up() { timeout 60 wrk -t2 -c32 -d"$1" --timeout 10s -s "$BENCH_TMP/post.lua" "${@:2}" >/dev/null 2>&1 || true; }
+warm_up() { timeout $((WARMUP + 60)) wrk -t2 -c32 -d"$1" --timeout 10s -s "$BENCH_TMP/post.lua" "${@:2}" >/dev/null 2>&1 || true; }
 
 # --- cold starts -----------------------------------------------------------------------------------
 # Takes turns: bump the version (PUT), time one invocation (a new instance), time one bare spawn of
@@ -407,9 +414,9 @@ for rt in $RUNTIMES; do
     || fail "POST $peer failed"
   # Warm-up: 32 connections start the instances that the 32-connection runs use.
   for srv in "${SERVERS[@]}"; do
-    warm_up 3s -H "Authorization: Bearer ${TOKEN[$srv]}" "${WARM_URL[$srv]}"
+    warm_up "${WARMUP}s" -H "Authorization: Bearer ${TOKEN[$srv]}" "${WARM_URL[$srv]}"
   done
-  warm_up 2s "$peer"
+  warm_up "${WARMUP}s" "$peer"
   for c in "${CONNECTIONS[@]}"; do
     for _ in $(seq 1 "$REPEAT"); do
       for srv in "${SERVERS[@]}"; do
@@ -457,7 +464,8 @@ verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; 
 
 echo
 echo "VoltRun execution-engine benchmark: wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), ${DURATION}s per run,"
-echo "$REPEAT runs per warm figure (medians; the servers and the peer take turns); $COLD_N cold starts per runtime."
+echo "$REPEAT runs per warm figure (medians; the servers and the peer take turns) after ${WARMUP}s of warm-up at"
+echo "32 connections each; $COLD_N cold starts per runtime."
 echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || uname -m)), $(uname -sr)."
 echo "VoltRun: release build, SQLite, ENGINE_BACKEND=namespace, LOG_LEVEL=warn, JWT auth, every execution"
 echo "recorded with its logs. Cold start = PUT (new version), then the first invocation: client-side"
