@@ -69,10 +69,15 @@ pub async fn connect(
 ) -> Result<UnixStream, HandshakeError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match attempt(uds, port).await {
-            Ok(stream) => return Ok(stream),
-            Err(HandshakeError::Unexpected(line)) => return Err(HandshakeError::Unexpected(line)),
-            Err(e) => e.to_string(),
+        // Bounded too: while a guest boots, Firecracker may hold a connection open without an
+        // answer.
+        let last = match tokio::time::timeout_at(deadline.into(), attempt(uds, port)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(HandshakeError::Unexpected(line))) => {
+                return Err(HandshakeError::Unexpected(line));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the handshake got no answer".to_string(),
         };
         if Instant::now() >= deadline {
             return Err(HandshakeError::Timeout {
