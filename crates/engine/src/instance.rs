@@ -1,6 +1,7 @@
-//! One instance: a sandbox running one runtime process for one (function, version), the Runtime API
-//! served to it, and readers for its output. It serves one invocation at a time and stays warm
-//! between them; a timeout, a crash or an out-of-memory kill ends it.
+//! One instance: one runtime process for one (function, version), isolated in a namespace sandbox
+//! (served the Runtime API and read by this module) or in a microVM (through its guest agent, see
+//! [`crate::microvm`]). It serves one invocation at a time and stays warm between them; a timeout, a
+//! crash or an out-of-memory kill ends it.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 
+use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
 use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 
 /// Lines longer than this are split: a runaway line cannot grow a buffer without bound.
@@ -68,6 +70,123 @@ pub struct Instance {
     pub last_used: Instant,
     /// Set on a cold start, reported with the first invocation only.
     pub init_duration: Option<Duration>,
+    body: Body,
+    /// The instance's share of the host's memory budget, given back when it ends.
+    _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// What isolates the runtime.
+#[derive(Debug)]
+enum Body {
+    Sandbox(SandboxedRuntime),
+    Guest(GuestInstance),
+}
+
+impl Instance {
+    /// Starts a namespace sandbox and waits until the runtime asks for its first invocation.
+    pub async fn start(
+        spawner: Arc<Spawner>,
+        spec: SandboxSpec,
+        runtime: String,
+        memory: Option<OwnedSemaphorePermit>,
+    ) -> Result<Self, (Failure, Vec<LogLine>)> {
+        let started = Instant::now();
+        let id = spec.name.clone();
+        let body = Body::Sandbox(SandboxedRuntime::start(spawner, spec).await?);
+        Ok(Self::ready(id, runtime, started, body, memory))
+    }
+
+    /// Launches a guest (a microVM) and starts the runtime in it.
+    pub async fn start_guest(
+        launcher: &dyn GuestLauncher,
+        spec: GuestSpec,
+        memory: Option<OwnedSemaphorePermit>,
+    ) -> Result<Self, (Failure, Vec<LogLine>)> {
+        let started = Instant::now();
+        let (id, runtime) = (spec.name.clone(), spec.runtime.clone());
+        let body = Body::Guest(GuestInstance::start(launcher, spec).await?);
+        Ok(Self::ready(id, runtime, started, body, memory))
+    }
+
+    fn ready(
+        id: String,
+        runtime: String,
+        started: Instant,
+        body: Body,
+        memory: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            id,
+            runtime,
+            last_used: Instant::now(),
+            init_duration: Some(started.elapsed()),
+            body,
+            _memory: memory,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        match &self.body {
+            Body::Sandbox(s) => s.is_healthy(),
+            Body::Guest(g) => g.is_healthy(),
+        }
+    }
+
+    /// The most memory the instance used since its last invocation began, where the host can see it
+    /// (a sandbox's cgroup; a microVM's memory is the guest's own business).
+    pub fn memory_peak_mb(&self) -> Option<i64> {
+        match &self.body {
+            Body::Sandbox(s) => s.memory_peak_mb(),
+            Body::Guest(_) => None,
+        }
+    }
+
+    /// Runs one invocation. On a timeout the instance is killed (the whole process tree, or the
+    /// whole VM) before this returns.
+    pub async fn invoke(
+        &mut self,
+        request_id: &str,
+        event: Bytes,
+        timeout: Duration,
+        function_arn: String,
+    ) -> InvokeResult {
+        let deadline =
+            Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let deadline_unix_ms = deadline.timestamp_millis();
+        let result = match &mut self.body {
+            Body::Sandbox(s) => {
+                s.invoke(request_id, event, deadline_unix_ms, timeout, function_arn)
+                    .await
+            }
+            Body::Guest(g) => {
+                g.invoke(request_id, event, deadline_unix_ms, timeout, &function_arn)
+                    .await
+            }
+        };
+        self.last_used = Instant::now();
+        result
+    }
+
+    /// The log lines written since the last call.
+    pub async fn finish_logs(&mut self) -> Vec<LogLine> {
+        match &mut self.body {
+            Body::Sandbox(s) => s.finish_logs().await,
+            Body::Guest(g) => g.finish_logs(),
+        }
+    }
+
+    /// Stops the instance: every process of it, its cgroup or its VM.
+    pub async fn stop(self) {
+        match self.body {
+            Body::Sandbox(s) => s.stop().await,
+            Body::Guest(g) => g.stop().await,
+        }
+    }
+}
+
+/// A runtime process in a namespace sandbox, with the Runtime API served on the sandbox's loopback.
+#[derive(Debug)]
+struct SandboxedRuntime {
     sandbox: Option<Sandbox>,
     next: mpsc::Sender<NextInvocation>,
     signals: mpsc::UnboundedReceiver<RuntimeSignal>,
@@ -76,7 +195,6 @@ pub struct Instance {
     output_fds: [RawFd; 2],
     tasks: Vec<tokio::task::JoinHandle<()>>,
     healthy: bool,
-    _memory: Option<OwnedSemaphorePermit>,
 }
 
 /// Reads one output stream into log lines.
@@ -129,28 +247,21 @@ fn to_pipe(fd: impl Into<OwnedFd>) -> std::io::Result<tokio::net::unix::pipe::Re
     tokio::net::unix::pipe::Receiver::from_owned_fd(fd.into())
 }
 
-impl Instance {
+impl SandboxedRuntime {
     /// Starts a sandbox and waits until the runtime asks for its first invocation.
-    pub async fn start(
+    async fn start(
         spawner: Arc<Spawner>,
         spec: SandboxSpec,
-        runtime: String,
-        memory: Option<OwnedSemaphorePermit>,
     ) -> Result<Self, (Failure, Vec<LogLine>)> {
-        let started = Instant::now();
-        let id = spec.name.clone();
         let sandbox = tokio::task::spawn_blocking(move || spawner.spawn(spec))
             .await
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?
             .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
-        let mut instance = Self::wire(id, runtime, sandbox, memory)
-            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
+        let mut instance =
+            Self::wire(sandbox).map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
         let failure = tokio::select! {
             signal = instance.signals.recv() => match signal {
-                Some(RuntimeSignal::Ready) => {
-                    instance.init_duration = Some(started.elapsed());
-                    return Ok(instance);
-                }
+                Some(RuntimeSignal::Ready) => return Ok(instance),
                 Some(RuntimeSignal::InitError(failure)) => Failure::Init(failure),
                 None => Failure::Sandbox("runtime API stopped".into()),
             },
@@ -162,12 +273,7 @@ impl Instance {
         Err((failure, logs))
     }
 
-    fn wire(
-        id: String,
-        runtime: String,
-        mut sandbox: Sandbox,
-        memory: Option<OwnedSemaphorePermit>,
-    ) -> std::io::Result<Self> {
+    fn wire(mut sandbox: Sandbox) -> std::io::Result<Self> {
         let listener = sandbox
             .listener
             .take()
@@ -203,10 +309,6 @@ impl Instance {
         #[allow(deprecated)]
         let exit = AsyncFd::new(sandbox.exit_fd()?)?;
         Ok(Self {
-            id,
-            runtime,
-            last_used: Instant::now(),
-            init_duration: None,
             sandbox: Some(sandbox),
             next: next_tx,
             signals: signal_rx,
@@ -215,11 +317,10 @@ impl Instance {
             output_fds,
             tasks,
             healthy: true,
-            _memory: memory,
         })
     }
 
-    pub fn is_healthy(&self) -> bool {
+    fn is_healthy(&self) -> bool {
         self.healthy
     }
 
@@ -238,19 +339,18 @@ impl Instance {
         }
     }
 
-    pub fn memory_peak_mb(&self) -> Option<i64> {
+    fn memory_peak_mb(&self) -> Option<i64> {
         self.sandbox
             .as_ref()
             .and_then(Sandbox::memory_peak_bytes)
             .map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
     }
 
-    /// Runs one invocation. On a timeout the instance is killed (the whole process tree) before this
-    /// returns.
-    pub async fn invoke(
+    async fn invoke(
         &mut self,
         request_id: &str,
         event: Bytes,
+        deadline_unix_ms: i64,
         timeout: Duration,
         function_arn: String,
     ) -> InvokeResult {
@@ -259,12 +359,10 @@ impl Instance {
         }
         let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let deadline =
-            Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
         let request = NextInvocation {
             request_id: request_id.to_string(),
             event,
-            deadline_unix_ms: deadline.timestamp_millis(),
+            deadline_unix_ms,
             function_arn,
             reply: reply_tx,
         };
@@ -290,13 +388,12 @@ impl Instance {
                 InvokeResult::Failed(Failure::TimedOut)
             }
         };
-        self.last_used = Instant::now();
         result
     }
 
     /// The log lines written since the last call. Waits (briefly) for output the runtime wrote before
     /// it answered but the readers have not consumed yet, so lines land on the right invocation.
-    pub async fn finish_logs(&mut self) -> Vec<LogLine> {
+    async fn finish_logs(&mut self) -> Vec<LogLine> {
         for _ in 0..50 {
             let pending: usize = self
                 .output_fds
@@ -331,8 +428,8 @@ impl Instance {
         }
     }
 
-    /// Stops the instance: kills its processes, removes its cgroup, stops its tasks.
-    pub async fn stop(mut self) {
+    /// Kills its processes, removes its cgroup, stops its tasks.
+    async fn stop(mut self) {
         self.kill().await;
         for task in self.tasks.drain(..) {
             task.abort();
@@ -340,7 +437,7 @@ impl Instance {
     }
 }
 
-impl Drop for Instance {
+impl Drop for SandboxedRuntime {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();

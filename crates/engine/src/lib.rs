@@ -10,6 +10,7 @@ pub mod executions;
 mod instance;
 pub mod local;
 mod metrics;
+pub mod microvm;
 pub mod runtime_api;
 pub mod runtimes;
 
@@ -20,7 +21,7 @@ use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
 pub use executions::{Dispatcher, EnvOpener, SyncCompletion, run_sync};
-pub use local::{LocalEngine, LocalEngineConfig};
+pub use local::{Isolation, LocalEngine, LocalEngineConfig};
 pub use runtimes::{RuntimeInfo, detect_runtimes};
 
 /// Everything a backend needs to run one invocation.

@@ -1,4 +1,5 @@
-//! The local engine: runs invocations in sandboxes on this host, reusing warm instances.
+//! The local engine: runs invocations on this host, isolated in namespace sandboxes or in
+//! Firecracker microVMs ([`Isolation`]), reusing warm instances.
 //!
 //! Scheduling: instances are pooled per (function, version). An invocation takes an idle instance or
 //! starts one (a cold start). Each function may run at most `max_concurrency_per_function`
@@ -26,6 +27,7 @@ use voltrun_storage::Store;
 
 use crate::code_cache::CodeCache;
 use crate::instance::{Failure, Instance};
+use crate::microvm::{GuestLauncher, GuestSpec};
 use crate::runtime_api::RuntimeReply;
 use crate::{Engine, EngineError, EngineStatus, Invocation, InvocationResult, RuntimeInfo};
 
@@ -45,6 +47,8 @@ pub struct LocalEngineConfig {
     pub max_processes: u64,
     /// This node's name, recorded on executions.
     pub node: String,
+    /// Why this isolation was chosen (`ENGINE_BACKEND=auto`), for `/health`.
+    pub selection: Option<String>,
 }
 
 /// The port of the Runtime API on each sandbox's own loopback (as on Lambda).
@@ -54,11 +58,35 @@ const MB_PER_CPU_SHARE: u64 = 1769;
 
 type PoolKey = (Uuid, i64);
 
+/// A runtime's command line and whole environment.
+struct RuntimeProcess {
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// What isolates an instance.
+#[derive(Debug)]
+pub enum Isolation {
+    /// A bubblewrap sandbox with its own namespaces, cgroups and seccomp filter.
+    Namespace(Arc<Spawner>),
+    /// A guest, in practice a Firecracker microVM.
+    Guest(Arc<dyn GuestLauncher>),
+}
+
+impl Isolation {
+    fn backend(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "namespace",
+            Self::Guest(_) => "firecracker",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalEngine {
     config: LocalEngineConfig,
     store: Arc<dyn Store>,
-    spawner: Arc<Spawner>,
+    isolation: Isolation,
     runtimes: Vec<RuntimeInfo>,
     code: CodeCache,
     runtime_dir: PathBuf,
@@ -108,6 +136,58 @@ impl LocalEngine {
         if !spawner.cgroups().is_available() {
             tracing::warn!(detail, "sandbox limits are degraded");
         }
+        Self::build(
+            config,
+            store,
+            runtimes,
+            Isolation::Namespace(Arc::new(spawner)),
+            detail,
+            warnings,
+        )
+    }
+
+    /// An engine whose instances are guests of `launcher` (Firecracker microVMs), offering the
+    /// runtimes this host has that the launcher has guest images for.
+    pub fn with_guests(
+        config: LocalEngineConfig,
+        store: Arc<dyn Store>,
+        runtimes: Vec<RuntimeInfo>,
+        launcher: Arc<dyn GuestLauncher>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let imaged = launcher.runtimes();
+        let runtimes: Vec<RuntimeInfo> = runtimes
+            .into_iter()
+            .filter(|r| imaged.contains(&r.id))
+            .collect();
+        if runtimes.is_empty() {
+            return Err(EngineError::Unavailable(format!(
+                "{} has guest images for no runtime this host offers",
+                launcher.describe()
+            )));
+        }
+        let detail = launcher.describe();
+        Self::build(
+            config,
+            store,
+            runtimes,
+            Isolation::Guest(launcher),
+            detail,
+            vec![],
+        )
+    }
+
+    fn build(
+        config: LocalEngineConfig,
+        store: Arc<dyn Store>,
+        runtimes: Vec<RuntimeInfo>,
+        isolation: Isolation,
+        detail: String,
+        warnings: Vec<String>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let detail = match &config.selection {
+            Some(why) => format!("{detail} ({why})"),
+            None => detail,
+        };
         let runtime_dir = config.work_dir.join("runtime");
         write_runtime_files(&runtime_dir)
             .map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
@@ -120,7 +200,7 @@ impl LocalEngine {
             me: me.clone(),
             config,
             store,
-            spawner: Arc::new(spawner),
+            isolation,
             runtimes,
             code,
             runtime_dir,
@@ -304,13 +384,50 @@ impl LocalEngine {
         }
     }
 
-    fn spec(
+    /// Starts an instance of `function` (a cold start): reserves its memory, makes its code
+    /// available, and starts the runtime in the engine's isolation. The outer error is the platform
+    /// refusing; the inner one is the instance failing to start, with what it wrote.
+    async fn start_instance(
         &self,
         function: &FunctionRecord,
         runtime: &RuntimeInfo,
-        code_dir: PathBuf,
         env: &EnvVars,
-    ) -> Result<SandboxSpec, EngineError> {
+    ) -> Result<Result<Instance, (Failure, Vec<LogLine>)>, EngineError> {
+        let memory = self.reserve_memory(function.memory_mb).await?;
+        let code_dir = self.code.ensure(self.store.as_ref(), function).await?;
+        let name = format!("i-{}", Uuid::now_v7().simple());
+        let RuntimeProcess { command, env } =
+            self.runtime_process(function, runtime, env, &name)?;
+        Ok(match &self.isolation {
+            Isolation::Namespace(spawner) => {
+                let spec = self.sandbox_spec(function, runtime, code_dir, name, command, env);
+                Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory)).await
+            }
+            Isolation::Guest(launcher) => {
+                let spec = GuestSpec {
+                    name,
+                    runtime: runtime.id.clone(),
+                    memory_mb: u32::try_from(function.memory_mb).unwrap_or(128),
+                    tmp_mb: u32::try_from(self.config.tmp_size_mb).unwrap_or(512),
+                    code_dir,
+                    command,
+                    env,
+                    runtime_api_port: RUNTIME_API_PORT,
+                };
+                Instance::start_guest(launcher.as_ref(), spec, Some(memory)).await
+            }
+        })
+    }
+
+    /// The runtime's command line and whole environment, as seen from inside the instance (code at
+    /// `/var/task`, the bootstraps at `/var/runtime`): the same for every isolation.
+    fn runtime_process(
+        &self,
+        function: &FunctionRecord,
+        runtime: &RuntimeInfo,
+        env: &EnvVars,
+        name: &str,
+    ) -> Result<RuntimeProcess, EngineError> {
         let family = RuntimeFamily::of(&runtime.id)
             .ok_or_else(|| EngineError::Internal(format!("unknown runtime {}", runtime.id)))?;
         let command = match (family, &runtime.interpreter) {
@@ -330,7 +447,6 @@ impl LocalEngine {
                 )));
             }
         };
-        let name = format!("i-{}", Uuid::now_v7().simple());
         let mut vars: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         vars.extend([
@@ -373,6 +489,18 @@ impl LocalEngine {
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME".into(), "/tmp".into()),
         ]);
+        Ok(RuntimeProcess { command, env: vars })
+    }
+
+    fn sandbox_spec(
+        &self,
+        function: &FunctionRecord,
+        runtime: &RuntimeInfo,
+        code_dir: PathBuf,
+        name: String,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> SandboxSpec {
         let mut binds = vec![
             BindMount {
                 source: code_dir,
@@ -395,10 +523,10 @@ impl LocalEngine {
         }));
         let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
         let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % self.config.uid_count.max(1);
-        Ok(SandboxSpec {
+        SandboxSpec {
             name,
             command,
-            env: vars,
+            env,
             binds,
             workdir: "/var/task".into(),
             tmp_size_bytes: self.config.tmp_size_mb << 20,
@@ -409,7 +537,7 @@ impl LocalEngine {
             },
             host_uid: self.config.uid_base + slot,
             listen_port: RUNTIME_API_PORT,
-        })
+        }
     }
 }
 
@@ -563,15 +691,12 @@ impl Engine for LocalEngine {
         let have = self.idle.lock().await.get(&key).map_or(0, Vec::len);
         let mut started = 0;
         for _ in have..wanted {
-            let memory = self.reserve_memory(function.memory_mb).await?;
-            let code_dir = self.code.ensure(self.store.as_ref(), &function).await?;
-            let spec = self.spec(&function, &runtime, code_dir, &env)?;
-            let mut instance =
-                Instance::start(self.spawner.clone(), spec, runtime.id.clone(), Some(memory))
-                    .await
-                    .map_err(|(failure, _)| {
-                        EngineError::Internal(format!("pre-warming failed: {failure:?}"))
-                    })?;
+            let mut instance = self
+                .start_instance(&function, &runtime, &env)
+                .await?
+                .map_err(|(failure, _)| {
+                    EngineError::Internal(format!("pre-warming failed: {failure:?}"))
+                })?;
             // Its initialisation happened ahead of time: invocations on it are not cold starts.
             instance.init_duration = None;
             metrics::counter!("voltrun_prewarmed_instances_total", "runtime" => runtime.id.clone())
@@ -586,7 +711,7 @@ impl Engine for LocalEngine {
 
     fn status(&self) -> EngineStatus {
         EngineStatus {
-            backend: "namespace".into(),
+            backend: self.isolation.backend().into(),
             ready: true,
             detail: self.detail.clone(),
             warnings: self.warnings.clone(),
@@ -632,11 +757,9 @@ impl Engine for LocalEngine {
         let (mut instance, cold) = match warm {
             Some(instance) => (instance, false),
             None => {
-                let memory = self.reserve_memory(function.memory_mb).await?;
-                let code_dir = self.code.ensure(self.store.as_ref(), function).await?;
-                let spec = self.spec(function, &runtime, code_dir, &invocation.env)?;
-                match Instance::start(self.spawner.clone(), spec, runtime.id.clone(), Some(memory))
-                    .await
+                match self
+                    .start_instance(function, &runtime, &invocation.env)
+                    .await?
                 {
                     Ok(instance) => (instance, true),
                     Err((failure, init_logs)) => {

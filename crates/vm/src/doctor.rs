@@ -144,6 +144,7 @@ async fn guest_code(firecracker: &Path, deadline: Duration) -> Result<String, St
                 initrd: None,
                 rootfs,
                 scratch_mib: 0,
+                code: None,
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -202,6 +203,7 @@ async fn boot(
                 initrd: manifest.initrd.as_ref().map(|i| images_dir.join(&i.file)),
                 rootfs: images_dir.join(&root.image.file),
                 scratch_mib: 16,
+                code: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -327,8 +327,9 @@ fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// `mkfs.ext4 -d`: an ext4 image of the staging tree, sized to fit with a little room.
-fn make_ext4(staging: &Path, image: &Path, label: &str) -> Result<(), BuildError> {
+/// `mkfs.ext4 -d`: an ext4 image of the staging tree, sized to fit with a little room. Also makes
+/// the Firecracker backend's code drives.
+pub fn make_ext4(staging: &Path, image: &Path, label: &str) -> Result<(), BuildError> {
     // Room for metadata and per-file block rounding: 25% plus 16 MiB.
     let mib = ((tree_bytes(staging) / 4 * 5) >> 20) + 16;
     let _ = std::fs::remove_file(image);

@@ -68,6 +68,10 @@ pub struct VmSpec {
     pub rootfs: PathBuf,
     /// A per-VM writable ext4 disk of this size (`/dev/vdb` in the guest); `0` for none.
     pub scratch_mib: u32,
+    /// The function's code as an ext4 image, attached read-only (`/dev/vdc`, which the guest agent
+    /// mounts at `/var/task`). Drives are lettered in the order they are attached, so a code drive
+    /// needs the scratch disk before it.
+    pub code: Option<PathBuf>,
 }
 
 /// Memory that gives one full vCPU, as on Lambda.
@@ -90,7 +94,17 @@ impl VmSpec {
                 self.mem_mib
             )));
         }
-        for (what, path) in [("kernel", &self.kernel), ("root image", &self.rootfs)] {
+        if self.code.is_some() && self.scratch_mib == 0 {
+            return Err(invalid(
+                "a code drive needs a scratch disk: the guest finds the code as the third drive"
+                    .into(),
+            ));
+        }
+        let code = self.code.iter().map(|c| ("code image", c));
+        for (what, path) in [("kernel", &self.kernel), ("root image", &self.rootfs)]
+            .into_iter()
+            .chain(code)
+        {
             if !path.is_absolute() {
                 return Err(invalid(format!(
                     "the {what} path {} is not absolute",
@@ -454,6 +468,7 @@ pub struct Vm {
 const KERNEL_IN_JAIL: &str = "/kernel";
 const INITRD_IN_JAIL: &str = "/initrd";
 const ROOTFS_IN_JAIL: &str = "/rootfs.ext4";
+const CODE_IN_JAIL: &str = "/code.ext4";
 const SCRATCH: &str = "scratch.ext4";
 const VSOCK: &str = "vsock.sock";
 
@@ -603,6 +618,17 @@ impl Vm {
                 })
                 .await?;
         }
+        if let Some(code) = &spec.code {
+            let code = self.place(code, CODE_IN_JAIL, Step::ConfigureDrive)?;
+            self.api
+                .put_drive(&Drive {
+                    drive_id: "code".into(),
+                    path_on_host: code,
+                    is_root_device: false,
+                    is_read_only: true,
+                })
+                .await?;
+        }
         self.api
             .put_vsock(&Vsock {
                 guest_cid: self.guest_cid,
@@ -725,6 +751,14 @@ impl Vm {
                 },
                 is_root_device: false,
                 is_read_only: false,
+            });
+        }
+        if let Some(code) = &self.spec.code {
+            drives.push(Drive {
+                drive_id: "code".into(),
+                path_on_host: inner(code, CODE_IN_JAIL),
+                is_root_device: false,
+                is_read_only: true,
             });
         }
         VmConfig {

@@ -61,9 +61,21 @@ pub struct RawSettings {
     /// Database connection pool size [default: 16]
     #[arg(long, env = "DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<String>,
-    /// Isolation backend: auto, namespace or none [default: auto: namespace when this host can run it]
+    /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
+    /// Guest kernel and root images for the firecracker backend (`voltrun vm images build`) [default: <DATA_DIR>/vm/images]
+    #[arg(long, env = "VM_IMAGES_DIR")]
+    pub vm_images_dir: Option<String>,
+    /// Milliseconds a microVM may take from InstanceStart to its guest agent's hello [default: 10000]
+    #[arg(long, env = "VM_BOOT_TIMEOUT_MS")]
+    pub vm_boot_timeout_ms: Option<String>,
+    /// The Firecracker binary [default: found on PATH or where scripts/install-firecracker.sh put it]
+    #[arg(long, env = "FIRECRACKER_BIN")]
+    pub firecracker_bin: Option<String>,
+    /// Run each Firecracker through its jailer (chroot, unprivileged uid, cgroup, own network namespace) [default: false]
+    #[arg(long, env = "VM_JAILER")]
+    pub vm_jailer: Option<String>,
     /// Seconds an idle instance stays warm [default: 600]
     #[arg(long, env = "ENGINE_KEEP_ALIVE_S")]
     pub engine_keep_alive_s: Option<String>,
@@ -102,15 +114,27 @@ pub enum Environment {
 /// Which isolation backend runs functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineBackend {
-    /// The namespace sandbox when this host can run it, otherwise none (with the reason in /health).
+    /// Firecracker where `voltrun vm doctor`'s boot probe passes, else the namespace sandbox where
+    /// this host can run it, else none (each time with the reason in /health).
     Auto,
+    Firecracker,
     Namespace,
     None,
+}
+
+/// The Firecracker backend's settings.
+#[derive(Debug, Clone)]
+pub struct VmSettings {
+    pub firecracker_bin: Option<PathBuf>,
+    pub images_dir: PathBuf,
+    pub boot_timeout_ms: u64,
+    pub jailer: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub backend: EngineBackend,
+    pub vm: VmSettings,
     pub keep_alive_s: u64,
     pub max_concurrency: usize,
     pub memory_budget_mb: u64,
@@ -269,6 +293,11 @@ impl Settings {
             )
         })?;
         let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./data".into()));
+        let vm_images_dir = raw
+            .vm_images_dir
+            .filter(|d| !d.trim().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("vm").join("images"));
         let database_url = match raw.database_url.filter(|u| !u.trim().is_empty()) {
             Some(url)
                 if url.starts_with("sqlite:")
@@ -398,14 +427,30 @@ impl Settings {
             engine: EngineSettings {
                 backend: match raw.engine_backend.as_deref().map(str::trim) {
                     None | Some("" | "auto") => EngineBackend::Auto,
+                    Some("firecracker") => EngineBackend::Firecracker,
                     Some("namespace") => EngineBackend::Namespace,
                     Some("none") => EngineBackend::None,
                     Some(other) => {
                         return Err(bad(
                             "ENGINE_BACKEND",
-                            format!("{other:?} is not auto, namespace or none"),
+                            format!("{other:?} is not auto, firecracker, namespace or none"),
                         ));
                     }
+                },
+                vm: VmSettings {
+                    firecracker_bin: raw
+                        .firecracker_bin
+                        .filter(|b| !b.trim().is_empty())
+                        .map(PathBuf::from),
+                    images_dir: vm_images_dir,
+                    boot_timeout_ms: number(
+                        "VM_BOOT_TIMEOUT_MS",
+                        raw.vm_boot_timeout_ms.as_deref(),
+                        10_000,
+                        100,
+                        600_000,
+                    )?,
+                    jailer: boolean("VM_JAILER", raw.vm_jailer.as_deref())?,
                 },
                 keep_alive_s: number(
                     "ENGINE_KEEP_ALIVE_S",

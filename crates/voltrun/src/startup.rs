@@ -8,11 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use voltrun_api::{ApiConfig, AppState, AuthLimits};
+use voltrun_engine::microvm::{FirecrackerConfig, FirecrackerLauncher};
 use voltrun_engine::{
-    Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, UnavailableEngine,
+    Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, RuntimeInfo, UnavailableEngine,
     detect_runtimes,
 };
 use voltrun_storage::Store;
+use voltrun_vm::binaries::BinarySearch;
+use voltrun_vm::doctor::{self, DoctorConfig};
+use voltrun_vm::jailer::JailerConfig;
 
 use crate::config::{EngineBackend, SecretSource, Settings};
 
@@ -65,19 +69,68 @@ struct ChosenEngine {
     local: Option<Arc<LocalEngine>>,
 }
 
-/// Chooses the isolation backend. `auto` takes the namespace sandbox when this host can run it and
-/// otherwise runs without one, saying why in /health and on every execute call.
-fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<ChosenEngine> {
+/// Chooses the isolation backend. `auto` takes Firecracker where a guest boots (the doctor's boot
+/// probe), else the namespace sandbox where this host can run it, else runs without one; /health
+/// says which and why, and every execute call says why when nothing can run.
+async fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<ChosenEngine> {
     let runtimes = detect_runtimes();
-    if settings.engine.backend == EngineBackend::None {
-        let reason = "ENGINE_BACKEND=none: this server stores functions but does not run them";
-        return Ok(ChosenEngine {
-            engine: Arc::new(UnavailableEngine::new(reason, runtimes)),
+    let unavailable = |reason: String| {
+        tracing::warn!(reason, "functions can be deployed but not run");
+        ChosenEngine {
+            engine: Arc::new(UnavailableEngine::new(reason, runtimes.clone())),
             local: None,
-        });
+        }
+    };
+    match settings.engine.backend {
+        EngineBackend::None => Ok(unavailable(
+            "ENGINE_BACKEND=none: this server stores functions but does not run them".into(),
+        )),
+        EngineBackend::Firecracker => firecracker_engine(settings, store, runtimes.clone(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=firecracker, but {e}")),
+        EngineBackend::Namespace => namespace_engine(settings, store, runtimes.clone(), None)
+            .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
+        EngineBackend::Auto => {
+            let probe = doctor::capability(&DoctorConfig {
+                search: binary_search(settings),
+                images_dir: settings.engine.vm.images_dir.clone(),
+                boot_deadline: Duration::from_millis(settings.engine.vm.boot_timeout_ms),
+            })
+            .await;
+            let not_firecracker = if probe.usable {
+                let why = format!("chosen by ENGINE_BACKEND=auto: {}", probe.reason);
+                match firecracker_engine(settings, store.clone(), runtimes.clone(), Some(why)).await
+                {
+                    Ok(chosen) => return Ok(chosen),
+                    Err(e) => e.to_string(),
+                }
+            } else {
+                probe.reason
+            };
+            let why = format!("ENGINE_BACKEND=auto; not Firecracker: {not_firecracker}");
+            match namespace_engine(settings, store, runtimes.clone(), Some(why.clone())) {
+                Ok(chosen) => Ok(chosen),
+                Err(e) => Ok(unavailable(format!(
+                    "the namespace sandbox cannot run on this host: {e} ({why})"
+                ))),
+            }
+        }
     }
+}
+
+/// Where Firecracker and its jailer are looked for: `FIRECRACKER_BIN` (a setting), then as
+/// `voltrun vm doctor` looks.
+fn binary_search(settings: &Settings) -> BinarySearch {
+    let mut search = BinarySearch::from_env();
+    if let Some(bin) = &settings.engine.vm.firecracker_bin {
+        search.firecracker_bin = Some(bin.clone());
+    }
+    search
+}
+
+fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineConfig {
     let e = &settings.engine;
-    let config = LocalEngineConfig {
+    LocalEngineConfig {
         work_dir: settings.data_dir.join("engine"),
         keep_alive: Duration::from_secs(e.keep_alive_s),
         max_concurrency_per_function: e.max_concurrency,
@@ -88,28 +141,71 @@ fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<Ch
         tmp_size_mb: e.tmp_size_mb,
         max_processes: e.max_processes,
         node: node_name(),
-    };
-    match LocalEngine::new(config, store, runtimes.clone()) {
-        Ok(engine) => {
-            tracing::info!(
-                detail = engine.status().detail,
-                "execution engine: namespace sandbox"
-            );
-            Ok(ChosenEngine {
-                engine: engine.clone(),
-                local: Some(engine),
-            })
-        }
-        Err(e) if settings.engine.backend == EngineBackend::Auto => {
-            let reason = format!("the namespace sandbox cannot run on this host: {e}");
-            tracing::warn!(reason, "functions can be deployed but not run");
-            Ok(ChosenEngine {
-                engine: Arc::new(UnavailableEngine::new(reason, runtimes)),
-                local: None,
-            })
-        }
-        Err(e) => Err(anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
+        selection,
     }
+}
+
+fn namespace_engine(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    runtimes: Vec<RuntimeInfo>,
+    selection: Option<String>,
+) -> Result<ChosenEngine, voltrun_engine::EngineError> {
+    let engine = LocalEngine::new(local_config(settings, selection), store, runtimes)?;
+    tracing::info!(
+        detail = engine.status().detail,
+        "execution engine: namespace sandbox"
+    );
+    Ok(ChosenEngine {
+        engine: engine.clone(),
+        local: Some(engine),
+    })
+}
+
+async fn firecracker_engine(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    runtimes: Vec<RuntimeInfo>,
+    selection: Option<String>,
+) -> anyhow::Result<ChosenEngine> {
+    let search = binary_search(settings);
+    let firecracker = search.firecracker()?.path;
+    let vm = &settings.engine.vm;
+    let jailer = if vm.jailer {
+        // The jailed VMMs run as the first uid of the sandbox range, which nothing else uses.
+        let uid = settings.engine.sandbox_uid_base.saturating_sub(1);
+        Some(JailerConfig::new(
+            search.jailer()?.path,
+            settings.data_dir.join("vm").join("jail"),
+            uid,
+            uid,
+        ))
+    } else {
+        None
+    };
+    let launcher = FirecrackerLauncher::new(FirecrackerConfig {
+        firecracker,
+        jailer,
+        run_dir: settings.data_dir.join("vm").join("run"),
+        images_dir: vm.images_dir.clone(),
+        boot_timeout: Duration::from_millis(vm.boot_timeout_ms),
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let engine = LocalEngine::with_guests(
+        local_config(settings, selection),
+        store,
+        runtimes,
+        Arc::new(launcher),
+    )?;
+    tracing::info!(
+        detail = engine.status().detail,
+        "execution engine: Firecracker microVMs"
+    );
+    Ok(ChosenEngine {
+        engine: engine.clone(),
+        local: Some(engine),
+    })
 }
 
 impl Application {
@@ -147,7 +243,7 @@ impl Application {
         let ChosenEngine {
             engine,
             local: local_engine,
-        } = build_engine(settings, store.clone())?;
+        } = build_engine(settings, store.clone()).await?;
         // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue.
         let dispatcher_wake = match &local_engine {
             Some(_) => {

@@ -51,6 +51,14 @@ pub struct TestApp {
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
+impl TestApp {
+    /// The server's `DATA_DIR` (removed when the app is dropped).
+    #[allow(dead_code)] // used by the engine suite, which shares these helpers
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);

@@ -9,6 +9,7 @@ mod helpers;
 
 mod asynchronous;
 mod errors;
+mod firecracker;
 mod isolation;
 mod ric;
 mod runs;

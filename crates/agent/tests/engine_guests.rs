@@ -1,0 +1,447 @@
+//! The engine's guest instances (crates/engine/src/microvm.rs, what the Firecracker backend runs)
+//! driven end to end with the guest agent started as a host process instead of inside a microVM:
+//! Linux guests do not boot on the hosts this suite runs on (docs/firecracker.md), and everything
+//! after the boot is the same — the launcher trait, the vsock handshake, the framed protocol, the
+//! agent starting the engine's own bootstraps behind the Runtime API, and the engine's pools,
+//! results, error types, timeouts and logs. The agent here isolates nothing: that is the VM's job.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use voltrun_agent::host::AgentSession;
+use voltrun_agent::protocol::StartSpec;
+use voltrun_agent::vsock::AGENT_PORT;
+use voltrun_domain::execution::ExecutionStatus;
+use voltrun_domain::function::{CodeKind, FunctionRecord};
+use voltrun_domain::user::User;
+use voltrun_engine::microvm::{Guest, GuestBody, GuestLauncher, GuestSpec, TASK_ROOT};
+use voltrun_engine::{Engine, Invocation, InvocationResult, LocalEngine, LocalEngineConfig};
+use voltrun_storage::Store;
+
+/// Starts `voltrun-agent --no-init --once --unix <socket>` per guest, and maps the guest's paths
+/// (`/var/task`, `/var/runtime`) to the host directories the engine keeps them in.
+#[derive(Debug)]
+struct HostAgents {
+    sockets: PathBuf,
+    bootstraps: PathBuf,
+    /// Agents running now: a guest the engine ended must be gone.
+    running: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct HostAgent {
+    child: tokio::process::Child,
+    running: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl GuestBody for HostAgent {
+    async fn stop(mut self: Box<Self>) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl GuestLauncher for HostAgents {
+    fn describe(&self) -> String {
+        "the guest agent as a host process (test)".into()
+    }
+
+    fn runtimes(&self) -> Vec<String> {
+        voltrun_engine::detect_runtimes()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
+        let socket = self.sockets.join(format!("{}.sock", spec.name));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
+            .args(["--no-init", "--once", "--unix"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let body = Box::new(HostAgent {
+            child,
+            running: self.running.clone(),
+        });
+        match AgentSession::connect(&socket, AGENT_PORT, Duration::from_secs(10)).await {
+            Ok(session) => Ok(Guest { session, body }),
+            Err(e) => {
+                body.stop().await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn start_spec(&self, spec: &GuestSpec) -> StartSpec {
+        let code = spec.code_dir.display().to_string();
+        let bootstraps = self.bootstraps.display().to_string();
+        let host = |value: &str| {
+            value
+                .replace(TASK_ROOT, &code)
+                .replace("/var/runtime", &bootstraps)
+        };
+        StartSpec {
+            command: spec.command.iter().map(|c| host(c)).collect(),
+            env: spec.env.iter().map(|(k, v)| (k.clone(), host(v))).collect(),
+            cwd: code,
+            // Many agents share the host's loopback: each takes a free port.
+            runtime_api_port: 0,
+        }
+    }
+}
+
+struct Setup {
+    engine: Arc<LocalEngine>,
+    store: Arc<dyn Store>,
+    user: Uuid,
+    running: Arc<AtomicUsize>,
+    dir: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn setup() -> Setup {
+    let dir =
+        std::env::temp_dir().join(format!("vg-{}", &Uuid::new_v4().simple().to_string()[..12]));
+    std::fs::create_dir_all(dir.join("sockets")).unwrap();
+    let store =
+        voltrun_storage::connect(&format!("sqlite://{}", dir.join("db.sqlite").display()), 4)
+            .await
+            .unwrap();
+    let user = User {
+        id: Uuid::now_v7(),
+        email: "guests@example.com".into(),
+        name: None,
+        password_hash: "not used".into(),
+        created_at: voltrun_storage::now(),
+    };
+    store.create_user(&user).await.unwrap();
+    let work_dir = dir.join("engine");
+    let running = Arc::new(AtomicUsize::new(0));
+    let launcher = HostAgents {
+        sockets: dir.join("sockets"),
+        bootstraps: work_dir.join("runtime").join("bootstraps"),
+        running: running.clone(),
+    };
+    let config = LocalEngineConfig {
+        work_dir,
+        keep_alive: Duration::from_secs(600),
+        max_concurrency_per_function: 4,
+        memory_budget_mb: 4096,
+        queue_timeout: Duration::from_secs(10),
+        uid_base: 200_000,
+        uid_count: 100,
+        tmp_size_mb: 64,
+        max_processes: 64,
+        node: "test".into(),
+        selection: None,
+    };
+    let engine = LocalEngine::with_guests(
+        config,
+        store.clone(),
+        voltrun_engine::detect_runtimes(),
+        Arc::new(launcher),
+    )
+    .unwrap();
+    Setup {
+        engine,
+        store,
+        user: user.id,
+        running,
+        dir,
+    }
+}
+
+impl Setup {
+    fn runtime(&self, family: &str) -> String {
+        self.engine
+            .runtimes()
+            .iter()
+            .find(|r| r.id.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} runtime on this host"))
+            .id
+            .clone()
+    }
+
+    async fn deploy(
+        &self,
+        runtime: &str,
+        file: &str,
+        source: &str,
+        handler: &str,
+        timeout_s: i32,
+    ) -> FunctionRecord {
+        let now = voltrun_storage::now();
+        let function = FunctionRecord {
+            id: Uuid::now_v7(),
+            user_id: self.user,
+            name: format!("f-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            description: String::new(),
+            runtime: runtime.into(),
+            handler: handler.into(),
+            code_sha256: hex::encode(Sha256::digest(source.as_bytes())),
+            code_size_bytes: source.len() as i64,
+            code_kind: CodeKind::Source,
+            code_filename: Some(file.into()),
+            memory_mb: 128,
+            timeout_s,
+            env_ciphertext: vec![],
+            max_retries: 0,
+            max_concurrency: None,
+            min_instances: 0,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .create_function(&function, source.as_bytes())
+            .await
+            .unwrap();
+        function
+    }
+
+    async fn invoke(
+        &self,
+        function: &FunctionRecord,
+        event: serde_json::Value,
+    ) -> InvocationResult {
+        self.engine
+            .invoke(Invocation {
+                execution_id: Uuid::now_v7(),
+                function: function.clone(),
+                env: Default::default(),
+                event,
+            })
+            .await
+            .unwrap()
+    }
+}
+
+fn lines(result: &InvocationResult) -> Vec<String> {
+    result.logs.iter().map(|l| l.line.clone()).collect()
+}
+
+const PYTHON: &str = r#"
+import os, sys, time
+print("module loaded")
+
+def handler(event, context):
+    print("hello", event["name"], "from", context.function_name)
+    print("to stderr", file=sys.stderr)
+    return {"greeting": "hi " + event["name"], "request": context.aws_request_id,
+            "task_root": os.environ["LAMBDA_TASK_ROOT"] == os.getcwd()}
+
+def fail(event, context):
+    raise ValueError("bad input")
+
+def slow(event, context):
+    print("going to sleep")
+    time.sleep(30)
+
+def crash(event, context):
+    os._exit(3)
+"#;
+
+#[tokio::test]
+async fn python_through_guest_instances_warm_reuse_errors_timeouts_and_crashes() {
+    let setup = setup().await;
+    let runtime = setup.runtime("python");
+    let ok = setup
+        .deploy(&runtime, "app.py", PYTHON, "app.handler", 30)
+        .await;
+
+    let first = setup.invoke(&ok, serde_json::json!({"name": "ada"})).await;
+    let outcome = &first.outcome;
+    assert_eq!(
+        outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?} {:?}",
+        outcome.error,
+        lines(&first)
+    );
+    let output = outcome.output.as_ref().unwrap();
+    assert_eq!(output["greeting"], "hi ada");
+    assert_eq!(output["task_root"], true);
+    assert!(outcome.cold_start && outcome.init_duration_ms.is_some());
+    let log = lines(&first);
+    assert!(log[0].starts_with("START RequestId: "), "{log:?}");
+    for expected in ["module loaded", "to stderr", "END RequestId: "] {
+        assert!(
+            log.iter().any(|l| l.starts_with(expected)),
+            "no {expected:?} in {log:?}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l.starts_with("hello ada from f-")),
+        "{log:?}"
+    );
+    let report = log.last().unwrap();
+    assert!(
+        report.starts_with("REPORT RequestId: ") && report.contains("Init Duration"),
+        "{report}"
+    );
+
+    let second = setup.invoke(&ok, serde_json::json!({"name": "bob"})).await;
+    assert_eq!(second.outcome.status, ExecutionStatus::Succeeded);
+    assert!(!second.outcome.cold_start, "the warm guest was not reused");
+    assert_eq!(second.outcome.instance_id, outcome.instance_id);
+    assert!(
+        !lines(&second).iter().any(|l| l == "module loaded"),
+        "the module loaded again"
+    );
+    assert_eq!(setup.running.load(Ordering::SeqCst), 1);
+
+    let fail = setup
+        .deploy(&runtime, "app.py", PYTHON, "app.fail", 30)
+        .await;
+    let failed = setup.invoke(&fail, serde_json::json!({})).await;
+    assert_eq!(failed.outcome.status, ExecutionStatus::Failed);
+    let error = failed.outcome.error.as_ref().unwrap();
+    assert_eq!(error.error_type, "Runtime.Unhandled");
+    assert!(
+        error.message.contains("ValueError: bad input"),
+        "{}",
+        error.message
+    );
+    assert!(
+        lines(&failed).iter().any(|l| l.contains("Traceback")),
+        "{:?}",
+        lines(&failed)
+    );
+
+    let missing = setup
+        .deploy(&runtime, "app.py", PYTHON, "app.nothing", 30)
+        .await;
+    let not_found = setup.invoke(&missing, serde_json::json!({})).await;
+    assert_eq!(
+        not_found.outcome.error.as_ref().unwrap().error_type,
+        "Runtime.HandlerNotFound"
+    );
+
+    // The timeout ends the whole guest; the next invocation starts a new one.
+    let slow = setup
+        .deploy(&runtime, "app.py", PYTHON, "app.slow", 1)
+        .await;
+    let started = std::time::Instant::now();
+    let timed_out = setup.invoke(&slow, serde_json::json!({})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(timed_out.outcome.status, ExecutionStatus::TimedOut);
+    assert_eq!(
+        timed_out.outcome.error.as_ref().unwrap().error_type,
+        "Sandbox.Timedout"
+    );
+    assert!(
+        lines(&timed_out).iter().any(|l| l == "going to sleep"),
+        "{:?}",
+        lines(&timed_out)
+    );
+    let again = setup.invoke(&slow, serde_json::json!({})).await;
+    assert!(again.outcome.cold_start);
+
+    let crash = setup
+        .deploy(&runtime, "app.py", PYTHON, "app.crash", 30)
+        .await;
+    let crashed = setup.invoke(&crash, serde_json::json!({})).await;
+    assert_eq!(
+        crashed.outcome.error.as_ref().unwrap().error_type,
+        "Runtime.ExitError"
+    );
+
+    // Ended guests are gone: the warm ones left are `ok`, `fail` and `missing`'s (a handler that is
+    // not found fails its invocations, not its instance).
+    setup.engine.shutdown().await;
+    assert_eq!(
+        setup.running.load(Ordering::SeqCst),
+        0,
+        "guests outlived the engine"
+    );
+}
+
+#[tokio::test]
+async fn node_and_provided_through_guest_instances() {
+    let setup = setup().await;
+    let node = setup.runtime("nodejs");
+    let js = "exports.handler = async (event, context) => { console.log('node says', event.n); return { doubled: event.n * 2, fn: context.functionName }; };";
+    let function = setup
+        .deploy(&node, "index.js", js, "index.handler", 30)
+        .await;
+    let result = setup.invoke(&function, serde_json::json!({"n": 21})).await;
+    assert_eq!(
+        result.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?} {:?}",
+        result.outcome.error,
+        lines(&result)
+    );
+    assert_eq!(result.outcome.output.as_ref().unwrap()["doubled"], 42);
+    assert!(
+        lines(&result).iter().any(|l| l.ends_with("node says 21")),
+        "{:?}",
+        lines(&result)
+    );
+
+    // A shell bootstrap speaking the Runtime API with curl-less bash: /dev/tcp.
+    let bootstrap = r#"#!/bin/bash
+set -eu
+exec 3<>/dev/tcp/${AWS_LAMBDA_RUNTIME_API%:*}/${AWS_LAMBDA_RUNTIME_API#*:}
+while true; do
+  printf 'GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+  id=""; length=0
+  while IFS= read -r line <&3; do
+    line=${line%$'\r'}
+    [ -z "$line" ] && break
+    case "${line,,}" in
+      lambda-runtime-aws-request-id:*) id=${line#*: } ;;
+      content-length:*) length=${line#*: } ;;
+    esac
+  done
+  body=$(head -c "$length" <&3)
+  echo "provided got $body"
+  reply="{\"echo\":$body}"
+  printf 'POST /2018-06-01/runtime/invocation/%s/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s' "$id" "${#reply}" "$reply" >&3
+  while IFS= read -r line <&3; do line=${line%$'\r'}; [ -z "$line" ] && break; done
+done
+"#;
+    let provided = setup
+        .deploy("provided", "bootstrap", bootstrap, "unused", 30)
+        .await;
+    let echoed = setup.invoke(&provided, serde_json::json!({"k": 1})).await;
+    assert_eq!(
+        echoed.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?} {:?}",
+        echoed.outcome.error,
+        lines(&echoed)
+    );
+    assert_eq!(echoed.outcome.output.as_ref().unwrap()["echo"]["k"], 1);
+    assert!(
+        lines(&echoed)
+            .iter()
+            .any(|l| l == r#"provided got {"k":1}"#),
+        "{:?}",
+        lines(&echoed)
+    );
+    setup.engine.shutdown().await;
+    assert_eq!(setup.running.load(Ordering::SeqCst), 0);
+}

@@ -1,0 +1,426 @@
+//! The Firecracker backend's instances: one microVM per instance, whose guest agent starts the same
+//! bootstraps the namespace backend runs, serves them the same Lambda Runtime API on the guest's own
+//! loopback, and carries invocations, results, errors and log lines over vsock.
+//!
+//! Pools, limits, version drains and the execution records are the local engine's, shared with the
+//! namespace backend: only how an instance comes to be and how an invocation reaches it differ. A
+//! [`GuestLauncher`] makes guests; [`FirecrackerLauncher`] is the real one (a VM per guest, through
+//! [`voltrun_vm::VmManager`]). Tests that cannot boot a Linux guest on their host launch the agent as
+//! a host process behind the same handshake instead, through this same trait.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use chrono::Utc;
+use voltrun_agent::host::{AgentSession, InvokeOutcome, SessionError, StartOutcome};
+use voltrun_agent::protocol::{StartSpec, Stream};
+use voltrun_agent::vsock::AGENT_PORT;
+use voltrun_domain::execution::{LogLine, LogStream};
+use voltrun_vm::images::Manifest;
+use voltrun_vm::jailer::JailerConfig;
+use voltrun_vm::{ManagerConfig, Step, Vm, VmManager, VmSpec};
+
+use crate::instance::{Failure, INIT_TIMEOUT, InvokeResult};
+use crate::runtime_api::{InitFailure, RuntimeReply};
+
+/// What the engine asks of a guest: the runtime command and environment as the guest sees them
+/// (code at `/var/task`, bootstraps at `/var/runtime`), and the host directory holding the code.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub name: String,
+    /// The runtime identifier (`python3.11`, `nodejs20`, `provided`): which root image boots.
+    pub runtime: String,
+    pub memory_mb: u32,
+    /// The writable `/tmp` (a scratch disk in a VM).
+    pub tmp_mb: u32,
+    pub code_dir: PathBuf,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The Runtime API's port on the guest's loopback.
+    pub runtime_api_port: u16,
+}
+
+/// Ends a guest (a VM: kill the VMM, remove its files).
+#[async_trait]
+pub trait GuestBody: Send + Sync + fmt::Debug {
+    async fn stop(self: Box<Self>);
+}
+
+/// A guest whose agent has said hello.
+#[derive(Debug)]
+pub struct Guest {
+    pub session: AgentSession,
+    pub body: Box<dyn GuestBody>,
+}
+
+/// Makes guests.
+#[async_trait]
+pub trait GuestLauncher: Send + Sync + fmt::Debug {
+    /// What runs the guests, for `/health`.
+    fn describe(&self) -> String;
+    /// The runtimes it has guest images for.
+    fn runtimes(&self) -> Vec<String>;
+    /// Brings a guest up and connects to its agent. The error names the step that failed.
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String>;
+    /// The runtime's start request, with paths as this launcher's guests see them: a VM sees the
+    /// code at `/var/task` and the bootstraps at `/var/runtime`, as given.
+    fn start_spec(&self, spec: &GuestSpec) -> StartSpec {
+        StartSpec {
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            cwd: TASK_ROOT.into(),
+            runtime_api_port: spec.runtime_api_port,
+        }
+    }
+}
+
+/// Where a guest finds the function's code.
+pub const TASK_ROOT: &str = "/var/task";
+
+/// How the Firecracker backend runs its VMs.
+#[derive(Debug, Clone)]
+pub struct FirecrackerConfig {
+    pub firecracker: PathBuf,
+    /// Run each VMM through the jailer, when set.
+    pub jailer: Option<JailerConfig>,
+    /// Where VM directories (sockets, scratch disks, logs) live; swept at start.
+    pub run_dir: PathBuf,
+    /// Where `voltrun vm images build` put the kernel and root images.
+    pub images_dir: PathBuf,
+    /// How long a guest may take from `InstanceStart` to its agent's hello.
+    pub boot_timeout: Duration,
+}
+
+/// Boots one Firecracker microVM per guest from the verified image set.
+#[derive(Debug)]
+pub struct FirecrackerLauncher {
+    manager: VmManager,
+    manifest: Manifest,
+    images_dir: PathBuf,
+    boot_timeout: Duration,
+}
+
+impl FirecrackerLauncher {
+    /// Takes the run directory (sweeping what a crashed server left) and verifies the images.
+    pub async fn new(config: FirecrackerConfig) -> Result<Self, String> {
+        let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
+        if manifest.kernel.is_none() {
+            return Err(format!(
+                "the image set in {} has no guest kernel",
+                config.images_dir.display()
+            ));
+        }
+        manifest
+            .verify(&config.images_dir)
+            .map_err(|e| e.to_string())?;
+        let mut manager_config = ManagerConfig::new(&config.run_dir, &config.firecracker);
+        manager_config.jailer = config.jailer;
+        let (manager, swept) = VmManager::new(manager_config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !swept.vms.is_empty() {
+            tracing::info!(
+                vms = swept.vms.len(),
+                killed = swept.killed.len(),
+                "removed microVMs a previous server left behind"
+            );
+        }
+        Ok(Self {
+            manager,
+            manifest,
+            images_dir: config.images_dir,
+            boot_timeout: config.boot_timeout,
+        })
+    }
+
+    fn vm_spec(&self, spec: &GuestSpec, code: PathBuf) -> Result<VmSpec, String> {
+        let root = self
+            .manifest
+            .rootfs
+            .iter()
+            .find(|r| r.runtime == spec.runtime)
+            .ok_or_else(|| {
+                format!(
+                    "{}: no guest image for runtime {} (rebuild them with `voltrun vm images build`)",
+                    Step::Prepare,
+                    spec.runtime
+                )
+            })?;
+        let kernel = self
+            .manifest
+            .kernel
+            .as_ref()
+            .ok_or_else(|| format!("{}: the image set has no guest kernel", Step::Prepare))?;
+        // The function's memory is the guest's: the kernel and the agent live in it too, as
+        // Lambda's sandbox overhead lives in the function's memory. Below 128 MiB a guest kernel
+        // with a runtime does not fit.
+        let mem_mib = spec.memory_mb.max(128);
+        Ok(VmSpec {
+            vcpu_count: VmSpec::vcpus_for_memory(mem_mib),
+            mem_mib,
+            kernel: self.images_dir.join(&kernel.file),
+            boot_args: self.manifest.boot_args.clone(),
+            initrd: self
+                .manifest
+                .initrd
+                .as_ref()
+                .map(|i| self.images_dir.join(&i.file)),
+            rootfs: self.images_dir.join(&root.image.file),
+            scratch_mib: spec.tmp_mb.max(1),
+            code: Some(code),
+        })
+    }
+}
+
+/// A VM as a guest body.
+#[derive(Debug)]
+struct VmBody(Vm);
+
+#[async_trait]
+impl GuestBody for VmBody {
+    async fn stop(self: Box<Self>) {
+        let exit = self.0.stop().await;
+        if !exit.cleanup_errors.is_empty() {
+            tracing::warn!(errors = ?exit.cleanup_errors, "a microVM left files behind");
+        }
+    }
+}
+
+#[async_trait]
+impl GuestLauncher for FirecrackerLauncher {
+    fn describe(&self) -> String {
+        let runtimes: Vec<&str> = self
+            .manifest
+            .rootfs
+            .iter()
+            .map(|r| r.runtime.as_str())
+            .collect();
+        format!(
+            "Firecracker microVMs ({}), guest images for {} in {}",
+            if self.manager.config().jailer.is_some() {
+                "jailed"
+            } else {
+                "not jailed"
+            },
+            runtimes.join(", "),
+            self.images_dir.display()
+        )
+    }
+
+    fn runtimes(&self) -> Vec<String> {
+        self.manifest
+            .rootfs
+            .iter()
+            .map(|r| r.runtime.clone())
+            .collect()
+    }
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
+        let code = code_image(&spec.code_dir).await?;
+        let vm_spec = self.vm_spec(spec, code)?;
+        let mut vm = self
+            .manager
+            .spawn(vm_spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        // From here on, dropping `vm` kills the VMM and removes its files.
+        vm.configure().await.map_err(|e| e.to_string())?;
+        vm.start().await.map_err(|e| e.to_string())?;
+        let vsock = vm.vsock_path();
+        let session = tokio::select! {
+            session = AgentSession::connect(&vsock, AGENT_PORT, self.boot_timeout) => session.map_err(|e| {
+                format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
+            }),
+            exit = vm.wait_exit() => Err(format!(
+                "{}: the VMM exited ({}) before the guest agent said hello; last output: {}",
+                Step::AgentConnect,
+                exit.status,
+                exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+            )),
+        }?;
+        Ok(Guest {
+            session,
+            body: Box::new(VmBody(vm)),
+        })
+    }
+}
+
+/// The function's code as a read-only ext4 image next to its directory (`<sha256>.ext4`), made once
+/// and shared by every VM with that code.
+async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
+    let image = code_dir.with_extension("ext4");
+    if image.is_file() {
+        return Ok(image);
+    }
+    let (dir, target) = (code_dir.to_path_buf(), image.clone());
+    tokio::task::spawn_blocking(move || {
+        // Made under a unique name and renamed: two cold starts of the same code never see half an
+        // image.
+        let staging = target.with_extension(format!("ext4.{}", uuid::Uuid::new_v4().simple()));
+        let made = voltrun_vm::image_build::make_ext4(&dir, &staging, "code").and_then(|()| {
+            std::fs::rename(&staging, &target).map_err(|e| {
+                voltrun_vm::image_build::BuildError::Tool(format!("renaming the image: {e}"))
+            })
+        });
+        if made.is_err() {
+            let _ = std::fs::remove_file(&staging);
+        }
+        made
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{}: making the code image: {e}", Step::Prepare))?;
+    Ok(image)
+}
+
+/// One guest serving one runtime: the engine's view of a microVM instance.
+#[derive(Debug)]
+pub struct GuestInstance {
+    guest: Option<Guest>,
+    healthy: bool,
+    /// Lines taken from a guest that was stopped before the engine collected them.
+    orphaned_logs: Vec<LogLine>,
+}
+
+impl GuestInstance {
+    /// Launches a guest and starts the runtime in it; ready when the runtime asks for its first
+    /// invocation. On failure, returns what the runtime wrote meanwhile.
+    pub async fn start(
+        launcher: &dyn GuestLauncher,
+        spec: GuestSpec,
+    ) -> Result<Self, (Failure, Vec<LogLine>)> {
+        let mut guest = launcher
+            .launch(&spec)
+            .await
+            .map_err(|e| (Failure::Sandbox(e), vec![]))?;
+        let start = launcher.start_spec(&spec);
+        let failure = match guest.session.start(start, INIT_TIMEOUT).await {
+            Ok(StartOutcome::Ready { .. }) => {
+                return Ok(Self {
+                    guest: Some(guest),
+                    healthy: true,
+                    orphaned_logs: Vec::new(),
+                });
+            }
+            Ok(StartOutcome::InitError {
+                error_type,
+                message,
+            }) => Failure::Init(InitFailure {
+                error_type,
+                message,
+            }),
+            Ok(StartOutcome::Exited { status }) => Failure::Exited {
+                status,
+                out_of_memory: false,
+            },
+            Err(SessionError::Timeout { .. }) => Failure::TimedOut,
+            Err(e) => Failure::Sandbox(e.to_string()),
+        };
+        let logs = log_lines(guest.session.take_logs());
+        guest.body.stop().await;
+        Err((failure, logs))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy && self.guest.is_some()
+    }
+
+    /// Runs one invocation. A timeout or a broken connection ends the guest before this returns.
+    pub async fn invoke(
+        &mut self,
+        request_id: &str,
+        event: Bytes,
+        deadline_unix_ms: i64,
+        timeout: Duration,
+        function_arn: &str,
+    ) -> InvokeResult {
+        let Some(guest) = self.guest.as_mut() else {
+            return InvokeResult::Failed(Failure::Sandbox("the microVM is gone".into()));
+        };
+        let outcome = guest
+            .session
+            .invoke(
+                request_id,
+                event.to_vec(),
+                deadline_unix_ms,
+                function_arn,
+                timeout,
+            )
+            .await;
+        let result = match outcome {
+            Ok(InvokeOutcome::Response(payload)) => {
+                InvokeResult::Replied(RuntimeReply::Response(Bytes::from(payload)))
+            }
+            Ok(InvokeOutcome::Error {
+                error_type,
+                message,
+            }) => InvokeResult::Replied(RuntimeReply::Error {
+                error_type,
+                message,
+            }),
+            Ok(InvokeOutcome::TooLarge(size)) => InvokeResult::Replied(
+                RuntimeReply::ResponseTooLarge(usize::try_from(size).unwrap_or(usize::MAX)),
+            ),
+            Ok(InvokeOutcome::Exited { status }) => {
+                self.healthy = false;
+                InvokeResult::Failed(Failure::Exited {
+                    status,
+                    out_of_memory: false,
+                })
+            }
+            Err(SessionError::Timeout { .. }) => {
+                self.healthy = false;
+                InvokeResult::Failed(Failure::TimedOut)
+            }
+            Err(e) => {
+                self.healthy = false;
+                InvokeResult::Failed(Failure::Sandbox(format!("the microVM's agent: {e}")))
+            }
+        };
+        if !self.healthy {
+            // The whole guest goes, with every process in it, before the caller hears of it.
+            self.stop_guest().await;
+        }
+        result
+    }
+
+    /// The lines the runtime wrote since the last call. The agent sends an invocation's lines
+    /// before its result, so they are all here once the result is.
+    pub fn finish_logs(&mut self) -> Vec<LogLine> {
+        let mut lines = std::mem::take(&mut self.orphaned_logs);
+        if let Some(guest) = self.guest.as_mut() {
+            lines.extend(log_lines(guest.session.take_logs()));
+        }
+        lines
+    }
+
+    async fn stop_guest(&mut self) {
+        if let Some(mut guest) = self.guest.take() {
+            self.orphaned_logs
+                .extend(log_lines(guest.session.take_logs()));
+            guest.session.shutdown().await;
+            guest.body.stop().await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_guest().await;
+    }
+}
+
+fn log_lines(entries: Vec<voltrun_agent::host::LogEntry>) -> Vec<LogLine> {
+    entries
+        .into_iter()
+        .map(|entry| LogLine {
+            timestamp: Utc::now(),
+            stream: match entry.stream {
+                Stream::Stdout => LogStream::Stdout,
+                Stream::Stderr => LogStream::Stderr,
+            },
+            line: entry.line,
+        })
+        .collect()
+}

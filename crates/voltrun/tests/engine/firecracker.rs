@@ -1,0 +1,240 @@
+//! The Firecracker backend (`ENGINE_BACKEND=firecracker`) driven over HTTP with the real Firecracker
+//! binary, up to the boot: this suite's hosts cannot boot a Linux guest (docs/firecracker.md), so
+//! the image set's "kernel" is a tiny guest that spins ([`voltrun_vm::guest_probe::spin_kernel`]).
+//! The server checks the images, starts a VMM per instance, configures it (memory, vCPUs, kernel,
+//! read-only root image, scratch disk, the function's code as a read-only drive, vsock), starts it,
+//! and waits for the guest agent; the agent never answers, so the invocation fails with an error that
+//! names that step, and nothing of the VM is left behind. What happens after a boot — the agent, the
+//! bootstraps, the Runtime API, pools, errors, timeouts and logs through guest instances — is tested
+//! in crates/agent/tests/engine_guests.rs. `auto` is tested here too: with no bootable guest it
+//! picks the namespace sandbox and says why in /health.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use voltrun_vm::binaries::BinarySearch;
+use voltrun_vm::images::{FORMAT, ImageFile, Manifest, RootImage};
+
+use super::helpers::{Backend, TestApp};
+use super::{deploy, engine_app, invoke, skip};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The real Firecracker binary and a usable /dev/kvm, or why not.
+fn firecracker() -> Result<PathBuf, String> {
+    let mut search = BinarySearch::from_env();
+    search.install_dir = Some(repo_root().join("target/firecracker/bin"));
+    let binary = search.firecracker().map_err(|e| e.to_string())?.path;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm is not usable: {e}"))?;
+    Ok(binary)
+}
+
+/// An image set whose kernel spins and whose one root image (for `provided`) is an empty ext4.
+fn spinning_image_set(dir: &Path) -> PathBuf {
+    let images = dir.join("spin-images");
+    std::fs::create_dir_all(images.join("empty-root")).unwrap();
+    std::fs::write(
+        images.join("vmlinux"),
+        voltrun_vm::guest_probe::spin_kernel(),
+    )
+    .unwrap();
+    voltrun_vm::image_build::make_ext4(
+        &images.join("empty-root"),
+        &images.join("provided.ext4"),
+        "provided",
+    )
+    .unwrap();
+    Manifest {
+        format: FORMAT,
+        kernel: Some(ImageFile::describe(&images, "vmlinux").unwrap()),
+        initrd: None,
+        boot_args: voltrun_vm::image_build::BOOT_ARGS.into(),
+        rootfs: vec![RootImage {
+            runtime: "provided".into(),
+            image: ImageFile::describe(&images, "provided.ext4").unwrap(),
+        }],
+        agent_sha256: String::new(),
+        inputs_sha256: String::new(),
+    }
+    .save(&images)
+    .unwrap();
+    images
+}
+
+/// Firecracker processes whose command line mentions `needle`.
+fn vmms_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("firecracker") && cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_failed() {
+    let test = "firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_failed";
+    let binary = match firecracker() {
+        Ok(binary) => binary,
+        Err(why) => return skip(test, &why),
+    };
+    let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
+    let images = spinning_image_set(&scratch);
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.engine_backend = Some("firecracker".into());
+        raw.firecracker_bin = Some(binary.display().to_string());
+        raw.vm_images_dir = Some(images.display().to_string());
+        raw.vm_boot_timeout_ms = Some("1500".into());
+    })
+    .await;
+    let health = app
+        .send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    let engine = &health.body["engine"];
+    assert_eq!(engine["backend"], "firecracker", "{health:?}");
+    assert!(
+        engine["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Firecracker microVMs"),
+        "{engine}"
+    );
+    let user = app.register().await;
+    let token = &user.access_token;
+    // Only runtimes with a guest image are offered.
+    let runtimes = app.get("/api/runtimes", token).await.expect(200).body;
+    let ids: Vec<&str> = runtimes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["provided"]);
+
+    let id = deploy(
+        &app,
+        token,
+        "spins",
+        "provided",
+        "function.handler",
+        &[("bootstrap", "#!/bin/sh\nexit 0\n")],
+        json!({}),
+    )
+    .await;
+    let started = Instant::now();
+    let execution = invoke(&app, token, &id, json!({})).await;
+    let took = started.elapsed();
+    assert_eq!(execution["status"], "failed", "{execution}");
+    assert_eq!(
+        execution["error"]["type"], "Platform.SandboxError",
+        "{execution}"
+    );
+    let message = execution["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("vm.agent_connect") && message.contains("did not answer"),
+        "{message}"
+    );
+    // The boot deadline (1.5 s), not the function's timeout, bounded the wait.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // The VM went with the failed start: no VMM, no VM directory, no socket or scratch disk.
+    let run_dir = app.data_dir().join("vm").join("run");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(&run_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("vm-"))
+            .collect();
+        let vmms = vmms_mentioning(&run_dir.display().to_string());
+        if left.is_empty() && vmms.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}, {vmms:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The code drive was made once, next to the code, for every VM with that code.
+    let code_images = std::fs::read_dir(app.data_dir().join("engine").join("code"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ext4"))
+        .count();
+    assert_eq!(code_images, 1);
+    drop(app);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_backend_refuses_to_start_without_verified_images() {
+    let binary = match firecracker() {
+        Ok(binary) => binary,
+        Err(why) => {
+            return skip(
+                "firecracker_backend_refuses_to_start_without_verified_images",
+                &why,
+            );
+        }
+    };
+    let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
+    let images = spinning_image_set(&scratch);
+    // A root image that no longer matches its checksum.
+    std::fs::write(images.join("provided.ext4"), b"tampered").unwrap();
+    let data_dir = scratch.join("data");
+    let raw = voltrun::config::RawSettings {
+        port: Some("0".into()),
+        bind_address: Some("127.0.0.1".into()),
+        data_dir: Some(data_dir.display().to_string()),
+        jwt_secret: Some("x".repeat(40)),
+        engine_backend: Some("firecracker".into()),
+        firecracker_bin: Some(binary.display().to_string()),
+        vm_images_dir: Some(images.display().to_string()),
+        ..Default::default()
+    };
+    let settings = voltrun::config::Settings::from_raw(raw).unwrap();
+    let error = voltrun::startup::Application::build(&settings)
+        .await
+        .expect_err("a server with tampered images started");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("ENGINE_BACKEND=firecracker") && message.contains("sha256"),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why() {
+    let Some(app) = engine_app(
+        "auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why",
+        |raw| raw.engine_backend = Some("auto".into()),
+    )
+    .await
+    else {
+        return;
+    };
+    let health = app
+        .send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    let engine = &health.body["engine"];
+    assert_eq!(engine["backend"], "namespace", "{engine}");
+    let detail = engine["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ENGINE_BACKEND=auto; not Firecracker:"),
+        "{detail}"
+    );
+}
