@@ -224,6 +224,53 @@ impl ApiClient {
         self.put(Step::ConfigureVsock, "/vsock", vsock).await
     }
 
+    /// `PATCH /vm`: pauses (`true`) or resumes the guest's vCPUs.
+    pub async fn set_paused(&self, paused: bool) -> Result<(), VmError> {
+        let state = if paused { "Paused" } else { "Resumed" };
+        let body = serde_json::to_vec(&serde_json::json!({ "state": state })).map_err(|e| {
+            VmError::Protocol {
+                step: Step::Pause,
+                detail: e.to_string(),
+            }
+        })?;
+        self.call(Step::Pause, Method::PATCH, "/vm", Some(body))
+            .await
+            .map(drop)
+    }
+
+    /// `PUT /snapshot/create`: a full snapshot of a paused VM (device state and guest memory, to
+    /// paths as the VMM sees them).
+    pub async fn create_snapshot(
+        &self,
+        state_path: &str,
+        memory_path: &str,
+    ) -> Result<(), VmError> {
+        self.put(
+            Step::Snapshot,
+            "/snapshot/create",
+            &serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": state_path,
+                "mem_file_path": memory_path,
+            }),
+        )
+        .await
+    }
+
+    /// `PUT /snapshot/load` into a VMM that has not been configured, and resume the guest.
+    pub async fn load_snapshot(&self, state_path: &str, memory_path: &str) -> Result<(), VmError> {
+        self.put(
+            Step::Restore,
+            "/snapshot/load",
+            &serde_json::json!({
+                "snapshot_path": state_path,
+                "mem_backend": { "backend_type": "File", "backend_path": memory_path },
+                "resume_vm": true,
+            }),
+        )
+        .await
+    }
+
     pub async fn instance_start(&self) -> Result<(), VmError> {
         self.put(
             Step::Start,

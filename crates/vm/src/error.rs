@@ -24,6 +24,12 @@ pub enum Step {
     Describe,
     /// Connecting to the guest agent over vsock and waiting for its hello.
     AgentConnect,
+    /// Pausing, or resuming, the guest (`PATCH /vm`).
+    Pause,
+    /// `PUT /snapshot/create`.
+    Snapshot,
+    /// `PUT /snapshot/load`.
+    Restore,
     Stop,
     Cleanup,
 }
@@ -41,6 +47,9 @@ impl Step {
             Step::Start => "vm.start",
             Step::Describe => "vm.describe",
             Step::AgentConnect => "vm.agent_connect",
+            Step::Pause => "vm.pause",
+            Step::Snapshot => "vm.snapshot",
+            Step::Restore => "vm.restore",
             Step::Stop => "vm.stop",
             Step::Cleanup => "vm.cleanup",
         }

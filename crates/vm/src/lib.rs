@@ -23,4 +23,4 @@ pub mod jailer;
 pub mod manager;
 
 pub use error::{Step, VmError};
-pub use manager::{ExitInfo, ManagerConfig, SweepReport, Timings, Vm, VmManager, VmSpec};
+pub use manager::{ExitInfo, ManagerConfig, Snapshot, SweepReport, Timings, Vm, VmManager, VmSpec};

@@ -348,7 +348,8 @@ impl VmManager {
                 c.arg("--api-sock")
                     .arg(&layout.api_socket)
                     .arg("--id")
-                    .arg(&id);
+                    .arg(&id)
+                    .current_dir(&layout.dir);
                 c
             }
         };
@@ -389,6 +390,56 @@ impl VmManager {
         vm.wait_api_ready(self.config.api_timeout).await?;
         vm.timings.api_ready = Some(started.elapsed());
         Ok(vm)
+    }
+
+    /// Starts a VMM and loads `snapshot` into it, resumed: the guest carries on where the snapshot
+    /// was taken, with no boot. `spec` is the spec of the VM it was taken from (the root image and
+    /// code drive are where they were; the scratch disk is this VM's copy of the snapshot's).
+    pub async fn restore(&self, spec: VmSpec, snapshot: &Snapshot) -> Result<Vm, VmError> {
+        let mut vm = self.spawn(spec).await?;
+        match Self::load(&mut vm, snapshot).await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                // Gone, files and all, before the caller hears of it.
+                vm.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(vm: &mut Vm, snapshot: &Snapshot) -> Result<(), VmError> {
+        let started = Instant::now();
+        let step = Step::Restore;
+        if let Some(disk) = &snapshot.scratch {
+            let target = if vm.layout.jailed {
+                vm.layout.host(&format!("/{SCRATCH}"))
+            } else {
+                vm.layout.dir.join(SCRATCH)
+            };
+            sparse_copy(disk, &target, step).await?;
+            if let (true, Some(owner)) = (vm.layout.jailed, vm.jail_owner()) {
+                std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)).map_err(|e| {
+                    VmError::io(
+                        step,
+                        "handing the scratch disk to the jail user",
+                        &target,
+                        e,
+                    )
+                })?;
+            }
+        }
+        let state = vm.place(&snapshot.state, &format!("/{SNAPSHOT_STATE}"), step)?;
+        let memory = vm.place(&snapshot.memory, &format!("/{SNAPSHOT_MEMORY}"), step)?;
+        let loaded = vm.api.load_snapshot(&state, &memory).await;
+        if let Err(VmError::Transport { .. }) = &loaded {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(error) = vm.exited_error(step) {
+                return Err(error);
+            }
+        }
+        loaded?;
+        vm.timings.restore = Some(started.elapsed());
+        Ok(())
     }
 
     fn next_guest_cid(&self) -> u32 {
@@ -447,7 +498,21 @@ pub struct Timings {
     pub configure: Option<Duration>,
     /// The `InstanceStart` request.
     pub start: Option<Duration>,
+    /// Loading a snapshot into the VMM, resumed (a restored VM is neither configured nor started).
+    pub restore: Option<Duration>,
 }
+
+/// A full snapshot of a VM, on the host: its device state, its memory and, when it has one, a copy
+/// of its scratch disk as it was (the guest's page cache in the memory file refers to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+    pub scratch: Option<PathBuf>,
+}
+
+const SNAPSHOT_STATE: &str = "snapshot.state";
+const SNAPSHOT_MEMORY: &str = "snapshot.mem";
 
 /// One microVM. Dropping it kills the VMM (the watcher then cleans up); [`Vm::stop`] does the same
 /// and waits until everything is gone.
@@ -505,14 +570,21 @@ impl Vm {
 
     /// The host side of the VM's vsock device: connect here and send `CONNECT <port>\n`.
     pub fn vsock_path(&self) -> PathBuf {
-        self.layout.host(&self.vsock_inner())
+        if self.layout.jailed {
+            self.layout.host(&self.vsock_inner())
+        } else {
+            self.layout.dir.join(VSOCK)
+        }
     }
 
+    /// The vsock socket as the VMM names it: relative to its working directory (the VM's directory,
+    /// or the jail's root), so that a snapshot, which records the name, restores into another VM's
+    /// directory rather than onto the socket of the VM it was taken from.
     fn vsock_inner(&self) -> String {
         if self.layout.jailed {
             format!("/{VSOCK}")
         } else {
-            self.layout.dir.join(VSOCK).display().to_string()
+            VSOCK.to_string()
         }
     }
 
@@ -658,8 +730,9 @@ impl Vm {
             let host = self.layout.host(&inner);
             (inner, host)
         } else {
-            let host = self.layout.dir.join(SCRATCH);
-            (host.display().to_string(), host)
+            // Relative to the VMM's working directory (the VM's), as the vsock socket is: a snapshot
+            // restored into another VM's directory then finds that VM's copy of the disk.
+            (SCRATCH.to_string(), self.layout.dir.join(SCRATCH))
         };
         let step = Step::ConfigureDrive;
         let file = std::fs::File::create(&host)
@@ -721,6 +794,56 @@ impl Vm {
         Ok(())
     }
 
+    /// Pauses the guest, writes a full snapshot into `dir` (which must exist), and resumes the guest.
+    pub async fn snapshot(&mut self, dir: &Path) -> Result<Snapshot, VmError> {
+        let step = Step::Snapshot;
+        self.api.set_paused(true).await?;
+        let (state_inner, memory_inner) = if self.layout.jailed {
+            (format!("/{SNAPSHOT_STATE}"), format!("/{SNAPSHOT_MEMORY}"))
+        } else {
+            let at = |name: &str| dir.join(name).display().to_string();
+            (at(SNAPSHOT_STATE), at(SNAPSHOT_MEMORY))
+        };
+        let created = self.api.create_snapshot(&state_inner, &memory_inner).await;
+        // The disk is copied while the guest is still paused: it matches the memory image.
+        let scratch = match (&created, self.spec.scratch_mib > 0) {
+            (Ok(()), true) => {
+                let disk = if self.layout.jailed {
+                    self.layout.host(&format!("/{SCRATCH}"))
+                } else {
+                    self.layout.dir.join(SCRATCH)
+                };
+                let copy = dir.join(SCRATCH);
+                sparse_copy(&disk, &copy, step).await?;
+                Some(copy)
+            }
+            _ => None,
+        };
+        let resumed = self.api.set_paused(false).await;
+        created?;
+        resumed?;
+        let snapshot = Snapshot {
+            state: dir.join(SNAPSHOT_STATE),
+            memory: dir.join(SNAPSHOT_MEMORY),
+            scratch,
+        };
+        if self.layout.jailed {
+            // Written inside the jail: moved out to where the caller asked.
+            for (inner, target) in [
+                (&state_inner, &snapshot.state),
+                (&memory_inner, &snapshot.memory),
+            ] {
+                let source = self.layout.host(inner);
+                if std::fs::rename(&source, target).is_err() {
+                    std::fs::copy(&source, target)
+                        .and_then(|_| std::fs::remove_file(&source))
+                        .map_err(|e| VmError::io(step, "moving out of the jail", &source, e))?;
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
     /// `GET /vm/config`: the configuration Firecracker holds.
     pub async fn read_config(&self) -> Result<VmConfig, VmError> {
         self.api.vm_config().await
@@ -747,7 +870,7 @@ impl Vm {
                 path_on_host: if self.layout.jailed {
                     format!("/{SCRATCH}")
                 } else {
-                    self.layout.dir.join(SCRATCH).display().to_string()
+                    SCRATCH.to_string()
                 },
                 is_root_device: false,
                 is_read_only: false,
@@ -957,6 +1080,28 @@ async fn wait_gone(pid: u32) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies a (sparse) disk image keeping its holes: a mostly empty scratch disk stays small.
+async fn sparse_copy(source: &Path, target: &Path, step: Step) -> Result<(), VmError> {
+    let output = tokio::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(source)
+        .arg(target)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| VmError::io(step, "running cp for", source, e))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(VmError::io(
+            step,
+            "copying",
+            source,
+            std::io::Error::other(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+        ))
     }
 }
 

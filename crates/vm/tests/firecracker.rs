@@ -147,8 +147,12 @@ async fn configure_then_read_back_the_same_configuration() {
         held.network_interfaces.is_empty(),
         "no network interface is configured"
     );
+    // The scratch disk and the vsock socket are named relative to the VMM's working directory, the
+    // VM's own (so that snapshots restore into another VM's directory).
     let scratch = &held.drives[1].path_on_host;
-    assert!(Path::new(scratch).starts_with(vm.dir()), "{scratch}");
+    assert_eq!(scratch, "scratch.ext4");
+    assert!(vm.dir().join(scratch).is_file());
+    assert!(vm.vsock_path().starts_with(vm.dir()));
     let info = vm.api().instance_info().await.unwrap();
     assert_eq!(info.state, "Not started");
     assert_eq!(info.vmm_version, "1.12.1");
@@ -278,6 +282,84 @@ async fn kvm_instance_start_runs_a_tiny_guest_and_stop_removes_everything() {
     assert!(exit.requested && exit.cleanup_errors.is_empty(), "{exit:?}");
     assert!(process_gone(pid));
     assert!(!vm_dir.exists());
+}
+
+#[tokio::test]
+async fn kvm_snapshot_of_a_running_guest_restores_into_a_new_vmm_after_the_first_is_gone() {
+    let test = "kvm_snapshot_of_a_running_guest_restores_into_a_new_vmm_after_the_first_is_gone";
+    if let Some(why) = kvm_unusable() {
+        return skip(test, &why);
+    }
+    let dir = TempDir::new("snapshot");
+    let manager = manager(&dir).await;
+    let spec = spec(&dir, &guest_probe::spin_kernel());
+    let mut source = manager.spawn(spec.clone()).await.unwrap();
+    source.configure().await.unwrap();
+    source.start().await.unwrap();
+    let snapshots = dir.0.join("snapshot");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    let taken = std::time::Instant::now();
+    let snapshot = source.snapshot(&snapshots).await.unwrap();
+    let took = taken.elapsed();
+    // The source runs on, resumed.
+    assert_eq!(source.api().instance_info().await.unwrap().state, "Running");
+    let memory = std::fs::metadata(&snapshot.memory).unwrap().len();
+    assert_eq!(
+        memory,
+        128 << 20,
+        "the memory file holds the guest's 128 MiB"
+    );
+    assert!(snapshot.state.is_file() && snapshot.scratch.as_ref().is_some_and(|s| s.is_file()));
+    // The snapshot must not depend on the VM it came from: its directory, sockets and scratch
+    // disk go first.
+    let exit = source.stop().await;
+    assert!(exit.cleanup_errors.is_empty(), "{exit:?}");
+
+    let mut restored = manager.restore(spec, &snapshot).await.unwrap();
+    assert_eq!(
+        restored.api().instance_info().await.unwrap().state,
+        "Running"
+    );
+    assert!(
+        restored.vsock_path().exists(),
+        "the restored VMM listens on its own vsock socket"
+    );
+    assert!(restored.vsock_path().starts_with(restored.dir()));
+    let config = restored.read_config().await.unwrap();
+    assert_eq!(config.machine_config.mem_size_mib, 128);
+    let timings = restored.timings();
+    say(&format!(
+        "MEASURED firecracker: snapshot of a running 128 MiB guest {:.1} ms; restore (VMM start to API ready {:.1} ms, then load + resume {:.1} ms)",
+        took.as_secs_f64() * 1e3,
+        timings.api_ready.unwrap().as_secs_f64() * 1e3,
+        timings.restore.unwrap().as_secs_f64() * 1e3
+    ));
+    // A second snapshot, of the restored VM, works the same way.
+    let again = dir.0.join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    restored.snapshot(&again).await.unwrap();
+    let pid = restored.pid();
+    let exit = restored.stop().await;
+    assert!(exit.requested && exit.cleanup_errors.is_empty(), "{exit:?}");
+    assert!(process_gone(pid));
+    assert_eq!(run_dir_is_empty(&dir), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn restoring_a_missing_snapshot_names_the_restore_step() {
+    let dir = TempDir::new("no-snapshot");
+    let manager = manager(&dir).await;
+    let missing = voltrun_vm::Snapshot {
+        state: dir.0.join("nothing.state"),
+        memory: dir.0.join("nothing.mem"),
+        scratch: None,
+    };
+    let error = manager
+        .restore(spec(&dir, &guest_probe::spin_kernel()), &missing)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().starts_with("vm.restore"), "{error}");
+    assert_eq!(run_dir_is_empty(&dir), Vec::<String>::new());
 }
 
 #[tokio::test]
