@@ -39,7 +39,15 @@ elif ! command -v bwrap >/dev/null 2>&1; then
   sandbox_missing="bubblewrap is not installed (apt-get install bubblewrap)"
 fi
 
-cargo test --workspace "$@"
+# Tests that cannot run on this host print "SKIPPED <test>: <why>"; they are listed again at the end.
+test_log=$(mktemp)
+trap 'rm -f "$test_log"; stop_throwaway_postgres' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$test_log"
+
+if grep -q '^SKIPPED ' "$test_log"; then
+  echo "test.sh: these tests did NOT run on this host (they are not counted as passed):" >&2
+  grep '^SKIPPED ' "$test_log" | sort -u | sed 's/^/  /' >&2
+fi
 
 if [ -n "$sandbox_missing" ]; then
   echo "test.sh: NOTE: the execution-engine tests (crates/voltrun/tests/engine) did not run: $sandbox_missing." >&2

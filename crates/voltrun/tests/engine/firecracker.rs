@@ -238,3 +238,79 @@ async fn auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why(
         "{detail}"
     );
 }
+
+/// The full boot: runs only where `voltrun vm doctor`'s boot probe passes with the images in
+/// `VM_IMAGES_DIR` (default `data/vm/images`, as `voltrun vm images build` writes them); elsewhere
+/// it prints the probe's reason and does not count as passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_boot_runs_python_and_node_functions_in_microvms() {
+    let test = "full_boot_runs_python_and_node_functions_in_microvms";
+    let binary = match firecracker() {
+        Ok(binary) => binary,
+        Err(why) => return skip(test, &why),
+    };
+    let images = std::env::var_os("VM_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("data/vm/images"));
+    let mut search = BinarySearch::from_env();
+    search.firecracker_bin = Some(binary.clone());
+    let probe = voltrun_vm::doctor::capability(&voltrun_vm::doctor::DoctorConfig {
+        search,
+        images_dir: images.clone(),
+        boot_deadline: Duration::from_secs(30),
+    })
+    .await;
+    if !probe.usable {
+        return skip(
+            test,
+            &format!("no guest boots on this host: {}", probe.reason),
+        );
+    }
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.engine_backend = Some("firecracker".into());
+        raw.firecracker_bin = Some(binary.display().to_string());
+        raw.vm_images_dir = Some(images.display().to_string());
+        raw.vm_boot_timeout_ms = Some("30000".into());
+    })
+    .await;
+    let user = app.register().await;
+    let token = &user.access_token;
+    let runtimes = app.get("/api/runtimes", token).await.expect(200).body;
+    for runtime in runtimes.as_array().unwrap() {
+        let runtime = runtime["id"].as_str().unwrap();
+        let (file, source, handler) = if runtime.starts_with("python") {
+            (
+                "app.py",
+                "def handler(event, context):\n    print('in a guest')\n    return {'n': event['n'] + 1}\n",
+                "app.handler",
+            )
+        } else if runtime.starts_with("nodejs") {
+            (
+                "index.js",
+                "exports.handler = async (event) => { console.log('in a guest'); return { n: event.n + 1 }; };",
+                "index.handler",
+            )
+        } else {
+            continue;
+        };
+        let id = deploy(
+            &app,
+            token,
+            &format!("boot-{}", runtime.replace('.', "-")),
+            runtime,
+            handler,
+            &[(file, source)],
+            json!({}),
+        )
+        .await;
+        let cold = invoke(&app, token, &id, json!({"n": 1})).await;
+        assert_eq!(cold["status"], "succeeded", "{cold}");
+        assert_eq!(cold["output"]["n"], 2);
+        assert_eq!(cold["cold_start"], true);
+        let warm = invoke(&app, token, &id, json!({"n": 2})).await;
+        assert_eq!(warm["output"]["n"], 3);
+        assert_eq!(warm["cold_start"], false, "the warm microVM was not reused");
+        let logs = super::logs(&app, token, warm["id"].as_str().unwrap()).await;
+        assert!(logs.contains("in a guest"), "{logs}");
+    }
+}
