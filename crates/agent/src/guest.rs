@@ -2,9 +2,10 @@
 //! asks for, serve it the Lambda Runtime API on 127.0.0.1, relay each invocation to it and its
 //! result, errors and output lines back to the host.
 //!
-//! The Runtime API here is the contract `voltrun-engine` serves to the same bootstraps in the
-//! namespace backend (`invocation/next`, `…/response`, `…/error`, `init/error`); it is served on the
-//! guest's own loopback because the runtime cannot reach the host's.
+//! The Runtime API here is the one the engine serves to the same bootstraps in the namespace backend
+//! (`voltrun-runtime-api`: `invocation/next`, `…/response` with streamed responses and their error
+//! trailers, `…/error`, `init/error`); it is served on the guest's own loopback because the runtime
+//! cannot reach the host's.
 //!
 //! Ordering: an invocation's log lines are sent before its result. Before sending a result the agent
 //! waits until the runtime's pipes are drained and the readers have forwarded what they read.
@@ -14,19 +15,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use voltrun_runtime_api::{InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 
 use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream};
 
-/// Lambda's limit on a synchronous response payload.
-pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// Lines longer than this are split, so a runaway line cannot grow a buffer without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -36,174 +30,6 @@ pub enum AgentError {
     Protocol(#[from] ProtocolError),
     #[error("the host sent {0} before starting a runtime")]
     NotStarted(&'static str),
-}
-
-/// What the runtime said about one invocation.
-#[derive(Debug)]
-enum Reply {
-    Response(Bytes),
-    Error { error_type: String, message: String },
-    TooLarge(usize),
-}
-
-#[derive(Debug)]
-struct Next {
-    request_id: String,
-    deadline_unix_ms: i64,
-    function_arn: String,
-    event: Vec<u8>,
-    reply: oneshot::Sender<Reply>,
-}
-
-#[derive(Debug)]
-enum Signal {
-    Ready,
-    InitError { error_type: String, message: String },
-}
-
-struct ApiState {
-    next: Mutex<mpsc::Receiver<Next>>,
-    current: Mutex<Option<(String, oneshot::Sender<Reply>)>>,
-    signals: mpsc::UnboundedSender<Signal>,
-    ready_sent: std::sync::atomic::AtomicBool,
-}
-
-fn runtime_api(next: mpsc::Receiver<Next>, signals: mpsc::UnboundedSender<Signal>) -> Router {
-    let state = Arc::new(ApiState {
-        next: Mutex::new(next),
-        current: Mutex::new(None),
-        signals,
-        ready_sent: std::sync::atomic::AtomicBool::new(false),
-    });
-    Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(response),
-        )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-        .route("/2018-06-01/runtime/init/error", post(init_error))
-        // One byte more than allowed, to tell "too large" from "exactly the limit".
-        .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES + 1))
-        .with_state(state)
-}
-
-async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
-    if !state
-        .ready_sent
-        .swap(true, std::sync::atomic::Ordering::SeqCst)
-    {
-        let _ = state.signals.send(Signal::Ready);
-    }
-    let Some(next) = state.next.lock().await.recv().await else {
-        return StatusCode::GONE.into_response();
-    };
-    *state.current.lock().await = Some((next.request_id.clone(), next.reply));
-    let mut headers = HeaderMap::new();
-    let pairs = [
-        ("lambda-runtime-aws-request-id", next.request_id.clone()),
-        (
-            "lambda-runtime-deadline-ms",
-            next.deadline_unix_ms.to_string(),
-        ),
-        ("lambda-runtime-invoked-function-arn", next.function_arn),
-        (
-            "lambda-runtime-trace-id",
-            format!("Root=1-{}", next.request_id.replace('-', "")),
-        ),
-        ("content-type", "application/json".to_string()),
-    ];
-    for (name, value) in pairs {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    (StatusCode::OK, headers, next.event).into_response()
-}
-
-async fn take_current(state: &ApiState, id: &str) -> Option<oneshot::Sender<Reply>> {
-    let mut current = state.current.lock().await;
-    match current.take() {
-        Some((current_id, reply)) if current_id == id => Some(reply),
-        other => {
-            *current = other;
-            None
-        }
-    }
-}
-
-async fn response(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> StatusCode {
-    let Some(reply) = take_current(&state, &id).await else {
-        return StatusCode::BAD_REQUEST;
-    };
-    match body {
-        Ok(bytes) if bytes.len() <= MAX_RESPONSE_BYTES => {
-            let _ = reply.send(Reply::Response(bytes));
-            StatusCode::ACCEPTED
-        }
-        Ok(bytes) => {
-            let _ = reply.send(Reply::TooLarge(bytes.len()));
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-        Err(_) => {
-            let _ = reply.send(Reply::TooLarge(MAX_RESPONSE_BYTES + 1));
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-    }
-}
-
-/// Lambda's error document (`errorType`, `errorMessage`); the type may come in a header instead.
-fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
-    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
-    let error_type = doc["errorType"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get("lambda-runtime-function-error-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "Unhandled".into());
-    let message = doc["errorMessage"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
-    (error_type, message)
-}
-
-async fn error(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let Some(reply) = take_current(&state, &id).await else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let (error_type, message) = parse_error(&headers, &body);
-    let _ = reply.send(Reply::Error {
-        error_type,
-        message,
-    });
-    StatusCode::ACCEPTED
-}
-
-async fn init_error(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let (error_type, message) = parse_error(&headers, &body);
-    let _ = state.signals.send(Signal::InitError {
-        error_type,
-        message,
-    });
-    StatusCode::ACCEPTED
 }
 
 /// Reads one output stream of the runtime and forwards it line by line.
@@ -275,8 +101,8 @@ async fn drain(fds: &[RawFd]) {
 /// The running runtime: its process, its Runtime API and the channels into them.
 struct Runtime {
     child: tokio::process::Child,
-    next: mpsc::Sender<Next>,
-    signals: mpsc::UnboundedReceiver<Signal>,
+    next: mpsc::Sender<NextInvocation>,
+    signals: mpsc::UnboundedReceiver<RuntimeSignal>,
     output_fds: Arc<[RawFd]>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -306,7 +132,7 @@ async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<R
         .map_err(|e| format!("reading the Runtime API's address: {e}"))?;
     let (next_tx, next_rx) = mpsc::channel(1);
     let (signal_tx, signals) = mpsc::unbounded_channel();
-    let api = runtime_api(next_rx, signal_tx);
+    let api = voltrun_runtime_api::router(next_rx, signal_tx);
     let mut tasks = vec![tokio::spawn(async move {
         let _ = axum::serve(listener, api).await;
     })];
@@ -422,7 +248,7 @@ async fn session<R: AsyncRead + Unpin>(
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Some(Message::Invoke { request_id, deadline_unix_ms, function_arn, event }))) => {
                     let (reply_tx, reply_rx) = oneshot::channel();
-                    let next = Next { request_id: request_id.clone(), deadline_unix_ms, function_arn, event, reply: reply_tx };
+                    let next = NextInvocation { request_id: request_id.clone(), deadline_unix_ms, function_arn, event: event.into(), reply: reply_tx };
                     if runtime.next.send(next).await.is_err() {
                         continue;
                     }
@@ -432,9 +258,9 @@ async fn session<R: AsyncRead + Unpin>(
                         let Ok(reply) = reply_rx.await else { return };
                         drain(&fds).await;
                         let message = match reply {
-                            Reply::Response(payload) => Message::Response { request_id, payload: payload.to_vec() },
-                            Reply::Error { error_type, message } => Message::Error { request_id, error_type, message },
-                            Reply::TooLarge(size) => Message::ResponseTooLarge { request_id, size: size as u64 },
+                            RuntimeReply::Response(payload) => Message::Response { request_id, payload: payload.to_vec() },
+                            RuntimeReply::Error { error_type, message } => Message::Error { request_id, error_type, message },
+                            RuntimeReply::ResponseTooLarge(size) => Message::ResponseTooLarge { request_id, size: size as u64 },
                         };
                         let _ = out.send(message).await;
                     }));
@@ -447,11 +273,11 @@ async fn session<R: AsyncRead + Unpin>(
                 }
             },
             signal = runtime.signals.recv() => match signal {
-                Some(Signal::Ready) => {
+                Some(RuntimeSignal::Ready) => {
                     let init_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
                     let _ = out.send(Message::Ready { init_ms }).await;
                 }
-                Some(Signal::InitError { error_type, message }) => {
+                Some(RuntimeSignal::InitError(InitFailure { error_type, message })) => {
                     drain(&runtime.output_fds).await;
                     let _ = out.send(Message::InitError { error_type, message }).await;
                 }
@@ -484,24 +310,5 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Log { .. } => "log",
         Message::Exited { .. } => "exited",
         Message::Shutdown => "shutdown",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_documents_and_the_header_fallback() {
-        let doc = br#"{"errorType": "ValueError", "errorMessage": "bad\nline", "stackTrace": []}"#;
-        let (t, m) = parse_error(&HeaderMap::new(), doc);
-        assert_eq!((t.as_str(), m.as_str()), ("ValueError", "bad\nline"));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "lambda-runtime-function-error-type",
-            HeaderValue::from_static("Runtime.X"),
-        );
-        let (t, m) = parse_error(&headers, b"not json");
-        assert_eq!((t.as_str(), m.as_str()), ("Runtime.X", "not json"));
     }
 }

@@ -11,7 +11,6 @@ mod instance;
 pub mod local;
 mod metrics;
 pub mod microvm;
-pub mod runtime_api;
 pub mod runtimes;
 
 use async_trait::async_trait;
@@ -23,6 +22,8 @@ use voltrun_domain::function::{EnvVars, FunctionRecord};
 pub use executions::{Dispatcher, EnvOpener, SyncCompletion, run_sync};
 pub use local::{Isolation, LocalEngine, LocalEngineConfig};
 pub use runtimes::{RuntimeInfo, detect_runtimes};
+/// The Lambda Runtime API served to each instance (shared with the guest agent).
+pub use voltrun_runtime_api as runtime_api;
 
 /// Everything a backend needs to run one invocation.
 #[derive(Debug, Clone)]

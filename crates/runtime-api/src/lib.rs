@@ -1,5 +1,6 @@
 //! The AWS Lambda Runtime API, served by the platform to one instance on the instance's own loopback
-//! (`AWS_LAMBDA_RUNTIME_API`). The runtime long-polls `invocation/next`, then posts a response or an
+//! (`AWS_LAMBDA_RUNTIME_API`): by the engine inside a namespace sandbox's network namespace, and by
+//! the guest agent inside a microVM. The runtime long-polls `invocation/next`, then posts a response or an
 //! error for that request id; `init/error` reports a failed start. Official runtime interface clients
 //! (awslambdaric, aws-lambda-ric) speak exactly this protocol.
 
@@ -277,4 +278,23 @@ async fn init_error(
         message,
     }));
     StatusCode::ACCEPTED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_documents_and_the_header_fallback() {
+        let doc = br#"{"errorType": "ValueError", "errorMessage": "bad\nline", "stackTrace": []}"#;
+        let (t, m) = parse_error(&HeaderMap::new(), doc);
+        assert_eq!((t.as_str(), m.as_str()), ("ValueError", "bad\nline"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "lambda-runtime-function-error-type",
+            HeaderValue::from_static("Runtime.X"),
+        );
+        let (t, m) = parse_error(&headers, b"not json");
+        assert_eq!((t.as_str(), m.as_str()), ("Runtime.X", "not json"));
+    }
 }
