@@ -101,6 +101,8 @@ async fn drain(fds: &[RawFd]) {
 /// The running runtime: its process, its Runtime API and the channels into them.
 struct Runtime {
     child: tokio::process::Child,
+    /// Listed in [`TRACKED`] while this lives.
+    pid: u32,
     next: mpsc::Sender<NextInvocation>,
     signals: mpsc::UnboundedReceiver<RuntimeSignal>,
     output_fds: Arc<[RawFd]>,
@@ -110,8 +112,41 @@ struct Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        // From now on, init's reaper may reap it (tokio's own reaping of a killed child copes).
+        tracked().retain(|&pid| pid != self.pid);
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// The processes the agent started and waits for itself (through tokio): init's reaper leaves them
+/// alone, so that their exit status reaches their owner. Held while spawning, so that the reaper
+/// never sees a new child before it is listed.
+static TRACKED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn tracked() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    TRACKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// As the guest's init: reaps the orphans the runtime leaves (daemons, double forks) whenever a child
+/// exits, so that none stays a zombie for the life of the VM. Never touches the runtime itself.
+pub async fn reap_orphans() {
+    let Ok(mut exits) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        eprintln!("voltrun-agent: cannot watch SIGCHLD; orphaned processes will not be reaped");
+        return;
+    };
+    loop {
+        // A signal may stand for several exits; a periodic pass catches any that raced with it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), exits.recv()).await;
+        let tracked = tracked();
+        for pid in voltrun_sandbox::guest::zombie_children() {
+            if !tracked.contains(&pid) {
+                let _ = voltrun_sandbox::guest::reap(pid);
+            }
         }
     }
 }
@@ -140,6 +175,7 @@ async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<R
         .command
         .split_first()
         .ok_or_else(|| "the start request has an empty command".to_string())?;
+    let mut tracked = tracked();
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .env_clear()
@@ -153,6 +189,9 @@ async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<R
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("starting {program}: {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    tracked.push(pid);
+    drop(tracked);
     drop(child.stdin.take());
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let stderr = child.stderr.take().ok_or("no stderr pipe")?;
@@ -169,6 +208,7 @@ async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<R
     )));
     Ok(Runtime {
         child,
+        pid,
         next: next_tx,
         signals,
         output_fds,

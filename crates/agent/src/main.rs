@@ -163,6 +163,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if pid1 {
+            tokio::spawn(guest::reap_orphans());
+        }
         match &options.unix {
             Some(path) => serve_unix(path, options.port, options.once, pid1).await,
             None => serve_vsock(options.port, pid1).await,

@@ -28,6 +28,11 @@ impl Agent {
     /// Starts the agent binary serving one connection on a fresh socket, with `files` as the
     /// function's code directory.
     async fn start(files: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], files).await
+    }
+
+    /// Starts the agent as `start` does, run by `wrapper` (a command and its arguments) when given.
+    async fn start_under(wrapper: &[&str], files: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "va-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -37,7 +42,13 @@ impl Agent {
             std::fs::write(dir.join("task").join(name), contents).unwrap();
         }
         let socket = dir.join("agent.sock");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
+        let agent = env!("CARGO_BIN_EXE_voltrun-agent");
+        let (program, wrapped) = match wrapper.split_first() {
+            Some((program, args)) => (*program, args.iter().copied().chain([agent]).collect()),
+            None => (agent, Vec::new()),
+        };
+        let child = tokio::process::Command::new(program)
+            .args(wrapped)
             .args(["--no-init", "--once", "--unix"])
             .arg(&socket)
             .stdin(Stdio::null())
@@ -408,4 +419,103 @@ async fn the_handshake_refuses_another_port() {
     // The agent drops the connection, as Firecracker does for a port nobody listens on.
     assert!(matches!(error, SessionError::Handshake(_)), "{error}");
     let _ = writeln!(std::io::stderr(), "refused as expected: {error}");
+}
+
+/// Whether this process is root (the PID-namespace test needs it).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// Zombies on this host whose parent runs `voltrun-agent`.
+fn zombies_of_agents() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        if fields.next() != Some("Z") {
+            continue;
+        }
+        let Some(parent) = fields.next() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("voltrun-agent") {
+            found.push(head.to_string());
+        }
+    }
+    found
+}
+
+const ORPHANS: &str = r#"
+import subprocess
+
+def handler(event, context):
+    # The subshell exits at once; its `sleep` is orphaned and inherited by init (the agent here),
+    # then exits and waits to be reaped.
+    subprocess.run(["/bin/sh", "-c", "(sleep 0.2 &); exit 0"], check=True)
+    return {"ok": True}
+"#;
+
+#[tokio::test]
+async fn as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves() {
+    let test = "as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves";
+    if !is_root() {
+        let _ = writeln_stderr(&format!(
+            "SKIPPED {test}: a PID namespace of its own needs root (this test did not run)"
+        ));
+        return;
+    }
+    // PID 1 of a new PID namespace, as in a guest (without the guest's mounts: --no-init).
+    let agent = Agent::start_under(
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &[("app.py", ORPHANS)],
+    )
+    .await;
+    let mut session = agent.connect().await;
+    assert!(session.agent_is_pid1(), "the agent did not run as PID 1");
+    session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let outcome = session
+            .invoke(&format!("r{i}"), b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, InvokeOutcome::Response(_)), "{outcome:?}");
+    }
+    // Each orphan exits after 0.2 s; the reaper acts on SIGCHLD (and every second regardless).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let zombies = zombies_of_agents();
+        if zombies.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "zombies left under the agent: {zombies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The runtime itself was not reaped behind tokio's back: it still answers.
+    let outcome = session
+        .invoke("last", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, InvokeOutcome::Response(_)), "{outcome:?}");
+    session.shutdown().await;
+}
+
+fn writeln_stderr(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{line}")
 }

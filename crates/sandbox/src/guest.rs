@@ -128,3 +128,39 @@ pub fn vsock_accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The children of this process that have exited and wait to be reaped (state `Z` in `/proc`): as a
+/// guest's init, the agent inherits every orphaned process, and each one that exits stays a zombie
+/// until init reaps it.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses, so parse after the
+            // last `)`.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let mut fields = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest)
+                    .split_whitespace();
+                fields.next() == Some("Z")
+                    && fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(me)
+            })
+        })
+        .collect()
+}
+
+/// Reaps the exited child `pid` without blocking; returns whether there was one to reap.
+pub fn reap(pid: u32) -> io::Result<bool> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes the exit status into a local we own; WNOHANG keeps it from blocking.
+    let reaped = check(unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) })?;
+    Ok(reaped == pid)
+}
