@@ -47,9 +47,32 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, Hands
     }
 }
 
+/// The longest socket path `connect` takes (`sun_path` is 108 bytes with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Connects to a Unix socket at any path length: a path too long for `sun_path` (a deep data
+/// directory, a jail) is reached through `/proc/self/fd/<its directory>/<name>`, which the kernel
+/// resolves like the path itself.
+pub async fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return UnixStream::connect(path).await;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path).await;
+    };
+    // Held open until the connection is made: the descriptor names the directory.
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    let stream = UnixStream::connect(&short).await;
+    drop(dir);
+    stream
+}
+
 /// One attempt: connect, ask for `port`, expect `OK <n>`.
 async fn attempt(uds: &Path, port: u32) -> Result<UnixStream, HandshakeError> {
-    let mut stream = UnixStream::connect(uds).await?;
+    let mut stream = connect_unix(uds).await?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await?;
@@ -106,5 +129,33 @@ pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(())
         }
         _ => Err(HandshakeError::Unexpected(line)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_deeper_than_sun_path_are_reached() {
+        let base = std::env::temp_dir().join(format!("vlong-{}", std::process::id()));
+        let deep = base.join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("s.sock");
+        assert!(path.as_os_str().len() > 108);
+        // Bound the same way, through the directory's descriptor (a plain bind fails too).
+        let dir = std::fs::File::open(&deep).unwrap();
+        let short = format!("/proc/self/fd/{}/s.sock", dir.as_raw_fd());
+        let listener = tokio::net::UnixListener::bind(&short).unwrap();
+        let (client, server) = tokio::join!(connect_unix(&path), listener.accept());
+        client.unwrap();
+        server.unwrap();
+        assert!(
+            UnixStream::connect(&path).await.is_err(),
+            "a plain connect reached a path longer than sun_path"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -105,7 +105,10 @@ pub struct FirecrackerLauncher {
 
 impl FirecrackerLauncher {
     /// Takes the run directory (sweeping what a crashed server left) and verifies the images.
-    pub async fn new(config: FirecrackerConfig) -> Result<Self, String> {
+    pub async fn new(mut config: FirecrackerConfig) -> Result<Self, String> {
+        // VM specs take absolute paths; `VM_IMAGES_DIR` is often relative (`./data/vm/images`).
+        config.images_dir = std::path::absolute(&config.images_dir)
+            .map_err(|e| format!("{}: {e}", config.images_dir.display()))?;
         let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
         if manifest.kernel.is_none() {
             return Err(format!(

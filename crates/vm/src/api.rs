@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::UnixStream;
 
 use crate::error::{Step, VmError};
 
@@ -104,7 +103,9 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, VmError> {
         let transport = |source: std::io::Error| VmError::Transport { step, source };
-        let stream = UnixStream::connect(&self.socket).await.map_err(transport)?;
+        let stream = voltrun_agent::vsock::connect_unix(&self.socket)
+            .await
+            .map_err(transport)?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| transport(std::io::Error::other(e)))?;

@@ -283,7 +283,10 @@ pub async fn run(config: &DoctorConfig) -> Report {
     report.push("guest-code", guest);
     let boot = match (&firecracker_path, kvm_ok, images_ok, &manifest) {
         (Some(fc), true, true, Ok(manifest)) => {
-            boot(fc, &config.images_dir, manifest, config.boot_deadline).await
+            // VM specs take absolute paths; the images directory is often given relative.
+            let images_dir =
+                std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
+            boot(fc, &images_dir, manifest, config.boot_deadline).await
         }
         (None, _, _, _) => Err("not attempted: no Firecracker binary".into()),
         (_, false, _, _) => Err("not attempted: /dev/kvm is not usable".into()),

@@ -81,8 +81,15 @@ pub enum VmError {
     /// Firecracker answered something that is not the JSON its API documents.
     #[error("{step}: unexpected answer from the Firecracker API: {detail}")]
     Protocol { step: Step, detail: String },
-    #[error("{step}: the Firecracker API did not answer within {waited:?}")]
-    ApiTimeout { step: Step, waited: Duration },
+    /// `log` is the tail of the VMM's (or the jailer's) output so far.
+    #[error(
+        "{step}: the Firecracker API did not answer within {waited:?}; its output so far: {log}"
+    )]
+    ApiTimeout {
+        step: Step,
+        waited: Duration,
+        log: String,
+    },
     /// The VMM process exited while the step was in progress; `log` is the tail of its output.
     #[error("{step}: the Firecracker process exited ({status}); its last output: {log}")]
     Exited {

@@ -25,6 +25,8 @@ use crate::jailer::{JailPaths, JailerConfig, jail_paths, jailer_args};
 const LOCK_FILE: &str = "manager.lock";
 const RECORD_FILE: &str = "vm.json";
 const LOG_FILE: &str = "firecracker.log";
+/// A non-jailed VMM's API socket, in the VM's directory.
+const API_SOCKET: &str = "api.sock";
 /// VM directories start with this; nothing else in the run directory is touched by the sweep.
 const VM_PREFIX: &str = "vm-";
 /// The most of the VMM's output quoted in an error.
@@ -180,7 +182,17 @@ impl Layout {
 
 impl VmManager {
     /// Takes the run directory (creating it) and sweeps what crashed managers left in it.
-    pub async fn new(config: ManagerConfig) -> Result<(Self, SweepReport), VmError> {
+    pub async fn new(mut config: ManagerConfig) -> Result<(Self, SweepReport), VmError> {
+        // Each VMM runs in its VM's directory: a relative binary or run directory would not be
+        // found from there.
+        for path in [&mut config.firecracker, &mut config.run_dir] {
+            *path = std::path::absolute(&*path)
+                .map_err(|e| VmError::io(Step::Prepare, "resolving", path.clone(), e))?;
+        }
+        if let Some(jailer) = &mut config.jailer {
+            jailer.jailer = std::path::absolute(&jailer.jailer)
+                .map_err(|e| VmError::io(Step::Prepare, "resolving", &jailer.jailer, e))?;
+        }
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|e| VmError::io(Step::Prepare, "creating", &config.run_dir, e))?;
         if let Some(jailer) = &config.jailer {
@@ -282,7 +294,7 @@ impl VmManager {
             }
             None => {
                 let layout = Layout {
-                    api_socket: dir.join("api.sock"),
+                    api_socket: dir.join(API_SOCKET),
                     root: PathBuf::from("/"),
                     dir,
                     jailed: false,
@@ -345,8 +357,10 @@ impl VmManager {
             }
             None => {
                 let mut c = tokio::process::Command::new(&self.config.firecracker);
+                // Relative to its working directory (the VM's): a socket path must fit in 108 bytes,
+                // which a deep data directory would not.
                 c.arg("--api-sock")
-                    .arg(&layout.api_socket)
+                    .arg(API_SOCKET)
                     .arg("--id")
                     .arg(&id)
                     .current_dir(&layout.dir);
@@ -623,6 +637,7 @@ impl Vm {
                 return Err(VmError::ApiTimeout {
                     step: Step::ApiReady,
                     waited: timeout,
+                    log: tail(&self.layout.dir.join(LOG_FILE)),
                 });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

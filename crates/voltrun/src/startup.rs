@@ -119,11 +119,16 @@ async fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Res
 }
 
 /// Where Firecracker and its jailer are looked for: `FIRECRACKER_BIN` (a setting), then as
-/// `voltrun vm doctor` looks.
+/// `voltrun vm doctor` looks. A jailer next to the chosen Firecracker is that release's jailer, and
+/// is taken unless `JAILER_BIN` says otherwise.
 fn binary_search(settings: &Settings) -> BinarySearch {
     let mut search = BinarySearch::from_env();
     if let Some(bin) = &settings.engine.vm.firecracker_bin {
         search.firecracker_bin = Some(bin.clone());
+        let sibling = bin.with_file_name("jailer");
+        if search.jailer_bin.is_none() && sibling.is_file() {
+            search.jailer_bin = Some(sibling);
+        }
     }
     search
 }

@@ -84,11 +84,32 @@ fn vmms_mentioning(needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_failed() {
-    let test = "firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_failed";
+    up_to_the_boot(
+        "firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_failed",
+        false,
+    )
+    .await;
+}
+
+/// The same through the jailer (`VM_JAILER=true`): a chroot, an unprivileged uid, a cgroup and a
+/// network namespace per VM; the jail is gone after the failed start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_jailed_firecracker_backend_brings_a_vm_up_to_the_boot_and_removes_the_jail() {
+    up_to_the_boot(
+        "root_jailed_firecracker_backend_brings_a_vm_up_to_the_boot_and_removes_the_jail",
+        true,
+    )
+    .await;
+}
+
+async fn up_to_the_boot(test: &str, jailed: bool) {
     let binary = match firecracker() {
         Ok(binary) => binary,
         Err(why) => return skip(test, &why),
     };
+    if jailed && let Some(why) = super::unavailable() {
+        return skip(test, &why);
+    }
     let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
     let images = spinning_image_set(&scratch);
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
@@ -96,6 +117,7 @@ async fn firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_
         raw.firecracker_bin = Some(binary.display().to_string());
         raw.vm_images_dir = Some(images.display().to_string());
         raw.vm_boot_timeout_ms = Some("1500".into());
+        raw.vm_jailer = Some(jailed.to_string());
     })
     .await;
     let health = app
@@ -104,13 +126,9 @@ async fn firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_
         .expect(200);
     let engine = &health.body["engine"];
     assert_eq!(engine["backend"], "firecracker", "{health:?}");
-    assert!(
-        engine["detail"]
-            .as_str()
-            .unwrap()
-            .contains("Firecracker microVMs"),
-        "{engine}"
-    );
+    let detail = engine["detail"].as_str().unwrap();
+    assert!(detail.contains("Firecracker microVMs"), "{engine}");
+    assert_eq!(detail.contains("(jailed"), jailed, "{detail}");
     let user = app.register().await;
     let token = &user.access_token;
     // Only runtimes with a guest image are offered.
@@ -160,11 +178,27 @@ async fn firecracker_backend_brings_a_vm_up_to_the_boot_and_names_the_step_that_
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|name| name.starts_with("vm-"))
             .collect();
-        let vmms = vmms_mentioning(&run_dir.display().to_string());
-        if left.is_empty() && vmms.is_empty() {
+        let vmms = vmms_mentioning(&app.data_dir().display().to_string());
+        // <chroot base>/<exec name>/<vm id>: no VM's jail may remain.
+        let jails: Vec<String> = std::fs::read_dir(app.data_dir().join("vm").join("jail"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|exec| {
+                std::fs::read_dir(exec.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|vm| vm.path().display().to_string())
+            .collect();
+        if left.is_empty() && vmms.is_empty() && jails.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "left behind: {left:?}, {vmms:?}");
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:?}, {vmms:?}, {jails:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The code drive was made once, next to the code, for every VM with that code.
