@@ -153,7 +153,11 @@ pub async fn reap_orphans() {
 
 /// Starts the runtime: binds the Runtime API (port 0 picks a free one) and spawns the command with
 /// exactly the given environment plus `AWS_LAMBDA_RUNTIME_API`.
-async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<Runtime, String> {
+async fn start_runtime(
+    spec: StartSpec,
+    out: &mpsc::Sender<Message>,
+    pid1: bool,
+) -> Result<Runtime, String> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", spec.runtime_api_port))
         .await
         .map_err(|e| {
@@ -175,8 +179,17 @@ async fn start_runtime(spec: StartSpec, out: &mpsc::Sender<Message>) -> Result<R
         .command
         .split_first()
         .ok_or_else(|| "the start request has an empty command".to_string())?;
+    let mut command = tokio::process::Command::new(program);
+    if pid1 {
+        // In a guest the agent is root; the function's code is not. (On a host, for tests, the
+        // runtime runs as the agent does.)
+        voltrun_sandbox::guest::run_unprivileged(
+            command.as_std_mut(),
+            u64::from(spec.max_processes),
+        );
+    }
     let mut tracked = tracked();
-    let mut child = tokio::process::Command::new(program)
+    let mut child = command
         .args(args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -237,7 +250,7 @@ where
             pid1,
         })
         .await;
-    let result = session(&mut read, &out).await;
+    let result = session(&mut read, &out, pid1).await;
     drop(out);
     // Let what is queued (the final `Exited`, a last result) reach the host.
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -247,6 +260,7 @@ where
 async fn session<R: AsyncRead + Unpin>(
     read: &mut R,
     out: &mpsc::Sender<Message>,
+    pid1: bool,
 ) -> Result<(), AgentError> {
     // Until `Start`, only `Shutdown` makes sense.
     let spec = match protocol::read_message(read).await? {
@@ -256,7 +270,7 @@ async fn session<R: AsyncRead + Unpin>(
         Some(_) => return Err(AgentError::NotStarted("an unexpected message")),
     };
     let started = Instant::now();
-    let mut runtime = match start_runtime(spec, out).await {
+    let mut runtime = match start_runtime(spec, out, pid1).await {
         Ok(runtime) => runtime,
         Err(message) => {
             let _ = out

@@ -67,12 +67,21 @@ pub enum InvokeOutcome {
     },
 }
 
+/// Log bytes kept between two [`AgentSession::take_logs`] calls by default: the engine's cap on an
+/// execution's logs (4 MiB) plus one maximal line, so the engine still sees the overflow.
+pub const DEFAULT_LOG_BUFFER_BYTES: usize = (4 << 20) + (64 << 10);
+
 #[derive(Debug)]
 pub struct AgentSession {
     writer: OwnedWriteHalf,
     incoming: mpsc::Receiver<Result<Message, ProtocolError>>,
     reader: tokio::task::JoinHandle<()>,
     logs: Vec<LogEntry>,
+    /// Bytes in `logs`; past `log_cap`, further lines are counted in `dropped_lines`, not kept: a
+    /// function that prints without end cannot grow the host's memory.
+    log_bytes: usize,
+    log_cap: usize,
+    dropped_lines: u64,
     agent_version: String,
     pid1: bool,
 }
@@ -126,6 +135,9 @@ impl AgentSession {
             incoming,
             reader,
             logs: Vec::new(),
+            log_bytes: 0,
+            log_cap: DEFAULT_LOG_BUFFER_BYTES,
+            dropped_lines: 0,
             agent_version: String::new(),
             pid1: false,
         }
@@ -157,9 +169,7 @@ impl AgentSession {
             match received {
                 None => return Err(SessionError::Closed),
                 Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Log { stream, line })) => {
-                    self.logs.push(LogEntry { stream, line })
-                }
+                Some(Ok(Message::Log { stream, line })) => self.keep_log(stream, line),
                 Some(Ok(message)) => return Ok(message),
             }
         }
@@ -239,9 +249,35 @@ impl AgentSession {
         }
     }
 
-    /// The log lines received since the last call.
+    /// Sets how many bytes of log lines are kept between two [`Self::take_logs`] calls.
+    pub fn set_log_cap(&mut self, bytes: usize) {
+        self.log_cap = bytes;
+    }
+
+    fn keep_log(&mut self, stream: Stream, line: String) {
+        if self.log_bytes > self.log_cap {
+            self.dropped_lines += 1;
+            return;
+        }
+        self.log_bytes += line.len();
+        self.logs.push(LogEntry { stream, line });
+    }
+
+    /// The log lines received since the last call; when lines were dropped over the cap, a last
+    /// line says how many.
     pub fn take_logs(&mut self) -> Vec<LogEntry> {
-        std::mem::take(&mut self.logs)
+        let mut logs = std::mem::take(&mut self.logs);
+        self.log_bytes = 0;
+        let dropped = std::mem::take(&mut self.dropped_lines);
+        if dropped > 0 {
+            logs.push(LogEntry {
+                stream: Stream::Stderr,
+                line: format!(
+                    "[voltrun] {dropped} log lines dropped: the function wrote faster than they could be kept"
+                ),
+            });
+        }
+        logs
     }
 
     /// Asks the agent to stop the runtime, and closes the connection.

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use voltrun_agent::{guest, vsock};
-use voltrun_sandbox::guest::{MountFlags, loopback_up, mount, vsock_accept, vsock_listen};
+use voltrun_sandbox::guest::{
+    MountFlags, loopback_up, make_sticky_tmp, mount, vsock_accept, vsock_listen,
+};
 
 #[derive(Debug)]
 struct Options {
@@ -95,6 +97,10 @@ fn init_guest() {
         if let Err(e) = mount(source, Path::new(target), fstype, flags, data) {
             eprintln!("voltrun-agent: mounting {source} on {target}: {e}");
         }
+    }
+    // The scratch disk's root belongs to root; the runtime runs unprivileged.
+    if let Err(e) = make_sticky_tmp(Path::new("/tmp")) {
+        eprintln!("voltrun-agent: making /tmp writable: {e}");
     }
     if let Err(e) = loopback_up() {
         eprintln!("voltrun-agent: bringing loopback up: {e}");

@@ -12,7 +12,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The largest frame (after the length prefix): a 6 MiB response payload plus headroom.
 pub const MAX_FRAME_BYTES: u32 = 8 << 20;
 
@@ -57,6 +57,9 @@ pub struct StartSpec {
     pub cwd: String,
     /// The Runtime API's port on the guest's 127.0.0.1 (`AWS_LAMBDA_RUNTIME_API` must name it).
     pub runtime_api_port: u16,
+    /// Processes and threads the runtime's user may have (`RLIMIT_NPROC`) where the agent runs it as
+    /// an unprivileged user (in a guest); `0` for no limit.
+    pub max_processes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +179,7 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, ProtocolError> {
             }
             w.str(&spec.cwd)?;
             w.u16(spec.runtime_api_port);
+            w.u32(spec.max_processes);
         }
         Message::Ready { init_ms } => w.u32(*init_ms),
         Message::InitError {
@@ -333,6 +337,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, ProtocolError> {
                 env,
                 cwd: r.str()?,
                 runtime_api_port: r.u16()?,
+                max_processes: r.u32()?,
             })
         }
         3 => Message::Ready { init_ms: r.u32()? },

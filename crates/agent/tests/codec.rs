@@ -54,6 +54,7 @@ fn message(rng: &mut StdRng) -> Message {
                 .collect(),
             cwd: text(rng),
             runtime_api_port: rng.random(),
+            max_processes: rng.random(),
         }),
         2 => Message::Ready {
             init_ms: rng.random(),

@@ -80,6 +80,7 @@ impl Agent {
             ],
             cwd: task,
             runtime_api_port: 0,
+            max_processes: 0,
         }
     }
 
@@ -455,7 +456,20 @@ fn zombies_of_agents() -> Vec<String> {
 }
 
 const ORPHANS: &str = r#"
-import subprocess
+import os, subprocess
+
+def limits(event, context):
+    started, refused = [], 0
+    for _ in range(100):
+        try:
+            started.append(subprocess.Popen(["/bin/sleep", "5"]))
+        except OSError:
+            refused += 1
+    for p in started:
+        p.kill()
+        p.wait()
+    return {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+            "started": len(started), "refused": refused}
 
 def handler(event, context):
     # The subshell exits at once; its `sleep` is orphaned and inherited by init (the agent here),
@@ -512,6 +526,47 @@ async fn as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves() {
         .await
         .unwrap();
     assert!(matches!(outcome, InvokeOutcome::Response(_)), "{outcome:?}");
+    session.shutdown().await;
+}
+
+#[tokio::test]
+async fn as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_limit() {
+    let test = "as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_limit";
+    if !is_root() {
+        let _ = writeln_stderr(&format!(
+            "SKIPPED {test}: a PID namespace of its own needs root (this test did not run)"
+        ));
+        return;
+    }
+    let agent = Agent::start_under(
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &[("app.py", ORPHANS)],
+    )
+    .await;
+    let mut session = agent.connect().await;
+    let mut spec = agent.spec(python(), "app.limits");
+    spec.max_processes = 24;
+    let started = session.start(spec, TIMEOUT).await.unwrap();
+    assert!(matches!(started, StartOutcome::Ready { .. }), "{started:?}");
+    let outcome = session
+        .invoke("r", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+    let InvokeOutcome::Response(payload) = outcome else {
+        panic!("{outcome:?} {:?}", session.take_logs());
+    };
+    let report = json(&payload);
+    assert_eq!(report["uid"], 1000, "{report}");
+    assert_eq!(report["gid"], 1000, "{report}");
+    assert_eq!(report["groups"], serde_json::json!([]), "{report}");
+    // The runtime (with its threads) counts too: fewer than 24 sleeps started, the rest refused.
+    let started = report["started"].as_u64().unwrap();
+    assert!(started < 24, "{report}");
+    assert_eq!(
+        started + report["refused"].as_u64().unwrap(),
+        100,
+        "{report}"
+    );
     session.shutdown().await;
 }
 

@@ -99,6 +99,7 @@ impl GuestLauncher for HostAgents {
             cwd: code,
             // Many agents share the host's loopback: each takes a free port.
             runtime_api_port: 0,
+            max_processes: spec.max_processes,
         }
     }
 }
@@ -444,4 +445,44 @@ done
     );
     setup.engine.shutdown().await;
     assert_eq!(setup.running.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_flood_of_output_is_capped_on_the_host_and_the_result_still_arrives() {
+    let setup = setup().await;
+    let runtime = setup.runtime("python");
+    let source = "import sys\n\ndef handler(event, context):\n    line = 'x' * 99\n    for _ in range(200_000):\n        print(line)\n    sys.stdout.write('y' * 300_000 + '\\n')\n    return {'done': True}\n";
+    let flood = setup
+        .deploy(&runtime, "app.py", source, "app.handler", 60)
+        .await;
+    let result = setup.invoke(&flood, serde_json::json!({})).await;
+    assert_eq!(
+        result.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        result.outcome.error
+    );
+    assert_eq!(result.outcome.output.as_ref().unwrap()["done"], true);
+    let bytes: usize = result.logs.iter().map(|l| l.line.len()).sum();
+    // 20 MB written; the host kept the engine's cap plus a line, then counted what it dropped.
+    assert!(
+        bytes < (4 << 20) + (128 << 10),
+        "{bytes} bytes of logs kept"
+    );
+    assert!(bytes > 4 << 20, "{bytes} bytes of logs kept");
+    assert!(
+        result
+            .logs
+            .iter()
+            .any(|l| l.line.contains("log lines dropped")),
+        "no notice of the dropped lines"
+    );
+    assert!(
+        result.logs.iter().all(|l| l.line.len() <= 64 << 10),
+        "a line over 64 KiB was kept"
+    );
+    // The next invocation on the same guest starts with a clean slate.
+    let again = setup.invoke(&flood, serde_json::json!({})).await;
+    assert!(!again.outcome.cold_start);
+    setup.engine.shutdown().await;
 }

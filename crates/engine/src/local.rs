@@ -413,6 +413,7 @@ impl LocalEngine {
                     command,
                     env,
                     runtime_api_port: RUNTIME_API_PORT,
+                    max_processes: u32::try_from(self.config.max_processes).unwrap_or(u32::MAX),
                 };
                 Instance::start_guest(launcher.as_ref(), spec, Some(memory)).await
             }

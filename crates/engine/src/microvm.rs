@@ -41,6 +41,8 @@ pub struct GuestSpec {
     pub env: Vec<(String, String)>,
     /// The Runtime API's port on the guest's loopback.
     pub runtime_api_port: u16,
+    /// Processes and threads the runtime may have.
+    pub max_processes: u32,
 }
 
 /// Ends a guest (a VM: kill the VMM, remove its files).
@@ -73,6 +75,7 @@ pub trait GuestLauncher: Send + Sync + fmt::Debug {
             env: spec.env.clone(),
             cwd: TASK_ROOT.into(),
             runtime_api_port: spec.runtime_api_port,
+            max_processes: spec.max_processes,
         }
     }
 }

@@ -164,3 +164,39 @@ pub fn reap(pid: u32) -> io::Result<bool> {
     let reaped = check(unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) })?;
     Ok(reaped == pid)
 }
+
+/// The user a guest's runtime runs as (`sbx_user` in the guest images' `/etc/passwd`).
+pub const RUNTIME_UID: u32 = 1000;
+
+/// Makes `command` start as [`RUNTIME_UID`] (no supplementary groups) with at most `max_processes`
+/// processes and threads for that user (`RLIMIT_NPROC`; `0` for no limit): a guest's runtime is
+/// unprivileged, and a fork bomb in it stops at the limit instead of exhausting the VM.
+pub fn run_unprivileged(command: &mut std::process::Command, max_processes: u64) {
+    use std::os::unix::process::CommandExt;
+    // std drops supplementary groups (setgroups) when it switches uid as root.
+    command.uid(RUNTIME_UID).gid(RUNTIME_UID);
+    if max_processes > 0 {
+        let limit = libc::rlimit {
+            rlim_cur: max_processes,
+            rlim_max: max_processes,
+        };
+        // SAFETY: between fork and exec the closure only calls setrlimit, which is async-signal-safe,
+        // on a value it owns; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NPROC, &raw const limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+}
+
+/// Makes `path` world-writable with the sticky bit (`/tmp` on a freshly mounted scratch disk, whose
+/// root directory belongs to root).
+pub fn make_sticky_tmp(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777))
+}

@@ -277,6 +277,7 @@ async fn run_function_in_tree(tree: &Path) {
         ],
         cwd: "/var/task".into(),
         runtime_api_port: 0,
+        max_processes: 0,
     };
     let started = session.start(spec, timeout).await.unwrap();
     assert!(matches!(started, StartOutcome::Ready { .. }), "{started:?}");
