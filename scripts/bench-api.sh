@@ -69,59 +69,9 @@ PG_PURPOSE="the PostgreSQL half of the benchmark"
 # start_throwaway_postgres / stop_throwaway_postgres
 source scripts/lib/postgres.sh
 
-BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/voltrun-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  stop_throwaway_postgres
-  rm -rf "$BENCH_TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start NAME PROBE_PATH COMMAND... : starts COMMAND in the background with PORT set to a free
-# loopback port, waits until http://127.0.0.1:PORT/PROBE_PATH answers, sets STARTED_PORT.
-STARTED_PORT=""
-start() {
-  local name=$1 probe=$2
-  shift 2
-  local attempt port pid i
-  for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 30000))
-    port_in_use "$port" && continue
-    (cd "$BENCH_TMP" && PORT=$port exec "$@") >"$BENCH_TMP/$name.log" 2>&1 &
-    pid=$!
-    for i in $(seq 1 150); do
-      if ! kill -0 "$pid" 2>/dev/null; then break; fi
-      if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port$probe" 2>/dev/null; then
-        PIDS+=("$pid")
-        STARTED_PORT=$port
-        return
-      fi
-      sleep 0.2
-    done
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  log "could not start $name; its log:"
-  cat "$BENCH_TMP/$name.log" >&2 || true
-  exit 1
-}
-
-stop_last() {
-  local pid=${PIDS[${#PIDS[@]}-1]}
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset 'PIDS[${#PIDS[@]}-1]'
-}
+source scripts/lib/bench.sh
+bench_init voltrun-bench
+bench_cleanup_extra() { stop_throwaway_postgres; }
 
 # --- wrk -------------------------------------------------------------------------------------------
 # wrk's own summary, exact: requests, duration (µs), p50 and p99 (µs), non-2xx/3xx, socket errors.
@@ -140,21 +90,11 @@ SAMPLES="$BENCH_TMP/samples"
 measure() {
   local section=$1 target=$2 db=$3 conns=$4 url=$5
   shift 5
-  local threads=1
-  [ "$conns" -gt 1 ] && threads=2
   RUN=$((RUN + 1))
-  local out
-  out="$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$section-${target//[^a-z0-9]/_}-c$conns.txt"
-  timeout $((DURATION + 30)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency \
-    -s "$BENCH_TMP/report.lua" "$@" "$url" >"$out" 2>&1 || { log "wrk failed:"; cat "$out" >&2; exit 1; }
-  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$out" "$BENCH_RAW_DIR/"; fi
-  local requests duration p50 p99 bad socket
-  read -r requests duration p50 p99 bad socket < <(awk '$1 == "BENCH" { print $2, $3, $4, $5, $6, $7 }' "$out")
-  [ -n "${requests:-}" ] || { log "could not read wrk's summary:"; cat "$out" >&2; exit 1; }
-  local rps
-  rps=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-  echo "$section|$target|$db|$conns|$rps|$p50|$p99|$((bad + socket))" >>"$SAMPLES"
-  log "$(awk -v t="$target" -v d="$db" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$((bad + socket))" \
+  wrk_run "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$section-${target//[^a-z0-9]/_}-c$conns.txt" \
+    "$conns" "$BENCH_TMP/report.lua" "$url" "$@"
+  echo "$section|$target|$db|$conns|$W_RPS|$W_P50|$W_P99|$W_ERRORS" >>"$SAMPLES"
+  log "$(awk -v t="$target" -v d="$db" -v c="$conns" -v r="$W_RPS" -v a="$W_P50" -v b="$W_P99" -v e="$W_ERRORS" \
     'BEGIN { printf "%-24s %-8s c=%-3s %9s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, d, c, r, a / 1000, b / 1000, e }')"
 }
 RUN=0
@@ -167,7 +107,7 @@ ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
 HOST=127.0.0.1
 
 log "starting voltrun-floor"
-start floor /hello "$FLOOR"
+start floor GET /hello "$FLOOR"
 FLOOR_URL="http://$HOST:$STARTED_PORT"
 
 for db in $DBS; do
@@ -186,11 +126,12 @@ for db in $DBS; do
   # Run from the temporary directory so that no .env is read; every setting is given here.
   db_env=()
   [ -z "$database_url" ] || db_env=("DATABASE_URL=$database_url")
-  start "server-$db" /health env -u DATABASE_URL "${db_env[@]}" \
+  start "server-$db" GET /health env -u DATABASE_URL "${db_env[@]}" \
     BIND_ADDRESS=$HOST DATA_DIR="$BENCH_TMP/data-$db" LOG_LEVEL=warn LOG_FORMAT=json \
     ENVIRONMENT=development JWT_SECRET="$JWT_SECRET" ENCRYPTION_KEY="$ENCRYPTION_KEY" \
     ACCESS_TOKEN_TTL_S=3600 AUTH_ATTEMPTS_PER_MINUTE=100000 "$VOLTRUN" server
   SERVER_URL="http://$HOST:$STARTED_PORT"
+  SERVER_PID=$STARTED_PID
 
   email="bench-$(date +%s)-$RANDOM@example.com"
   auth=$(curl -fsS --max-time 10 -H 'content-type: application/json' \
@@ -219,7 +160,7 @@ for db in $DBS; do
       measure "$db" "GET /api/functions/:id" "$db" "$c" "$read_url" -H "Authorization: Bearer $token"
     done
   done
-  stop_last
+  stop_pid "$SERVER_PID"
   if [ "$db" = postgres ]; then stop_throwaway_postgres; PG_TMP=""; fi
 done
 

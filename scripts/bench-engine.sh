@@ -136,69 +136,14 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
 fi
 
 # --- processes and clean-up ------------------------------------------------------------------------
-BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/voltrun-bench-engine.XXXXXX")
+source scripts/lib/bench.sh
+bench_init voltrun-bench-engine
 chmod 755 "$BENCH_TMP"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$BENCH_TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 if [ -n "${VOLTRUN_BUILT:-}" ]; then
   cp "$VOLTRUN_BUILT" "$BENCH_TMP/voltrun"
   VOLTRUN=$BENCH_TMP/voltrun
 fi
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start NAME PROBE_METHOD PROBE_PATH COMMAND... : starts COMMAND in the background with PORT set to
-# a free loopback port (COMMAND may use it as "{PORT}"), waits until the probe gets an HTTP answer,
-# sets STARTED_PORT and STARTED_PID.
-STARTED_PORT=""
-STARTED_PID=""
-start() {
-  local name=$1 method=$2 probe=$3
-  shift 3
-  local attempt port pid i args
-  for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 30000))
-    port_in_use "$port" && continue
-    args=("${@//\{PORT\}/$port}")
-    (cd "$BENCH_TMP" && PORT=$port exec "${args[@]}") >"$BENCH_TMP/$name.log" 2>&1 &
-    pid=$!
-    for i in $(seq 1 150); do
-      if ! kill -0 "$pid" 2>/dev/null; then break; fi
-      if curl -sS -o /dev/null --max-time 2 -X "$method" "http://127.0.0.1:$port$probe" 2>/dev/null; then
-        PIDS+=("$pid")
-        STARTED_PORT=$port
-        STARTED_PID=$pid
-        return
-      fi
-      sleep 0.2
-    done
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  log "could not start $name; its log:"
-  cat "$BENCH_TMP/$name.log" >&2 || true
-  exit 1
-}
-
-stop_pid() {
-  local pid=$1 i
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for i in "${!PIDS[@]}"; do
-    [ "${PIDS[$i]}" != "$pid" ] || unset 'PIDS[i]'
-  done
-}
 
 # json_get FIELD: reads a JSON document on stdin and prints one top-level field.
 json_get() { "$PYTHON" -c 'import json, sys; v = json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
@@ -276,21 +221,10 @@ RUN=0
 measure() {
   local rt=$1 target=$2 conns=$3 url=$4
   shift 4
-  local threads=1
-  [ "$conns" -gt 1 ] && threads=2
   RUN=$((RUN + 1))
-  local out
-  out="$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$rt-$target-c$conns.txt"
-  timeout $((DURATION + 30)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency --timeout 10s \
-    -s "$BENCH_TMP/post.lua" "$@" "$url" >"$out" 2>&1 || { log "wrk failed:"; cat "$out" >&2; exit 1; }
-  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$out" "$BENCH_RAW_DIR/"; fi
-  local requests duration p50 p99 bad socket
-  read -r requests duration p50 p99 bad socket < <(awk '$1 == "BENCH" { print $2, $3, $4, $5, $6, $7 }' "$out")
-  [ -n "${requests:-}" ] || { log "could not read wrk's summary:"; cat "$out" >&2; exit 1; }
-  local rps
-  rps=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-  echo "$rt|$target|$conns|$rps|$p50|$p99|$((bad + socket))" >>"$SAMPLES"
-  log "$(awk -v t="$rt $target" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$((bad + socket))" \
+  wrk_run "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$rt-$target-c$conns.txt" "$conns" "$BENCH_TMP/post.lua" "$url" "$@"
+  echo "$rt|$target|$conns|$W_RPS|$W_P50|$W_P99|$W_ERRORS" >>"$SAMPLES"
+  log "$(awk -v t="$rt $target" -v c="$conns" -v r="$W_RPS" -v a="$W_P50" -v b="$W_P99" -v e="$W_ERRORS" \
     'BEGIN { printf "%-16s c=%-3s %7s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, c, r, a / 1000, b / 1000, e }')"
 }
 
