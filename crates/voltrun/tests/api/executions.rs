@@ -7,8 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use voltrun_domain::execution::{
-    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
-    LogStream,
+    ExecutionRecord, ExecutionStatus, InvocationType, LogLine, LogStream,
 };
 
 use crate::helpers::TestApp;
@@ -32,28 +31,8 @@ pub async fn seed_execution(
     let id = record.id;
     store.insert_execution(&record).await.unwrap();
     if status != ExecutionStatus::Queued {
-        let now = voltrun_storage::now();
-        let failed = status == ExecutionStatus::Failed;
         store
-            .finish_execution(
-                id,
-                &ExecutionOutcome {
-                    status,
-                    output: (!failed).then(|| json!({"ok": true})),
-                    error: failed.then(|| ExecutionError {
-                        error_type: "Runtime.Unhandled".into(),
-                        message: "boom".into(),
-                    }),
-                    started_at: now,
-                    finished_at: now,
-                    duration_ms: 3,
-                    init_duration_ms: Some(40),
-                    memory_peak_mb: Some(20),
-                    cold_start: true,
-                    node: "node-a".into(),
-                    instance_id: "inst-1".into(),
-                },
-            )
+            .finish_execution(id, &crate::helpers::sample_outcome(status))
             .await
             .unwrap();
     }

@@ -356,3 +356,29 @@ pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// A finished execution's outcome as the seeded-history tests store it: succeeded with
+/// `{"ok": true}` or failed with `Runtime.Unhandled: boom`, 3 ms, a 40 ms cold start.
+#[allow(dead_code)] // not every suite that shares these helpers seeds executions
+pub fn sample_outcome(
+    status: voltrun_domain::execution::ExecutionStatus,
+) -> voltrun_domain::execution::ExecutionOutcome {
+    let now = voltrun_storage::now();
+    let failed = status == voltrun_domain::execution::ExecutionStatus::Failed;
+    voltrun_domain::execution::ExecutionOutcome {
+        status,
+        output: (!failed).then(|| json!({"ok": true})),
+        error: failed.then(|| voltrun_domain::execution::ExecutionError {
+            error_type: "Runtime.Unhandled".into(),
+            message: "boom".into(),
+        }),
+        started_at: now,
+        finished_at: now,
+        duration_ms: 3,
+        init_duration_ms: Some(40),
+        memory_peak_mb: Some(20),
+        cold_start: true,
+        node: "node-a".into(),
+        instance_id: "inst-1".into(),
+    }
+}

@@ -5,8 +5,7 @@ use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 use voltrun_domain::execution::{
-    ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
-    LogStream,
+    ExecutionRecord, ExecutionStatus, InvocationType, LogLine, LogStream,
 };
 
 use crate::helpers::{Cli, TestServer};
@@ -45,28 +44,8 @@ async fn finish(
     id: Uuid,
     status: ExecutionStatus,
 ) {
-    let now = voltrun_storage::now();
-    let failed = status == ExecutionStatus::Failed;
     store
-        .finish_execution(
-            id,
-            &ExecutionOutcome {
-                status,
-                output: (!failed).then(|| json!({"ok": true})),
-                error: failed.then(|| ExecutionError {
-                    error_type: "Runtime.Unhandled".into(),
-                    message: "boom".into(),
-                }),
-                started_at: now,
-                finished_at: now,
-                duration_ms: 3,
-                init_duration_ms: Some(40),
-                memory_peak_mb: Some(20),
-                cold_start: true,
-                node: "node-a".into(),
-                instance_id: "inst-1".into(),
-            },
-        )
+        .finish_execution(id, &crate::api_helpers::sample_outcome(status))
         .await
         .unwrap();
 }

@@ -6,95 +6,36 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde_json::{Value, json};
-use voltrun::config::{RawSettings, Settings};
-use voltrun::startup::Application;
+use serde_json::Value;
 
-pub fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
+use crate::api_helpers::{Backend, TestApp};
+pub use crate::api_helpers::{TestUser, unique};
 
+/// The server the client talks to: the API suite's test server (SQLite, no engine: invoke answers
+/// 503 engine_unavailable).
 pub struct TestServer {
     pub url: String,
-    pub database_url: String,
-    data_dir: PathBuf,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-/// A registered account.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    pub id: String,
-    pub email: String,
-    pub password: String,
+    app: TestApp,
 }
 
 impl TestServer {
     pub async fn spawn() -> Self {
-        let data_dir = std::env::temp_dir().join(format!("voltrun-cli-server-{}", unique()));
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let database_url = format!("sqlite://{}", data_dir.join("voltrun.db").display());
-        let raw = RawSettings {
-            port: Some("0".into()),
-            bind_address: Some("127.0.0.1".into()),
-            database_url: Some(database_url.clone()),
-            data_dir: Some(data_dir.display().to_string()),
-            jwt_secret: Some(format!("test-secret-{}", unique())),
-            log_level: Some(std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into())),
-            db_max_connections: Some("5".into()),
-            // The client suite runs without an engine: invoke answers 503 engine_unavailable.
-            engine_backend: Some("none".into()),
-            ..RawSettings::default()
-        };
-        let settings = Settings::from_raw(raw).expect("test settings");
-        // reqwest is built without a TLS provider in this workspace (the client installs ring).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        voltrun::telemetry::init(settings.log_format, &settings.log_level);
-        let app = Application::build(&settings).await.expect("server starts");
-        let port = app.local_addr().unwrap().port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async {
-            let _ = rx.await;
-        }));
+        let app = TestApp::spawn_with(Backend::Sqlite, |_| {}).await;
         Self {
-            url: format!("http://127.0.0.1:{port}"),
-            database_url,
-            data_dir,
-            _shutdown: tx,
+            url: app.base.clone(),
+            app,
         }
     }
 
     /// Registers an account over the API (the CLI has no `register`).
     pub async fn register(&self) -> TestUser {
-        let email = format!("user-{}@example.com", unique());
-        let password = "correct horse battery staple".to_string();
-        let response = reqwest::Client::new()
-            .post(format!("{}/api/auth/register", self.url))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        let body: Value = response.json().await.unwrap();
-        TestUser {
-            id: body["user"]["id"].as_str().unwrap().to_string(),
-            email,
-            password,
-        }
+        self.app.register().await
     }
 
     /// A second connection to this server's database, for arranging what the API cannot create
     /// (executions: this build has no engine).
     pub async fn store(&self) -> std::sync::Arc<dyn voltrun_storage::Store> {
-        voltrun_storage::connect(&self.database_url, 2)
-            .await
-            .expect("store")
+        self.app.store().await
     }
 }
 
