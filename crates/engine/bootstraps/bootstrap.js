@@ -5,26 +5,134 @@
 // POST the JSON result or the error. Initialisation failures go to /runtime/init/error.
 
 const fs = require('fs');
-const http = require('http');
+const net = require('net');
 const path = require('path');
 const { pathToFileURL } = require('url');
 
 const [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
 const BASE = '/2018-06-01/runtime';
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 
-function request(method, urlPath, body, headers) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: HOST, port: Number(PORT), method, path: urlPath, agent, headers: headers || {} }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
+// A small HTTP/1.1 client on one kept-alive connection to the Runtime API, one request at a time:
+// Node's http client (agent, parser objects, streams) costs more per request than the rest of a
+// small handler's invocation.
+class RuntimeClient {
+  constructor() {
+    this.socket = null;
+    this.buffer = Buffer.alloc(0);
+    this.waiting = null;
+  }
+
+  connect() {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: HOST, port: Number(PORT) });
+      socket.setNoDelay(true);
+      socket.once('connect', () => {
+        socket.removeListener('error', reject);
+        this.socket = socket;
+        this.buffer = Buffer.alloc(0);
+        socket.on('data', (chunk) => {
+          this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+          this.parse();
+        });
+        const broken = (err) => {
+          this.socket = null;
+          if (this.waiting) {
+            const { reject: fail } = this.waiting;
+            this.waiting = null;
+            fail(err || new Error('the Runtime API connection broke off'));
+          }
+        };
+        socket.on('error', broken);
+        socket.on('close', () => broken());
+        resolve();
+      });
+      socket.once('error', reject);
     });
-    req.on('error', reject);
-    if (body !== undefined) req.write(body);
-    req.end();
-  });
+  }
+
+  // Completes the waiting request once its whole response is buffered.
+  parse() {
+    if (!this.waiting) return;
+    const end = this.buffer.indexOf('\r\n\r\n');
+    if (end < 0) return;
+    const head = this.buffer.toString('latin1', 0, end).split('\r\n');
+    const status = Number(head[0].split(' ')[1]);
+    const headers = {};
+    for (let i = 1; i < head.length; i++) {
+      const colon = head[i].indexOf(':');
+      if (colon > 0) headers[head[i].slice(0, colon).trim().toLowerCase()] = head[i].slice(colon + 1).trim();
+    }
+    let body;
+    let rest;
+    if (headers['transfer-encoding'] && headers['transfer-encoding'].toLowerCase() === 'chunked') {
+      const chunks = [];
+      let at = end + 4;
+      for (;;) {
+        const lineEnd = this.buffer.indexOf('\r\n', at);
+        if (lineEnd < 0) return;
+        const size = parseInt(this.buffer.toString('latin1', at, lineEnd).split(';')[0], 16);
+        if (size === 0) {
+          // Trailer lines, if any, then an empty line.
+          const after = lineEnd + 2;
+          if (this.buffer.length < after + 2) return;
+          if (this.buffer[after] === 13 && this.buffer[after + 1] === 10) {
+            rest = after + 2;
+          } else {
+            const trailersEnd = this.buffer.indexOf('\r\n\r\n', after);
+            if (trailersEnd < 0) return;
+            rest = trailersEnd + 4;
+          }
+          break;
+        }
+        if (this.buffer.length < lineEnd + 2 + size + 2) return;
+        chunks.push(this.buffer.subarray(lineEnd + 2, lineEnd + 2 + size));
+        at = lineEnd + 2 + size + 2;
+      }
+      body = Buffer.concat(chunks);
+    } else {
+      const length = Number(headers['content-length'] || 0);
+      if (this.buffer.length < end + 4 + length) return;
+      body = this.buffer.subarray(end + 4, end + 4 + length);
+      rest = end + 4 + length;
+    }
+    this.buffer = this.buffer.subarray(rest);
+    const { resolve } = this.waiting;
+    this.waiting = null;
+    if ((headers.connection || '').toLowerCase() === 'close') {
+      this.socket.destroy();
+      this.socket = null;
+    }
+    resolve({ status, headers, body: Buffer.from(body) });
+  }
+
+  async exchange(method, urlPath, body, headers) {
+    if (!this.socket) await this.connect();
+    const payload = body === undefined ? null : Buffer.from(body);
+    let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${HOST}:${PORT}\r\n`;
+    if (payload) head += `Content-Length: ${payload.length}\r\n`;
+    for (const [name, value] of Object.entries(headers || {})) head += `${name}: ${value}\r\n`;
+    const response = new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject };
+    });
+    this.socket.write(payload ? Buffer.concat([Buffer.from(head + '\r\n', 'latin1'), payload]) : head + '\r\n');
+    this.parse();
+    return response;
+  }
+}
+
+const client = new RuntimeClient();
+
+async function request(method, urlPath, body, headers) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await client.exchange(method, urlPath, body, headers);
+    } catch (e) {
+      if (client.socket) client.socket.destroy();
+      client.socket = null;
+      if (attempt === 2) throw e;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
 }
 
 function errorBody(errorType, message, stack) {
