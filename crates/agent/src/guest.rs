@@ -15,14 +15,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
+use voltrun_runtime_api::output::{self, drain};
 use voltrun_runtime_api::{InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 
 use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream};
-
-/// Lines longer than this are split, so a runaway line cannot grow a buffer without bound.
-const MAX_LINE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -33,69 +31,12 @@ pub enum AgentError {
 }
 
 /// Reads one output stream of the runtime and forwards it line by line.
-async fn forward_lines<R: AsyncRead + Unpin>(
-    mut pipe: R,
-    stream: Stream,
-    out: mpsc::Sender<Message>,
-) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let emit = |bytes: &[u8]| Message::Log {
-        stream,
-        line: String::from_utf8_lossy(bytes)
-            .trim_end_matches('\r')
-            .to_string(),
-    };
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            if out.send(emit(&pending[start..start + pos])).await.is_err() {
-                return;
-            }
-            start += pos + 1;
-        }
-        pending.drain(..start);
-        while pending.len() >= MAX_LINE_BYTES {
-            if out.send(emit(&pending[..MAX_LINE_BYTES])).await.is_err() {
-                return;
-            }
-            pending.drain(..MAX_LINE_BYTES);
-        }
-    }
-    if !pending.is_empty() {
-        let _ = out.send(emit(&pending)).await;
-    }
-}
-
-/// A borrowed raw descriptor of a pipe whose owner moved into a reader task.
-struct RawFdRef(RawFd);
-
-impl AsRawFd for RawFdRef {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Waits (briefly) until the runtime's output written so far has been read and forwarded.
-async fn drain(fds: &[RawFd]) {
-    for _ in 0..50 {
-        let pending: usize = fds
-            .iter()
-            .map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd)))
-            .sum();
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
-    }
+async fn forward_lines<R: AsyncRead + Unpin>(pipe: R, stream: Stream, out: mpsc::Sender<Message>) {
+    output::read_lines(pipe, |line| {
+        let out = out.clone();
+        async move { out.send(Message::Log { stream, line }).await.is_ok() }
+    })
+    .await;
 }
 
 /// The running runtime: its process, its Runtime API and the channels into them.

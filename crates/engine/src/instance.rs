@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use chrono::Utc;
-use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use voltrun_domain::execution::{LogLine, LogStream};
@@ -18,8 +17,6 @@ use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
 use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 
-/// Lines longer than this are split: a runaway line cannot grow a buffer without bound.
-const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
 /// the overflow and flags the logs as truncated). The rest is dropped as it arrives.
 const LOG_BUFFER_BYTES: usize = voltrun_domain::execution::LOG_CAP_BYTES;
@@ -197,50 +194,24 @@ struct SandboxedRuntime {
     healthy: bool,
 }
 
-/// Reads one output stream into log lines.
-async fn read_lines(
-    mut pipe: tokio::net::unix::pipe::Receiver,
-    stream: LogStream,
-    out: SharedLogs,
-) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let emit = |bytes: &[u8]| {
+/// Reads one output stream into log lines, keeping at most [`LOG_BUFFER_BYTES`] between two
+/// invocations' ends and counting what it drops past that.
+async fn read_lines(pipe: tokio::net::unix::pipe::Receiver, stream: LogStream, out: SharedLogs) {
+    voltrun_runtime_api::output::read_lines(pipe, |line| {
         let mut buffer = lock(&out);
         if buffer.bytes > LOG_BUFFER_BYTES {
             buffer.dropped += 1;
-            return;
+        } else {
+            buffer.bytes += line.len();
+            buffer.lines.push(LogLine {
+                timestamp: Utc::now(),
+                stream,
+                line,
+            });
         }
-        let text = String::from_utf8_lossy(bytes)
-            .trim_end_matches('\r')
-            .to_string();
-        buffer.bytes += text.len();
-        buffer.lines.push(LogLine {
-            timestamp: Utc::now(),
-            stream,
-            line: text,
-        });
-    };
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            emit(&pending[start..start + pos]);
-            start += pos + 1;
-        }
-        pending.drain(..start);
-        while pending.len() >= MAX_LINE_BYTES {
-            emit(&pending[..MAX_LINE_BYTES]);
-            pending.drain(..MAX_LINE_BYTES);
-        }
-    }
-    if !pending.is_empty() {
-        emit(&pending);
-    }
+        std::future::ready(true)
+    })
+    .await;
 }
 
 fn to_pipe(fd: impl Into<OwnedFd>) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
@@ -370,7 +341,7 @@ impl SandboxedRuntime {
             self.healthy = false;
             return InvokeResult::Failed(Failure::Sandbox("runtime API is gone".into()));
         }
-        let result = tokio::select! {
+        tokio::select! {
             reply = reply_rx => match reply {
                 Ok(reply) => InvokeResult::Replied(reply),
                 Err(_) => InvokeResult::Failed(Failure::Sandbox("runtime API dropped the invocation".into())),
@@ -387,28 +358,13 @@ impl SandboxedRuntime {
                 self.kill().await;
                 InvokeResult::Failed(Failure::TimedOut)
             }
-        };
-        result
+        }
     }
 
     /// The log lines written since the last call. Waits (briefly) for output the runtime wrote before
     /// it answered but the readers have not consumed yet, so lines land on the right invocation.
     async fn finish_logs(&mut self) -> Vec<LogLine> {
-        for _ in 0..50 {
-            let pending: usize = self
-                .output_fds
-                .iter()
-                .map(|&fd| voltrun_sandbox::spawn::pending_bytes(&RawFdRef(fd)))
-                .sum();
-            if pending == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Let the readers turn the last bytes they took into lines.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
+        voltrun_runtime_api::output::drain(&self.output_fds).await;
         let LogBuffer {
             mut lines, dropped, ..
         } = std::mem::take(&mut *lock(&self.logs));
@@ -453,14 +409,5 @@ async fn wait_readable(fd: &AsyncFd<OwnedFd>) {
             Ok(_guard) => return,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
-    }
-}
-
-/// A borrowed raw descriptor, for the pending-bytes check on pipes whose owners moved into readers.
-struct RawFdRef(RawFd);
-
-impl AsRawFd for RawFdRef {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
     }
 }

@@ -4,6 +4,8 @@
 //! error for that request id; `init/error` reports a failed start. Official runtime interface clients
 //! (awslambdaric, aws-lambda-ric) speak exactly this protocol.
 
+pub mod output;
+
 use std::sync::Arc;
 
 use axum::Router;
