@@ -758,23 +758,11 @@ macro_rules! store_impl {
 
             async fn finish_execution(&self, id: Uuid, o: &ExecutionOutcome) -> StoreResult<()> {
                 let _turn = self.write_turn().await;
-                sqlx::query(
+                Self::bind_outcome(sqlx::query(
                     "UPDATE executions SET status = $1, output = $2, error_type = $3, error_message = $4, \
                      started_at = $5, finished_at = $6, duration_ms = $7, init_duration_ms = $8, \
                      memory_peak_mb = $9, cold_start = $10, node = $11, instance_id = $12 WHERE id = $13",
-                )
-                .bind(o.status.as_str())
-                .bind(o.output.as_ref().map(Json))
-                .bind(o.error.as_ref().map(|e| e.error_type.as_str()))
-                .bind(o.error.as_ref().map(|e| e.message.as_str()))
-                .bind(o.started_at)
-                .bind(o.finished_at)
-                .bind(o.duration_ms)
-                .bind(o.init_duration_ms)
-                .bind(o.memory_peak_mb)
-                .bind(o.cold_start)
-                .bind(&o.node)
-                .bind(&o.instance_id)
+                ), o)
                 .bind($ids::id(id))
                 .execute(&self.pool)
                 .await?;
@@ -820,24 +808,12 @@ macro_rules! store_impl {
                 // The execution has no log lines yet: they start at 0 bytes, sequence 0.
                 let (kept, used, truncated) = fit_logs(lines, 0, false, cap_bytes);
                 let mut tx = self.pool.begin_with($begin_write).await?;
-                let updated = sqlx::query(
+                let updated = Self::bind_outcome(sqlx::query(
                     "UPDATE executions SET status = $1, output = $2, error_type = $3, error_message = $4, \
                      started_at = $5, finished_at = $6, duration_ms = $7, init_duration_ms = $8, \
                      memory_peak_mb = $9, cold_start = $10, node = $11, instance_id = $12, \
                      logs_bytes = $13, logs_truncated = $14 WHERE id = $15",
-                )
-                .bind(o.status.as_str())
-                .bind(o.output.as_ref().map(Json))
-                .bind(o.error.as_ref().map(|e| e.error_type.as_str()))
-                .bind(o.error.as_ref().map(|e| e.message.as_str()))
-                .bind(o.started_at)
-                .bind(o.finished_at)
-                .bind(o.duration_ms)
-                .bind(o.init_duration_ms)
-                .bind(o.memory_peak_mb)
-                .bind(o.cold_start)
-                .bind(&o.node)
-                .bind(&o.instance_id)
+                ), o)
                 .bind(used)
                 .bind(truncated)
                 .bind($ids::id(id))
@@ -883,6 +859,27 @@ macro_rules! store_impl {
         }
 
         impl $store {
+            /// Binds an outcome as the finishing statements' first twelve parameters, `status` ($1)
+            /// to `instance_id` ($12).
+            fn bind_outcome<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+                o: &'q ExecutionOutcome,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+                query
+                    .bind(o.status.as_str())
+                    .bind(o.output.as_ref().map(Json))
+                    .bind(o.error.as_ref().map(|e| e.error_type.as_str()))
+                    .bind(o.error.as_ref().map(|e| e.message.as_str()))
+                    .bind(o.started_at)
+                    .bind(o.finished_at)
+                    .bind(o.duration_ms)
+                    .bind(o.init_duration_ms)
+                    .bind(o.memory_peak_mb)
+                    .bind(o.cold_start)
+                    .bind(&o.node)
+                    .bind(&o.instance_id)
+            }
+
             /// Inserts log lines numbered from `first_seq`, in a few statements however many there are.
             async fn insert_log_rows(
                 tx: &mut sqlx::Transaction<'static, $db>,
