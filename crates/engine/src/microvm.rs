@@ -95,6 +95,9 @@ pub struct FirecrackerConfig {
     pub images_dir: PathBuf,
     /// How long a guest may take from `InstanceStart` to its agent's hello.
     pub boot_timeout: Duration,
+    /// The image set as a start-up probe just loaded and verified it from `images_dir`; `None`
+    /// loads and verifies it here.
+    pub verified_manifest: Option<Manifest>,
 }
 
 /// Boots one Firecracker microVM per guest from the verified image set.
@@ -112,16 +115,22 @@ impl FirecrackerLauncher {
         // VM specs take absolute paths; `VM_IMAGES_DIR` is often relative (`./data/vm/images`).
         config.images_dir = std::path::absolute(&config.images_dir)
             .map_err(|e| format!("{}: {e}", config.images_dir.display()))?;
-        let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
+        let manifest = match config.verified_manifest.take() {
+            Some(manifest) => manifest,
+            None => {
+                let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
+                manifest
+                    .verify(&config.images_dir)
+                    .map_err(|e| e.to_string())?;
+                manifest
+            }
+        };
         if manifest.kernel.is_none() {
             return Err(format!(
                 "the image set in {} has no guest kernel",
                 config.images_dir.display()
             ));
         }
-        manifest
-            .verify(&config.images_dir)
-            .map_err(|e| e.to_string())?;
         let mut manager_config = ManagerConfig::new(&config.run_dir, &config.firecracker);
         manager_config.jailer = config.jailer;
         let (manager, swept) = VmManager::new(manager_config)

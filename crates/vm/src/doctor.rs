@@ -71,6 +71,9 @@ impl Report {
 pub struct Capability {
     pub usable: bool,
     pub reason: String,
+    /// The image set, verified against its sha256 sums, when usable (so that the backend need not
+    /// hash it again).
+    pub manifest: Option<Manifest>,
 }
 
 fn kvm() -> Result<String, String> {
@@ -283,10 +286,13 @@ pub async fn run(config: &DoctorConfig) -> Report {
     report.push("guest-code", guest);
     let boot = match (&firecracker_path, kvm_ok, images_ok, &manifest) {
         (Some(fc), true, true, Ok(manifest)) => {
-            // VM specs take absolute paths; the images directory is often given relative.
-            let images_dir =
-                std::path::absolute(&config.images_dir).unwrap_or(config.images_dir.clone());
-            boot(fc, &images_dir, manifest, config.boot_deadline).await
+            boot(
+                fc,
+                &absolute(&config.images_dir),
+                manifest,
+                config.boot_deadline,
+            )
+            .await
         }
         (None, _, _, _) => Err("not attempted: no Firecracker binary".into()),
         (_, false, _, _) => Err("not attempted: /dev/kvm is not usable".into()),
@@ -296,28 +302,47 @@ pub async fn run(config: &DoctorConfig) -> Report {
     report
 }
 
-/// For `ENGINE_BACKEND=auto`: usable only when a real guest boots and its agent answers. Costs a
-/// boot (bounded by the deadline) when everything before it passes.
+/// For `ENGINE_BACKEND=auto`: usable only when a real guest boots and its agent answers. Runs only
+/// what that needs (KVM, the Firecracker binary, the images, the boot), in that order, and stops at
+/// the first failure: a boot (bounded by the deadline) is attempted only when the rest passed.
 pub async fn capability(config: &DoctorConfig) -> Capability {
-    let report = run(config).await;
-    let essential = ["kvm", "firecracker", "images", "boot"];
-    match report
-        .checks
-        .iter()
-        .find(|c| essential.contains(&c.name) && !c.passed)
-    {
-        Some(failed) => Capability {
-            usable: false,
-            reason: format!("{}: {}", failed.name, failed.detail),
-        },
-        None => Capability {
-            usable: true,
-            reason: report
-                .checks
-                .iter()
-                .find(|c| c.name == "boot")
-                .map(|c| c.detail.clone())
-                .unwrap_or_default(),
-        },
+    let unusable = |check: &str, why: String| Capability {
+        usable: false,
+        reason: format!("{check}: {why}"),
+        manifest: None,
+    };
+    if let Err(why) = kvm() {
+        return unusable("kvm", why);
     }
+    let firecracker = match binary(config.search.firecracker()).await {
+        Ok((path, _)) => path,
+        Err(why) => return unusable("firecracker", why),
+    };
+    let manifest = match Manifest::load(&config.images_dir).and_then(|m| {
+        m.verify(&config.images_dir)?;
+        Ok(m)
+    }) {
+        Ok(manifest) => manifest,
+        Err(e) => return unusable("images", e.to_string()),
+    };
+    match boot(
+        &firecracker,
+        &absolute(&config.images_dir),
+        &manifest,
+        config.boot_deadline,
+    )
+    .await
+    {
+        Ok(detail) => Capability {
+            usable: true,
+            reason: detail,
+            manifest: Some(manifest),
+        },
+        Err(why) => unusable("boot", why),
+    }
+}
+
+/// VM specs take absolute paths; the images directory is often given relative.
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }

@@ -85,9 +85,11 @@ async fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Res
         EngineBackend::None => Ok(unavailable(
             "ENGINE_BACKEND=none: this server stores functions but does not run them".into(),
         )),
-        EngineBackend::Firecracker => firecracker_engine(settings, store, runtimes.clone(), None)
-            .await
-            .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=firecracker, but {e}")),
+        EngineBackend::Firecracker => {
+            firecracker_engine(settings, store, runtimes.clone(), None, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=firecracker, but {e}"))
+        }
         EngineBackend::Namespace => namespace_engine(settings, store, runtimes.clone(), None)
             .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
         EngineBackend::Auto => {
@@ -99,8 +101,15 @@ async fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Res
             .await;
             let not_firecracker = if probe.usable {
                 let why = format!("chosen by ENGINE_BACKEND=auto: {}", probe.reason);
-                match firecracker_engine(settings, store.clone(), runtimes.clone(), Some(why)).await
-                {
+                let chosen = firecracker_engine(
+                    settings,
+                    store.clone(),
+                    runtimes.clone(),
+                    Some(why),
+                    probe.manifest,
+                )
+                .await;
+                match chosen {
                     Ok(chosen) => return Ok(chosen),
                     Err(e) => e.to_string(),
                 }
@@ -167,11 +176,13 @@ fn namespace_engine(
     })
 }
 
+/// `verified`: the image set as the `auto` probe verified it, so it is not hashed twice at start.
 async fn firecracker_engine(
     settings: &Settings,
     store: Arc<dyn Store>,
     runtimes: Vec<RuntimeInfo>,
     selection: Option<String>,
+    verified: Option<voltrun_vm::images::Manifest>,
 ) -> anyhow::Result<ChosenEngine> {
     let search = binary_search(settings);
     let firecracker = search.firecracker()?.path;
@@ -194,6 +205,7 @@ async fn firecracker_engine(
         run_dir: settings.data_dir.join("vm").join("run"),
         images_dir: vm.images_dir.clone(),
         boot_timeout: Duration::from_millis(vm.boot_timeout_ms),
+        verified_manifest: verified,
     })
     .await
     .map_err(anyhow::Error::msg)?;
