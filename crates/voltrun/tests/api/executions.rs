@@ -6,39 +6,9 @@ use chrono::Utc;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use voltrun_domain::execution::{
-    ExecutionRecord, ExecutionStatus, InvocationType, LogLine, LogStream,
-};
+use voltrun_domain::execution::{ExecutionStatus, LogLine, LogStream};
 
-use crate::helpers::TestApp;
-
-/// Records a finished execution of `function_id` for `user_id`, as the engine would.
-pub async fn seed_execution(
-    app: &TestApp,
-    user_id: &str,
-    function_id: &str,
-    status: ExecutionStatus,
-) -> Uuid {
-    let store = app.store().await;
-    let record = ExecutionRecord::new_queued(
-        user_id.parse().unwrap(),
-        function_id.parse().unwrap(),
-        1,
-        InvocationType::Sync,
-        json!({"n": 1}),
-        voltrun_storage::now(),
-    );
-    let id = record.id;
-    store.insert_execution(&record).await.unwrap();
-    if status != ExecutionStatus::Queued {
-        store
-            .finish_execution(id, &crate::helpers::sample_outcome(status))
-            .await
-            .unwrap();
-    }
-    store.close().await;
-    id
-}
+pub use crate::helpers::seed_execution;
 
 both_databases! {
     async fn execute_answers_503_without_an_engine_and_records_nothing(app) {

@@ -382,3 +382,39 @@ pub fn sample_outcome(
         instance_id: "inst-1".into(),
     }
 }
+
+/// Records an execution of `function_id` for `user_id` as the engine would: queued, running, or
+/// finished with [`sample_outcome`].
+#[allow(dead_code)] // not every suite that shares these helpers seeds executions
+pub async fn seed_execution(
+    app: &TestApp,
+    user_id: &str,
+    function_id: &str,
+    status: voltrun_domain::execution::ExecutionStatus,
+) -> uuid::Uuid {
+    use voltrun_domain::execution::{ExecutionRecord, ExecutionStatus, InvocationType};
+    let store = app.store().await;
+    let record = ExecutionRecord::new_queued(
+        user_id.parse().unwrap(),
+        function_id.parse().unwrap(),
+        1,
+        InvocationType::Sync,
+        json!({"n": 1}),
+        voltrun_storage::now(),
+    );
+    let id = record.id;
+    store.insert_execution(&record).await.unwrap();
+    match status {
+        ExecutionStatus::Queued => {}
+        ExecutionStatus::Running => store
+            .mark_execution_running(id, voltrun_storage::now(), "test-node")
+            .await
+            .unwrap(),
+        _ => store
+            .finish_execution(id, &sample_outcome(status))
+            .await
+            .unwrap(),
+    }
+    store.close().await;
+    id
+}

@@ -4,9 +4,7 @@
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
-use voltrun_domain::execution::{
-    ExecutionRecord, ExecutionStatus, InvocationType, LogLine, LogStream,
-};
+use voltrun_domain::execution::{ExecutionStatus, LogLine, LogStream};
 
 use crate::helpers::{Cli, TestServer};
 
@@ -16,38 +14,7 @@ async fn seed(
     function_id: &str,
     status: ExecutionStatus,
 ) -> Uuid {
-    let store = server.store().await;
-    let record = ExecutionRecord::new_queued(
-        user_id.parse().unwrap(),
-        function_id.parse().unwrap(),
-        1,
-        InvocationType::Sync,
-        json!({"n": 1}),
-        voltrun_storage::now(),
-    );
-    let id = record.id;
-    store.insert_execution(&record).await.unwrap();
-    match status {
-        ExecutionStatus::Queued => {}
-        ExecutionStatus::Running => store
-            .mark_execution_running(id, voltrun_storage::now(), "test-node")
-            .await
-            .unwrap(),
-        _ => finish(&store, id, status).await,
-    }
-    store.close().await;
-    id
-}
-
-async fn finish(
-    store: &std::sync::Arc<dyn voltrun_storage::Store>,
-    id: Uuid,
-    status: ExecutionStatus,
-) {
-    store
-        .finish_execution(id, &crate::api_helpers::sample_outcome(status))
-        .await
-        .unwrap();
+    crate::api_helpers::seed_execution(server.app(), user_id, function_id, status).await
 }
 
 fn line(stream: LogStream, text: &str) -> LogLine {
@@ -227,7 +194,13 @@ async fn logs_follow_prints_new_lines_until_the_execution_ends() {
             .append_logs(id, &[line(LogStream::Stderr, "third")], 4096)
             .await
             .unwrap();
-        finish(&store, id, ExecutionStatus::TimedOut).await;
+        store
+            .finish_execution(
+                id,
+                &crate::api_helpers::sample_outcome(ExecutionStatus::TimedOut),
+            )
+            .await
+            .unwrap();
         store.close().await;
     });
     let run = cli

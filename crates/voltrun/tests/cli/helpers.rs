@@ -27,6 +27,10 @@ impl TestServer {
         }
     }
 
+    pub fn app(&self) -> &TestApp {
+        &self.app
+    }
+
     /// Registers an account over the API (the CLI has no `register`).
     pub async fn register(&self) -> TestUser {
         self.app.register().await
