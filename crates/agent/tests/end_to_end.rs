@@ -478,21 +478,31 @@ def handler(event, context):
     return {"ok": True}
 "#;
 
-#[tokio::test]
-async fn as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves() {
-    let test = "as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves";
+/// The agent as PID 1 of a new PID namespace, as in a guest (without the guest's mounts:
+/// `--no-init`), serving [`ORPHANS`]; `None`, after saying why, where that needs root it lacks.
+async fn agent_as_pid_1(test: &str) -> Option<Agent> {
     if !is_root() {
         let _ = writeln_stderr(&format!(
             "SKIPPED {test}: a PID namespace of its own needs root (this test did not run)"
         ));
-        return;
+        return None;
     }
-    // PID 1 of a new PID namespace, as in a guest (without the guest's mounts: --no-init).
-    let agent = Agent::start_under(
-        &["unshare", "--pid", "--fork", "--mount-proc"],
-        &[("app.py", ORPHANS)],
+    Some(
+        Agent::start_under(
+            &["unshare", "--pid", "--fork", "--mount-proc"],
+            &[("app.py", ORPHANS)],
+        )
+        .await,
     )
-    .await;
+}
+
+#[tokio::test]
+async fn as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves() {
+    let Some(agent) =
+        agent_as_pid_1("as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves").await
+    else {
+        return;
+    };
     let mut session = agent.connect().await;
     assert!(session.agent_is_pid1(), "the agent did not run as PID 1");
     session
@@ -531,18 +541,12 @@ async fn as_pid_1_the_agent_reaps_the_orphans_the_runtime_leaves() {
 
 #[tokio::test]
 async fn as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_limit() {
-    let test = "as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_limit";
-    if !is_root() {
-        let _ = writeln_stderr(&format!(
-            "SKIPPED {test}: a PID namespace of its own needs root (this test did not run)"
-        ));
+    let Some(agent) =
+        agent_as_pid_1("as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_limit")
+            .await
+    else {
         return;
-    }
-    let agent = Agent::start_under(
-        &["unshare", "--pid", "--fork", "--mount-proc"],
-        &[("app.py", ORPHANS)],
-    )
-    .await;
+    };
     let mut session = agent.connect().await;
     let mut spec = agent.spec(python(), "app.limits");
     spec.max_processes = 24;
