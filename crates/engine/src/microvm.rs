@@ -294,8 +294,9 @@ async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
 /// One guest serving one runtime: the engine's view of a microVM instance.
 #[derive(Debug)]
 pub struct GuestInstance {
+    /// `None` once the guest has ended (a timeout, a crash, a lost connection): the instance is
+    /// then no longer healthy.
     guest: Option<Guest>,
-    healthy: bool,
     /// Lines taken from a guest that was stopped before the engine collected them.
     orphaned_logs: Vec<LogLine>,
 }
@@ -316,7 +317,6 @@ impl GuestInstance {
             Ok(StartOutcome::Ready { .. }) => {
                 return Ok(Self {
                     guest: Some(guest),
-                    healthy: true,
                     orphaned_logs: Vec::new(),
                 });
             }
@@ -340,7 +340,7 @@ impl GuestInstance {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy && self.guest.is_some()
+        self.guest.is_some()
     }
 
     /// Runs one invocation. A timeout or a broken connection ends the guest before this returns.
@@ -365,41 +365,35 @@ impl GuestInstance {
                 timeout,
             )
             .await;
-        let result = match outcome {
+        // Replies leave the guest warm; every failure ends it.
+        let failure = match outcome {
             Ok(InvokeOutcome::Response(payload)) => {
-                InvokeResult::Replied(RuntimeReply::Response(Bytes::from(payload)))
+                return InvokeResult::Replied(RuntimeReply::Response(Bytes::from(payload)));
             }
             Ok(InvokeOutcome::Error {
                 error_type,
                 message,
-            }) => InvokeResult::Replied(RuntimeReply::Error {
-                error_type,
-                message,
-            }),
-            Ok(InvokeOutcome::TooLarge(size)) => InvokeResult::Replied(
-                RuntimeReply::ResponseTooLarge(usize::try_from(size).unwrap_or(usize::MAX)),
-            ),
-            Ok(InvokeOutcome::Exited { status }) => {
-                self.healthy = false;
-                InvokeResult::Failed(Failure::Exited {
-                    status,
-                    out_of_memory: false,
-                })
+            }) => {
+                return InvokeResult::Replied(RuntimeReply::Error {
+                    error_type,
+                    message,
+                });
             }
-            Err(SessionError::Timeout { .. }) => {
-                self.healthy = false;
-                InvokeResult::Failed(Failure::TimedOut)
+            Ok(InvokeOutcome::TooLarge(size)) => {
+                return InvokeResult::Replied(RuntimeReply::ResponseTooLarge(
+                    usize::try_from(size).unwrap_or(usize::MAX),
+                ));
             }
-            Err(e) => {
-                self.healthy = false;
-                InvokeResult::Failed(Failure::Sandbox(format!("the microVM's agent: {e}")))
-            }
+            Ok(InvokeOutcome::Exited { status }) => Failure::Exited {
+                status,
+                out_of_memory: false,
+            },
+            Err(SessionError::Timeout { .. }) => Failure::TimedOut,
+            Err(e) => Failure::Sandbox(format!("the microVM's agent: {e}")),
         };
-        if !self.healthy {
-            // The whole guest goes, with every process in it, before the caller hears of it.
-            self.stop_guest().await;
-        }
-        result
+        // The whole guest goes, with every process in it, before the caller hears of it.
+        self.stop_guest().await;
+        InvokeResult::Failed(failure)
     }
 
     /// The lines the runtime wrote since the last call. The agent sends an invocation's lines
