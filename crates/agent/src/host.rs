@@ -1,6 +1,7 @@
 //! The host's side of a session with one guest agent: connect through the VM's vsock socket, wait
-//! for the agent's hello, start the runtime, run invocations one at a time and collect the log
-//! lines that arrive meanwhile. The agent sends an invocation's log lines before its result, so the
+//! for the agent's hello, start the runtime (or resume the one a guest restored from a snapshot
+//! already has), run invocations one at a time and collect the log lines that arrive meanwhile. The
+//! agent sends an invocation's log lines before its result, so the
 //! lines taken after a result belong to that invocation.
 
 use std::path::Path;
@@ -10,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream};
+use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream, unix_now_ms};
 use crate::vsock::{self, HandshakeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum SessionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     pub stream: Stream,
+    /// When the agent read it, in milliseconds since the Unix epoch.
+    pub unix_ms: i64,
     pub line: String,
 }
 
@@ -50,6 +53,7 @@ pub enum StartOutcome {
     },
     Exited {
         status: String,
+        out_of_memory: bool,
     },
 }
 
@@ -61,9 +65,10 @@ pub enum InvokeOutcome {
         message: String,
     },
     TooLarge(u64),
-    /// The runtime died during the invocation.
+    /// The runtime died during the invocation (`out_of_memory`: the guest's OOM killer ran).
     Exited {
         status: String,
+        out_of_memory: bool,
     },
 }
 
@@ -84,6 +89,9 @@ pub struct AgentSession {
     dropped_lines: u64,
     agent_version: String,
     pid1: bool,
+    runtime_ready: bool,
+    /// The runtime's peak resident memory during the last invocation, as the agent reported it.
+    memory_peak_bytes: Option<u64>,
 }
 
 impl Drop for AgentSession {
@@ -104,9 +112,11 @@ impl AgentSession {
             Message::Hello {
                 agent_version,
                 pid1,
+                runtime_ready,
             } => {
                 session.agent_version = agent_version;
                 session.pid1 = pid1;
+                session.runtime_ready = runtime_ready;
                 Ok(session)
             }
             other => Err(unexpected("hello", &other)),
@@ -140,6 +150,8 @@ impl AgentSession {
             dropped_lines: 0,
             agent_version: String::new(),
             pid1: false,
+            runtime_ready: false,
+            memory_peak_bytes: None,
         }
     }
 
@@ -150,6 +162,17 @@ impl AgentSession {
     /// Whether the agent runs as the guest's init (false when run on a host for tests).
     pub fn agent_is_pid1(&self) -> bool {
         self.pid1
+    }
+
+    /// Whether the agent's hello said a runtime is already initialised and waiting (a guest restored
+    /// from a snapshot): then [`Self::resume`] replaces [`Self::start`].
+    pub fn runtime_ready(&self) -> bool {
+        self.runtime_ready
+    }
+
+    /// The runtime's peak resident memory during the last invocation that returned a result.
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        self.memory_peak_bytes
     }
 
     /// The next message that is not a log line (log lines are kept for [`AgentSession::take_logs`]).
@@ -169,7 +192,18 @@ impl AgentSession {
             match received {
                 None => return Err(SessionError::Closed),
                 Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Log { stream, line })) => self.keep_log(stream, line),
+                Some(Ok(Message::Log {
+                    stream,
+                    unix_ms,
+                    line,
+                })) => self.keep_log(LogEntry {
+                    stream,
+                    unix_ms,
+                    line,
+                }),
+                Some(Ok(Message::Usage { memory_peak_bytes })) => {
+                    self.memory_peak_bytes = Some(memory_peak_bytes);
+                }
                 Some(Ok(message)) => return Ok(message),
             }
         }
@@ -191,7 +225,36 @@ impl AgentSession {
         timeout: Duration,
     ) -> Result<StartOutcome, SessionError> {
         self.send(&Message::Start(spec)).await?;
-        match self.next("start the runtime", timeout).await? {
+        self.ready("start the runtime", timeout).await
+    }
+
+    /// Carries on with the runtime the agent already has (see [`Self::runtime_ready`]), setting the
+    /// guest's clock to the host's; waits (up to `timeout`) for the agent's `Ready`.
+    pub async fn resume(&mut self, timeout: Duration) -> Result<StartOutcome, SessionError> {
+        self.send(&Message::Resume {
+            unix_ms: unix_now_ms(),
+        })
+        .await?;
+        self.ready("resume the runtime", timeout).await
+    }
+
+    /// Leaves the runtime running in the guest and closes the connection once the agent has let it
+    /// go (within `timeout`): before a snapshot, whose restore would reset the connection anyway.
+    pub async fn detach(mut self, timeout: Duration) -> Result<(), SessionError> {
+        self.send(&Message::Detach).await?;
+        match self.next("let the connection go", timeout).await {
+            Err(SessionError::Closed) => Ok(()),
+            Err(e) => Err(e),
+            Ok(other) => Err(unexpected("the connection to close", &other)),
+        }
+    }
+
+    async fn ready(
+        &mut self,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<StartOutcome, SessionError> {
+        match self.next(what, timeout).await? {
             Message::Ready { init_ms } => Ok(StartOutcome::Ready { init_ms }),
             Message::InitError {
                 error_type,
@@ -200,7 +263,13 @@ impl AgentSession {
                 error_type,
                 message,
             }),
-            Message::Exited { status } => Ok(StartOutcome::Exited { status }),
+            Message::Exited {
+                status,
+                out_of_memory,
+            } => Ok(StartOutcome::Exited {
+                status,
+                out_of_memory,
+            }),
             other => Err(unexpected("ready", &other)),
         }
     }
@@ -240,7 +309,13 @@ impl AgentSession {
                     request_id: id,
                     size,
                 } if id == request_id => InvokeOutcome::TooLarge(size),
-                Message::Exited { status } => InvokeOutcome::Exited { status },
+                Message::Exited {
+                    status,
+                    out_of_memory,
+                } => InvokeOutcome::Exited {
+                    status,
+                    out_of_memory,
+                },
                 // A late `Ready` (never expected) is harmless; anything else is a protocol error.
                 Message::Ready { .. } => continue,
                 other => return Err(unexpected("the invocation's result", &other)),
@@ -254,13 +329,13 @@ impl AgentSession {
         self.log_cap = bytes;
     }
 
-    fn keep_log(&mut self, stream: Stream, line: String) {
+    fn keep_log(&mut self, entry: LogEntry) {
         if self.log_bytes > self.log_cap {
             self.dropped_lines += 1;
             return;
         }
-        self.log_bytes += line.len();
-        self.logs.push(LogEntry { stream, line });
+        self.log_bytes += entry.line.len();
+        self.logs.push(entry);
     }
 
     /// The log lines received since the last call; when lines were dropped over the cap, a last
@@ -272,6 +347,7 @@ impl AgentSession {
         if dropped > 0 {
             logs.push(LogEntry {
                 stream: Stream::Stderr,
+                unix_ms: unix_now_ms(),
                 line: format!(
                     "[voltrun] {dropped} log lines dropped: the function wrote faster than they could be kept"
                 ),

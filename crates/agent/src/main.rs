@@ -1,7 +1,9 @@
 //! `voltrun-agent`: the guest's init. In a Firecracker guest it runs as PID 1: mounts the
 //! pseudo-filesystems, the scratch disk and the function's code, brings loopback up, then serves the
-//! host on vsock port 52. For tests on a host, `--unix <path>` serves a Unix socket that answers
-//! Firecracker's vsock handshake itself, and `--no-init` skips everything that needs a guest.
+//! host on vsock port 52, one connection at a time; the runtime outlives a connection (a host
+//! reconnects after restoring a snapshot). For tests on a host, `--unix <path>` serves a Unix socket
+//! that answers Firecracker's vsock handshake itself, and `--no-init` skips everything that needs a
+//! guest.
 //!
 //! Usage: voltrun-agent [--no-init] [--vsock-port N] [--unix PATH [--once]]
 
@@ -109,6 +111,7 @@ fn init_guest() {
 
 async fn serve_vsock(port: u32, pid1: bool) -> std::io::Result<()> {
     let listener = std::sync::Arc::new(vsock_listen(port)?);
+    let mut agent = guest::Agent::new(pid1);
     loop {
         let listener = listener.clone();
         let fd: OwnedFd = tokio::task::spawn_blocking(move || vsock_accept(&listener))
@@ -119,7 +122,7 @@ async fn serve_vsock(port: u32, pid1: bool) -> std::io::Result<()> {
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
-        if let Err(e) = guest::serve(stream, pid1).await {
+        if let Err(e) = agent.serve(stream).await {
             eprintln!("voltrun-agent: {e}");
         }
     }
@@ -128,6 +131,7 @@ async fn serve_vsock(port: u32, pid1: bool) -> std::io::Result<()> {
 async fn serve_unix(path: &Path, port: u32, once: bool, pid1: bool) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
+    let mut agent = guest::Agent::new(pid1);
     loop {
         let (mut stream, _) = listener.accept().await?;
         // Firecracker's side of the host-initiated handshake.
@@ -135,7 +139,7 @@ async fn serve_unix(path: &Path, port: u32, once: bool, pid1: bool) -> std::io::
             eprintln!("voltrun-agent: handshake: {e}");
             continue;
         }
-        if let Err(e) = guest::serve(stream, pid1).await {
+        if let Err(e) = agent.serve(stream).await {
             eprintln!("voltrun-agent: {e}");
         }
         if once {

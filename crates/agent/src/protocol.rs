@@ -12,7 +12,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The largest frame (after the length prefix): a 6 MiB response payload plus headroom.
 pub const MAX_FRAME_BYTES: u32 = 8 << 20;
 
@@ -64,8 +64,14 @@ pub struct StartSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Agent → host, first on every connection.
-    Hello { agent_version: String, pid1: bool },
+    /// Agent → host, first on every connection. `runtime_ready`: a runtime started on an earlier
+    /// connection is waiting for its next invocation (a guest restored from a snapshot, or a host
+    /// that detached); the host sends `Resume` instead of `Start`.
+    Hello {
+        agent_version: String,
+        pid1: bool,
+        runtime_ready: bool,
+    },
     /// Host → agent: start the runtime.
     Start(StartSpec),
     /// Agent → host: the runtime asked for its first invocation (initialisation is done).
@@ -92,12 +98,27 @@ pub enum Message {
     },
     /// Agent → host: the response was larger than the Runtime API allows.
     ResponseTooLarge { request_id: String, size: u64 },
-    /// Agent → host: one line the runtime wrote.
-    Log { stream: Stream, line: String },
-    /// Agent → host: the runtime process ended.
-    Exited { status: String },
+    /// Agent → host: one line the runtime wrote, stamped when the agent read it (milliseconds since
+    /// the Unix epoch on the guest's clock).
+    Log {
+        stream: Stream,
+        unix_ms: i64,
+        line: String,
+    },
+    /// Agent → host: the runtime process ended; `out_of_memory` when the guest kernel's OOM killer
+    /// ran meanwhile (the VM's memory is the function's).
+    Exited { status: String, out_of_memory: bool },
     /// Host → agent: stop the runtime and close.
     Shutdown,
+    /// Host → agent: close this connection but keep the runtime waiting (before a snapshot: vsock
+    /// connections do not survive one).
+    Detach,
+    /// Host → agent, on a connection whose hello said `runtime_ready`: carry on with the runtime.
+    /// A restored guest's clock stands where the snapshot left it; the agent sets it to `unix_ms`.
+    /// The agent answers `Ready` with the original initialisation time.
+    Resume { unix_ms: i64 },
+    /// Agent → host, before each invocation's result: the runtime's peak resident memory during it.
+    Usage { memory_peak_bytes: u64 },
 }
 
 impl Message {
@@ -114,8 +135,18 @@ impl Message {
             Message::Log { .. } => 9,
             Message::Exited { .. } => 10,
             Message::Shutdown => 11,
+            Message::Detach => 12,
+            Message::Resume { .. } => 13,
+            Message::Usage { .. } => 14,
         }
     }
+}
+
+/// The local clock in milliseconds since the Unix epoch, as log lines and `Resume` carry it.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 // --- encoding --------------------------------------------------------------------------------------
@@ -163,9 +194,11 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, ProtocolError> {
         Message::Hello {
             agent_version,
             pid1,
+            runtime_ready,
         } => {
             w.str(agent_version)?;
             w.u8(u8::from(*pid1));
+            w.u8(u8::from(*runtime_ready));
         }
         Message::Start(spec) => {
             w.len(spec.command.len())?;
@@ -220,15 +253,28 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, ProtocolError> {
             w.str(request_id)?;
             w.u64(*size);
         }
-        Message::Log { stream, line } => {
+        Message::Log {
+            stream,
+            unix_ms,
+            line,
+        } => {
             w.u8(match stream {
                 Stream::Stdout => 1,
                 Stream::Stderr => 2,
             });
+            w.i64(*unix_ms);
             w.str(line)?;
         }
-        Message::Exited { status } => w.str(status)?,
-        Message::Shutdown => {}
+        Message::Exited {
+            status,
+            out_of_memory,
+        } => {
+            w.str(status)?;
+            w.u8(u8::from(*out_of_memory));
+        }
+        Message::Shutdown | Message::Detach => {}
+        Message::Resume { unix_ms } => w.i64(*unix_ms),
+        Message::Usage { memory_peak_bytes } => w.u64(*memory_peak_bytes),
     }
     let length = w.0.len() - 4;
     if length as u64 > u64::from(MAX_FRAME_BYTES) {
@@ -320,6 +366,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, ProtocolError> {
         1 => Message::Hello {
             agent_version: r.str()?,
             pid1: r.bool("hello.pid1")?,
+            runtime_ready: r.bool("hello.runtime_ready")?,
         },
         2 => {
             let n = r.count(4)?;
@@ -375,10 +422,19 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, ProtocolError> {
                     });
                 }
             },
+            unix_ms: r.i64()?,
             line: r.str()?,
         },
-        10 => Message::Exited { status: r.str()? },
+        10 => Message::Exited {
+            status: r.str()?,
+            out_of_memory: r.bool("exited.out_of_memory")?,
+        },
         11 => Message::Shutdown,
+        12 => Message::Detach,
+        13 => Message::Resume { unix_ms: r.i64()? },
+        14 => Message::Usage {
+            memory_peak_bytes: r.u64()?,
+        },
         other => return Err(ProtocolError::UnknownKind(other)),
     };
     if !r.0.is_empty() {
@@ -478,7 +534,7 @@ mod tests {
             Err(ProtocolError::TrailingBytes(1))
         );
         assert_eq!(
-            decode(&[0, 0, 0, 8, VERSION, 10, 0, 0, 0, 2, 0xff, 0xfe]),
+            decode(&[0, 0, 0, 9, VERSION, 10, 0, 0, 0, 2, 0xff, 0xfe, 0]),
             Err(ProtocolError::InvalidUtf8)
         );
         assert_eq!(

@@ -42,10 +42,11 @@ fn bytes(rng: &mut StdRng) -> Vec<u8> {
 }
 
 fn message(rng: &mut StdRng) -> Message {
-    match rng.random_range(0..11) {
+    match rng.random_range(0..14) {
         0 => Message::Hello {
             agent_version: text(rng),
             pid1: rng.random(),
+            runtime_ready: rng.random(),
         },
         1 => Message::Start(StartSpec {
             command: (0..rng.random_range(0..5)).map(|_| text(rng)).collect(),
@@ -88,9 +89,20 @@ fn message(rng: &mut StdRng) -> Message {
             } else {
                 Stream::Stderr
             },
+            unix_ms: rng.random(),
             line: text(rng),
         },
-        9 => Message::Exited { status: text(rng) },
+        9 => Message::Exited {
+            status: text(rng),
+            out_of_memory: rng.random(),
+        },
+        10 => Message::Detach,
+        11 => Message::Resume {
+            unix_ms: rng.random(),
+        },
+        12 => Message::Usage {
+            memory_peak_bytes: rng.random(),
+        },
         _ => Message::Shutdown,
     }
 }

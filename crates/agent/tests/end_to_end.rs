@@ -33,6 +33,15 @@ impl Agent {
 
     /// Starts the agent as `start` does, run by `wrapper` (a command and its arguments) when given.
     async fn start_under(wrapper: &[&str], files: &[(&str, &str)]) -> Self {
+        Self::spawn(wrapper, files, true)
+    }
+
+    /// Starts the agent serving one connection after another (as in a guest), until killed.
+    async fn start_serving(files: &[(&str, &str)]) -> Self {
+        Self::spawn(&[], files, false)
+    }
+
+    fn spawn(wrapper: &[&str], files: &[(&str, &str)], once: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "va-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -49,7 +58,9 @@ impl Agent {
         };
         let child = tokio::process::Command::new(program)
             .args(wrapped)
-            .args(["--no-init", "--once", "--unix"])
+            .arg("--no-init")
+            .args(once.then_some("--once"))
+            .arg("--unix")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -339,7 +350,8 @@ async fn a_runtime_that_dies_mid_invocation_is_reported() {
     assert_eq!(
         outcome,
         InvokeOutcome::Exited {
-            status: "exit status: 3".into()
+            status: "exit status: 3".into(),
+            out_of_memory: false,
         }
     );
     assert!(session.take_logs().iter().any(|l| l.line == "going down"));
@@ -577,4 +589,113 @@ async fn as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_lim
 fn writeln_stderr(line: &str) -> std::io::Result<()> {
     use std::io::Write;
     writeln!(std::io::stderr(), "{line}")
+}
+
+const STATEFUL: &str = r#"
+import os, time
+LOADED_AT = time.time()
+print("initialising once")
+
+def handler(event, context):
+    print("invoked with", event["n"])
+    return {"pid": os.getpid(), "loaded_at": LOADED_AT}
+"#;
+
+#[tokio::test]
+async fn a_detached_runtime_is_resumed_by_the_next_connection_without_a_new_init() {
+    // What a snapshot restore looks like to the agent: the host detaches (vsock connections do not
+    // survive a snapshot), and a new connection finds the initialised runtime waiting.
+    let agent = Agent::start_serving(&[("app.py", STATEFUL)]).await;
+    let mut session = agent.connect().await;
+    assert!(!session.runtime_ready());
+    let StartOutcome::Ready { init_ms } = session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap()
+    else {
+        panic!("the runtime did not start");
+    };
+    let InvokeOutcome::Response(before) = session
+        .invoke("s1", br#"{"n": 1}"#.to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap()
+    else {
+        panic!("no response");
+    };
+    let before = json(&before);
+    session.detach(TIMEOUT).await.unwrap();
+
+    let mut session = agent.connect().await;
+    assert!(session.runtime_ready(), "the runtime was not kept");
+    // Resume answers with the original initialisation time: no new init happened.
+    assert_eq!(
+        session.resume(TIMEOUT).await.unwrap(),
+        StartOutcome::Ready { init_ms }
+    );
+    let InvokeOutcome::Response(after) = session
+        .invoke("s2", br#"{"n": 2}"#.to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap()
+    else {
+        panic!("no response after the resume");
+    };
+    let after = json(&after);
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(after["loaded_at"], before["loaded_at"]);
+    let logs: Vec<String> = session.take_logs().into_iter().map(|l| l.line).collect();
+    assert!(logs.contains(&"invoked with 2".to_string()), "{logs:?}");
+    assert!(!logs.iter().any(|l| l == "initialising once"), "{logs:?}");
+
+    // Shutdown, unlike a detach, ends the runtime: the next connection finds none.
+    session.shutdown().await;
+    let runtime_pid = before["pid"].as_u64().unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{runtime_pid}")).exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the runtime outlived a shutdown");
+    let mut session = agent.connect().await;
+    assert!(!session.runtime_ready());
+    // Resuming what is not there ends the connection, not the agent.
+    assert!(session.resume(Duration::from_secs(5)).await.is_err());
+    let session = agent.connect().await;
+    assert!(!session.runtime_ready());
+}
+
+const HUNGRY: &str = r#"
+def handler(event, context):
+    block = b"x" * (event["mb"] << 20)
+    return len(block)
+"#;
+
+#[tokio::test]
+async fn each_result_carries_the_runtimes_memory_peak_during_that_invocation() {
+    let agent = Agent::start(&[("app.py", HUNGRY)]).await;
+    let mut session = agent.connect().await;
+    session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    let mut peaks = Vec::new();
+    for (id, mb) in [("m1", 80), ("m2", 0)] {
+        let event = format!(r#"{{"mb": {mb}}}"#).into_bytes();
+        let outcome = session
+            .invoke(id, event, deadline(), "arn", TIMEOUT)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, InvokeOutcome::Response(_)), "{outcome:?}");
+        peaks.push(session.memory_peak_bytes().unwrap() >> 20);
+    }
+    // The 80 MiB block shows in the first peak; the second starts afresh (the block is freed).
+    assert!(peaks[0] >= 80, "{peaks:?}");
+    assert!(
+        peaks[1] < 60,
+        "the peak was not reset between invocations: {peaks:?}"
+    );
+    drop(session);
+    agent.finish().await;
 }

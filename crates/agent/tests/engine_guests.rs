@@ -32,21 +32,80 @@ struct HostAgents {
     bootstraps: PathBuf,
     /// Agents running now: a guest the engine ended must be gone.
     running: Arc<AtomicUsize>,
+    /// Where each agent gets a cgroup v1 memory controller of the function's memory, standing in
+    /// for a VM's memory size (so that the guest's OOM killer has a host equivalent); `None` where
+    /// the host has no such controller or the tests are not root.
+    memory_cgroups: Option<PathBuf>,
 }
 
 #[derive(Debug)]
 struct HostAgent {
     child: tokio::process::Child,
     running: Arc<AtomicUsize>,
+    cgroup: Option<PathBuf>,
 }
 
 #[async_trait]
 impl GuestBody for HostAgent {
     async fn stop(mut self: Box<Self>) {
+        // The agent and its runtime, as a VM's end takes every process in it: the agent leads a
+        // process group its runtime is born into.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        if let Some(cgroup) = &self.cgroup {
+            // The runtime may take a moment to follow its killed agent out of the group.
+            for _ in 0..100 {
+                if std::fs::remove_dir(cgroup).is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         self.running.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A cgroup v1 memory directory of this process's own, for the agents' groups; `None` (with the
+/// reason) where there is none to use.
+fn memory_cgroup_parent(dir_name: &str) -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let path = own
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .ok_or("no cgroup v1 memory controller")?;
+    let parent = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(path.trim_start_matches('/'))
+        .join(dir_name);
+    std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    Ok(parent)
+}
+
+fn confine(
+    parent: &std::path::Path,
+    name: &str,
+    memory_mb: u32,
+    pid: u32,
+) -> std::io::Result<PathBuf> {
+    let cgroup = parent.join(name);
+    std::fs::create_dir(&cgroup)?;
+    std::fs::write(
+        cgroup.join("memory.limit_in_bytes"),
+        (u64::from(memory_mb) << 20).to_string(),
+    )?;
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())?;
+    Ok(cgroup)
 }
 
 #[async_trait]
@@ -68,13 +127,22 @@ impl GuestLauncher for HostAgents {
             .args(["--no-init", "--once", "--unix"])
             .arg(&socket)
             .stdin(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| e.to_string())?;
         self.running.fetch_add(1, Ordering::SeqCst);
+        // The runtime starts after the hello, so it is born inside the agent's group.
+        let cgroup = match (&self.memory_cgroups, child.id()) {
+            (Some(parent), Some(pid)) => {
+                Some(confine(parent, &spec.name, spec.memory_mb, pid).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
         let body = Box::new(HostAgent {
             child,
             running: self.running.clone(),
+            cgroup,
         });
         match AgentSession::connect(&socket, AGENT_PORT, Duration::from_secs(10)).await {
             Ok(session) => Ok(Guest { session, body }),
@@ -110,11 +178,17 @@ struct Setup {
     user: Uuid,
     running: Arc<AtomicUsize>,
     dir: PathBuf,
+    /// Why agents run without a memory limit here, if they do.
+    unconfined: Option<String>,
+    memory_cgroups: Option<PathBuf>,
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = &self.memory_cgroups {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
@@ -136,10 +210,16 @@ async fn setup() -> Setup {
     store.create_user(&user).await.unwrap();
     let work_dir = dir.join("engine");
     let running = Arc::new(AtomicUsize::new(0));
+    let cgroup_name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let (memory_cgroups, unconfined) = match memory_cgroup_parent(&cgroup_name) {
+        Ok(parent) => (Some(parent), None),
+        Err(why) => (None, Some(why)),
+    };
     let launcher = HostAgents {
         sockets: dir.join("sockets"),
         bootstraps: work_dir.join("runtime").join("bootstraps"),
         running: running.clone(),
+        memory_cgroups: memory_cgroups.clone(),
     };
     let config = LocalEngineConfig {
         work_dir,
@@ -167,6 +247,8 @@ async fn setup() -> Setup {
         user: user.id,
         running,
         dir,
+        unconfined,
+        memory_cgroups,
     }
 }
 
@@ -484,5 +566,79 @@ async fn a_flood_of_output_is_capped_on_the_host_and_the_result_still_arrives() 
     // The next invocation on the same guest starts with a clean slate.
     let again = setup.invoke(&flood, serde_json::json!({})).await;
     assert!(!again.outcome.cold_start);
+    setup.engine.shutdown().await;
+}
+
+const MEASURED: &str = r#"
+import time
+print("before the block")
+
+def handler(event, context):
+    block = b"x" * (event["mb"] << 20)
+    time.sleep(0.3)
+    print("after the block")
+    return len(block)
+"#;
+
+#[tokio::test]
+async fn memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest() {
+    let setup = setup().await;
+    let runtime = setup.runtime("python");
+    let function = setup
+        .deploy(&runtime, "app.py", MEASURED, "app.handler", 30)
+        .await;
+
+    let started = chrono::Utc::now();
+    let fed = setup.invoke(&function, serde_json::json!({"mb": 40})).await;
+    assert_eq!(
+        fed.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        fed.outcome.error
+    );
+    let peak = fed
+        .outcome
+        .memory_peak_mb
+        .expect("no memory peak for a guest instance");
+    assert!((40..128).contains(&peak), "peak {peak} MB");
+    // Each line carries the time the agent read it: the block's line came 0.3 s after the first.
+    let stamp = |text: &str| {
+        fed.logs
+            .iter()
+            .find(|l| l.line == text)
+            .unwrap_or_else(|| panic!("no {text:?} in {:?}", lines(&fed)))
+            .timestamp
+    };
+    let (before, after) = (stamp("before the block"), stamp("after the block"));
+    assert!(
+        before >= started - chrono::Duration::seconds(1),
+        "{before} vs {started}"
+    );
+    assert!(
+        after - before >= chrono::Duration::milliseconds(250),
+        "{before} then {after}"
+    );
+
+    let Some(_) = &setup.memory_cgroups else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest (its \
+             out-of-memory half): no memory cgroup for the stand-in guests: {} (it did not run)",
+            setup.unconfined.as_deref().unwrap_or("")
+        );
+        return;
+    };
+    // 300 MiB in a 128 MB guest: its OOM killer ends the runtime, and the error says so.
+    let starved = setup
+        .invoke(&function, serde_json::json!({"mb": 300}))
+        .await;
+    assert_eq!(starved.outcome.status, ExecutionStatus::Failed);
+    let error = starved.outcome.error.as_ref().unwrap();
+    assert_eq!(error.error_type, "Runtime.OutOfMemory", "{}", error.message);
+    // The guest is gone; the next invocation starts a new one that works.
+    let again = setup.invoke(&function, serde_json::json!({"mb": 1})).await;
+    assert_eq!(again.outcome.status, ExecutionStatus::Succeeded);
+    assert!(again.outcome.cold_start);
     setup.engine.shutdown().await;
 }

@@ -129,12 +129,12 @@ impl Instance {
         }
     }
 
-    /// The most memory the instance used since its last invocation began, where the host can see it
-    /// (a sandbox's cgroup; a microVM's memory is the guest's own business).
+    /// The most memory the instance used since its last invocation began: a sandbox's cgroup peak,
+    /// or the peak resident size of a microVM's runtime process as its agent measured it.
     pub fn memory_peak_mb(&self) -> Option<i64> {
         match &self.body {
             Body::Sandbox(s) => s.memory_peak_mb(),
-            Body::Guest(_) => None,
+            Body::Guest(g) => g.memory_peak_mb(),
         }
     }
 

@@ -327,9 +327,12 @@ impl GuestInstance {
                 error_type,
                 message,
             }),
-            Ok(StartOutcome::Exited { status }) => Failure::Exited {
+            Ok(StartOutcome::Exited {
                 status,
-                out_of_memory: false,
+                out_of_memory,
+            }) => Failure::Exited {
+                status,
+                out_of_memory,
             },
             Err(SessionError::Timeout { .. }) => Failure::TimedOut,
             Err(e) => Failure::Sandbox(e.to_string()),
@@ -341,6 +344,12 @@ impl GuestInstance {
 
     pub fn is_healthy(&self) -> bool {
         self.guest.is_some()
+    }
+
+    /// The runtime's peak resident memory during the last invocation, as the guest's agent saw it.
+    pub fn memory_peak_mb(&self) -> Option<i64> {
+        let bytes = self.guest.as_ref()?.session.memory_peak_bytes()?;
+        Some(i64::try_from(bytes >> 20).unwrap_or(i64::MAX))
     }
 
     /// Runs one invocation. A timeout or a broken connection ends the guest before this returns.
@@ -384,9 +393,12 @@ impl GuestInstance {
                     usize::try_from(size).unwrap_or(usize::MAX),
                 ));
             }
-            Ok(InvokeOutcome::Exited { status }) => Failure::Exited {
+            Ok(InvokeOutcome::Exited {
                 status,
-                out_of_memory: false,
+                out_of_memory,
+            }) => Failure::Exited {
+                status,
+                out_of_memory,
             },
             Err(SessionError::Timeout { .. }) => Failure::TimedOut,
             Err(e) => Failure::Sandbox(format!("the microVM's agent: {e}")),
@@ -424,7 +436,9 @@ fn log_lines(entries: Vec<voltrun_agent::host::LogEntry>) -> Vec<LogLine> {
     entries
         .into_iter()
         .map(|entry| LogLine {
-            timestamp: Utc::now(),
+            // The guest's clock, set from the host's at boot and at every resume.
+            timestamp: chrono::DateTime::from_timestamp_millis(entry.unix_ms)
+                .unwrap_or_else(Utc::now),
             stream: match entry.stream {
                 Stream::Stdout => LogStream::Stdout,
                 Stream::Stderr => LogStream::Stderr,

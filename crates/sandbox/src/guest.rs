@@ -200,3 +200,14 @@ pub fn make_sticky_tmp(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777))
 }
+
+/// Sets the system's wall clock (`CLOCK_REALTIME`) to `unix_ms`: a guest restored from a snapshot
+/// wakes with the time the snapshot was taken. Needs `CAP_SYS_TIME` (the guest's init has it).
+pub fn set_realtime_clock(unix_ms: i64) -> io::Result<()> {
+    let time = libc::timespec {
+        tv_sec: unix_ms.div_euclid(1000),
+        tv_nsec: unix_ms.rem_euclid(1000) * 1_000_000,
+    };
+    // SAFETY: clock_settime reads a timespec we own for the duration of the call and keeps nothing.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &raw const time) }).map(drop)
+}
