@@ -46,6 +46,9 @@ OPTIONS=(
   ADVISE_SYSCALLS MEMBARRIER FILE_LOCKING INOTIFY_USER SYSVIPC FHANDLE
   # Limits the agent may set inside the guest.
   CGROUPS MEMCG CGROUP_PIDS
+  # Firecracker's VM generation ID: a guest restored from a snapshot reseeds its random number
+  # generator, so clones of one snapshot do not share it.
+  VIRT_DRIVERS VMGENID
 )
 
 [ "$(uname -m)" = x86_64 ] || fail "builds an x86_64 guest kernel; this is $(uname -m)"

@@ -7,6 +7,7 @@
 
 mod code_cache;
 pub mod executions;
+pub mod guest_snapshots;
 mod instance;
 pub mod local;
 mod metrics;

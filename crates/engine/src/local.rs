@@ -184,10 +184,7 @@ impl LocalEngine {
         detail: String,
         warnings: Vec<String>,
     ) -> Result<Arc<Self>, EngineError> {
-        let detail = match &config.selection {
-            Some(why) => format!("{detail} ({why})"),
-            None => detail,
-        };
+        let detail = with_selection(detail, config.selection.as_deref());
         let runtime_dir = config.work_dir.join("runtime");
         write_runtime_files(&runtime_dir)
             .map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
@@ -714,7 +711,13 @@ impl Engine for LocalEngine {
         EngineStatus {
             backend: self.isolation.backend().into(),
             ready: true,
-            detail: self.detail.clone(),
+            // A launcher's description changes as it works (its snapshots, say).
+            detail: match &self.isolation {
+                Isolation::Guest(launcher) => {
+                    with_selection(launcher.describe(), self.config.selection.as_deref())
+                }
+                Isolation::Namespace(_) => self.detail.clone(),
+            },
             warnings: self.warnings.clone(),
         }
     }
@@ -888,5 +891,13 @@ impl LocalEngine {
             },
             logs,
         }
+    }
+}
+
+/// An engine's description, with why this backend was chosen when it was chosen automatically.
+fn with_selection(detail: String, selection: Option<&str>) -> String {
+    match selection {
+        Some(why) => format!("{detail} ({why})"),
+        None => detail,
     }
 }

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +22,9 @@ use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_vm::images::Manifest;
 use voltrun_vm::jailer::JailerConfig;
-use voltrun_vm::{ManagerConfig, Step, Vm, VmManager, VmSpec};
+use voltrun_vm::{ManagerConfig, Snapshot, Step, Vm, VmManager, VmSpec};
+
+use crate::guest_snapshots::SnapshotStore;
 
 use crate::instance::{Failure, INIT_TIMEOUT, InvokeResult};
 use crate::runtime_api::{InitFailure, RuntimeReply};
@@ -98,15 +101,28 @@ pub struct FirecrackerConfig {
     /// The image set as a start-up probe just loaded and verified it from `images_dir`; `None`
     /// loads and verifies it here.
     pub verified_manifest: Option<Manifest>,
+    /// Where snapshots of initialised guests are kept (emptied at start); `None` boots every cold
+    /// start.
+    pub snapshot_dir: Option<PathBuf>,
+    /// How many snapshots are kept at most (each is as large as its function's memory).
+    pub max_snapshots: usize,
 }
 
-/// Boots one Firecracker microVM per guest from the verified image set.
+/// Boots one Firecracker microVM per guest from the verified image set, or restores one from a
+/// snapshot of an initialised guest of the same configuration when there is one.
 #[derive(Debug)]
 pub struct FirecrackerLauncher {
+    shared: Arc<Machines>,
+}
+
+/// What booting, restoring and snapshotting VMs share (with the tasks that make snapshots).
+#[derive(Debug)]
+struct Machines {
     manager: VmManager,
     manifest: Manifest,
     images_dir: PathBuf,
     boot_timeout: Duration,
+    snapshots: Option<SnapshotStore>,
 }
 
 impl FirecrackerLauncher {
@@ -143,14 +159,56 @@ impl FirecrackerLauncher {
                 "removed microVMs a previous server left behind"
             );
         }
+        let snapshots = match &config.snapshot_dir {
+            Some(dir) if config.max_snapshots > 0 => Some(
+                SnapshotStore::open(dir, config.max_snapshots)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
-            manager,
-            manifest,
-            images_dir: config.images_dir,
-            boot_timeout: config.boot_timeout,
+            shared: Arc::new(Machines {
+                manager,
+                manifest,
+                images_dir: config.images_dir,
+                boot_timeout: config.boot_timeout,
+                snapshots,
+            }),
         })
     }
 
+    /// The VM a guest for `spec` runs in, its code drive made if need be.
+    pub async fn vm_spec(&self, spec: &GuestSpec) -> Result<VmSpec, String> {
+        let code = code_image(&spec.code_dir).await?;
+        self.shared.vm_spec(spec, code)
+    }
+
+    /// Where the snapshot for `spec`'s configuration is (or would be) kept; `None` without
+    /// snapshots.
+    pub async fn snapshot_path(&self, spec: &GuestSpec) -> Result<Option<PathBuf>, String> {
+        let Some(store) = &self.shared.snapshots else {
+            return Ok(None);
+        };
+        let vm = self.vm_spec(spec).await?;
+        Ok(Some(
+            store.path(&SnapshotStore::key(&vm, &self.start_spec(spec))),
+        ))
+    }
+
+    /// Why `spec`'s configuration has no snapshot, when making one failed.
+    pub async fn snapshot_failure(&self, spec: &GuestSpec) -> Option<String> {
+        let store = self.shared.snapshots.as_ref()?;
+        let vm = self.vm_spec(spec).await.ok()?;
+        store.failure(&SnapshotStore::key(&vm, &self.start_spec(spec)))
+    }
+
+    /// The firecracker VM manager, for tests that make VMs beside the launcher's.
+    pub fn manager(&self) -> &VmManager {
+        &self.shared.manager
+    }
+}
+
+impl Machines {
     fn vm_spec(&self, spec: &GuestSpec, code: PathBuf) -> Result<VmSpec, String> {
         let root = self
             .manifest
@@ -188,6 +246,94 @@ impl FirecrackerLauncher {
             code: Some(code),
         })
     }
+
+    /// Boots a VM and waits for its agent's hello.
+    async fn boot(&self, spec: VmSpec) -> Result<(Vm, AgentSession), String> {
+        let mut vm = self.manager.spawn(spec).await.map_err(|e| e.to_string())?;
+        // From here on, dropping `vm` kills the VMM and removes its files.
+        vm.configure().await.map_err(|e| e.to_string())?;
+        vm.start().await.map_err(|e| e.to_string())?;
+        self.connect(vm, "said hello").await
+    }
+
+    /// Restores a VM from `snapshot` and reconnects to its agent, which must have the runtime
+    /// waiting.
+    async fn restore(
+        &self,
+        spec: VmSpec,
+        snapshot: &Snapshot,
+    ) -> Result<(Vm, AgentSession), String> {
+        let vm = self
+            .manager
+            .restore(spec, snapshot)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (vm, session) = self.connect(vm, "answered after the restore").await?;
+        if !session.runtime_ready() {
+            return Err(format!(
+                "{}: the restored guest's agent has no runtime waiting",
+                Step::AgentConnect
+            ));
+        }
+        Ok((vm, session))
+    }
+
+    async fn connect(&self, vm: Vm, what: &str) -> Result<(Vm, AgentSession), String> {
+        let vsock = vm.vsock_path();
+        let session = tokio::select! {
+            session = AgentSession::connect(&vsock, AGENT_PORT, self.boot_timeout) => session.map_err(|e| {
+                format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
+            }),
+            exit = vm.wait_exit() => Err(format!(
+                "{}: the VMM exited ({}) before the guest agent {what}; last output: {}",
+                Step::AgentConnect,
+                exit.status,
+                exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+            )),
+        }?;
+        Ok((vm, session))
+    }
+
+    /// Makes the snapshot of `key` from a VM of its own: boot, start the runtime, let its first
+    /// request for an invocation arrive, detach (vsock connections do not survive a snapshot),
+    /// snapshot, and end the VM. Runs beside the cold start that asked for it, which boots as usual.
+    async fn make_snapshot(&self, key: String, spec: VmSpec, start: StartSpec) {
+        let Some(store) = &self.snapshots else { return };
+        let mut staging = None;
+        let made = async {
+            let (mut vm, mut session) = self.boot(spec).await?;
+            match session.start(start, INIT_TIMEOUT).await {
+                Ok(StartOutcome::Ready { .. }) => {}
+                Ok(other) => return Err(format!("the runtime did not initialise: {other:?}")),
+                Err(e) => return Err(format!("starting the runtime: {e}")),
+            }
+            session
+                .detach(Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("detaching from the agent: {e}"))?;
+            let dir = store
+                .staging(&key)
+                .map_err(|e| format!("{}: {e}", Step::Snapshot))?;
+            staging = Some(dir.clone());
+            let snapshot = vm.snapshot(&dir).await.map_err(|e| e.to_string());
+            vm.stop().await;
+            snapshot.map(drop)
+        }
+        .await;
+        let published = made.and_then(|()| {
+            let dir = staging.take().unwrap_or_default();
+            store
+                .publish(&key, &dir)
+                .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))
+        });
+        match published {
+            Ok(()) => tracing::info!(key, "snapshot of an initialised guest ready"),
+            Err(why) => {
+                tracing::warn!(key, %why, "no snapshot for this configuration: cold starts boot");
+                store.failed(&key, staging.as_deref(), why);
+            }
+        }
+    }
 }
 
 /// A VM as a guest body.
@@ -207,26 +353,32 @@ impl GuestBody for VmBody {
 #[async_trait]
 impl GuestLauncher for FirecrackerLauncher {
     fn describe(&self) -> String {
-        let runtimes: Vec<&str> = self
+        let machines = &self.shared;
+        let runtimes: Vec<&str> = machines
             .manifest
             .rootfs
             .iter()
             .map(|r| r.runtime.as_str())
             .collect();
         format!(
-            "Firecracker microVMs ({}), guest images for {} in {}",
-            if self.manager.config().jailer.is_some() {
+            "Firecracker microVMs ({}; {}), guest images for {} in {}",
+            if machines.manager.config().jailer.is_some() {
                 "jailed"
             } else {
                 "not jailed"
             },
+            match &machines.snapshots {
+                Some(store) => format!("cold starts restore snapshots, {} ready", store.count()),
+                None => "every cold start boots".into(),
+            },
             runtimes.join(", "),
-            self.images_dir.display()
+            machines.images_dir.display()
         )
     }
 
     fn runtimes(&self) -> Vec<String> {
-        self.manifest
+        self.shared
+            .manifest
             .rootfs
             .iter()
             .map(|r| r.runtime.clone())
@@ -234,33 +386,57 @@ impl GuestLauncher for FirecrackerLauncher {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
-        let code = code_image(&spec.code_dir).await?;
-        let vm_spec = self.vm_spec(spec, code)?;
-        let mut vm = self
-            .manager
-            .spawn(vm_spec)
+        let vm_spec = self.vm_spec(spec).await?;
+        let machines = &self.shared;
+        let mut restore_failed = None;
+        if let Some(store) = &machines.snapshots {
+            let start = self.start_spec(spec);
+            let key = SnapshotStore::key(&vm_spec, &start);
+            if let Some(snapshot) = store.ready(&key) {
+                match machines.restore(vm_spec.clone(), &snapshot).await {
+                    Ok((vm, session)) => {
+                        return Ok(Guest {
+                            session,
+                            body: Box::new(VmBody(vm)),
+                        });
+                    }
+                    Err(why) => {
+                        tracing::warn!(key, %why, "restoring a snapshot failed: booting instead");
+                        store.discard(&key, why.clone());
+                        restore_failed = Some(why);
+                    }
+                }
+            } else if store.claim(&key) {
+                let (machines, spec) = (machines.clone(), vm_spec.clone());
+                tokio::spawn(async move {
+                    machines
+                        .make_snapshot(key, spec, snapshot_start(start))
+                        .await;
+                });
+            }
+        }
+        let (vm, session) = machines
+            .boot(vm_spec)
             .await
-            .map_err(|e| e.to_string())?;
-        // From here on, dropping `vm` kills the VMM and removes its files.
-        vm.configure().await.map_err(|e| e.to_string())?;
-        vm.start().await.map_err(|e| e.to_string())?;
-        let vsock = vm.vsock_path();
-        let session = tokio::select! {
-            session = AgentSession::connect(&vsock, AGENT_PORT, self.boot_timeout) => session.map_err(|e| {
-                format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
-            }),
-            exit = vm.wait_exit() => Err(format!(
-                "{}: the VMM exited ({}) before the guest agent said hello; last output: {}",
-                Step::AgentConnect,
-                exit.status,
-                exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
-            )),
-        }?;
+            .map_err(|e| match &restore_failed {
+                Some(why) => format!("{e} (booted after restoring its snapshot failed: {why})"),
+                None => e,
+            })?;
         Ok(Guest {
             session,
             body: Box::new(VmBody(vm)),
         })
     }
+}
+
+/// The start request of a snapshot's template runtime: what Lambda tells a SnapStart runtime.
+fn snapshot_start(mut start: StartSpec) -> StartSpec {
+    for (name, value) in &mut start.env {
+        if name == "AWS_LAMBDA_INITIALIZATION_TYPE" {
+            *value = "snap-start".into();
+        }
+    }
+    start
 }
 
 /// The function's code as a read-only ext4 image next to its directory (`<sha256>.ext4`), made once
@@ -312,8 +488,16 @@ impl GuestInstance {
             .launch(&spec)
             .await
             .map_err(|e| (Failure::Sandbox(e), vec![]))?;
-        let start = launcher.start_spec(&spec);
-        let failure = match guest.session.start(start, INIT_TIMEOUT).await {
+        // A guest restored from a snapshot has its runtime initialised and waiting.
+        let outcome = if guest.session.runtime_ready() {
+            guest.session.resume(INIT_TIMEOUT).await
+        } else {
+            guest
+                .session
+                .start(launcher.start_spec(&spec), INIT_TIMEOUT)
+                .await
+        };
+        let failure = match outcome {
             Ok(StartOutcome::Ready { .. }) => {
                 return Ok(Self {
                     guest: Some(guest),

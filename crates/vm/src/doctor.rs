@@ -82,6 +82,9 @@ fn kvm() -> Result<String, String> {
         .write(true)
         .open("/dev/kvm")
     {
+        Ok(_) if pvm_host() => Ok(format!(
+            "/dev/kvm is present and this user can open it read-write; {PVM_NOTE}"
+        )),
         Ok(_) => Ok("/dev/kvm is present and this user can open it read-write".into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
             "/dev/kvm does not exist: no hardware virtualisation (enable VT-x/AMD-V, or nested virtualisation on a VM)"
@@ -112,6 +115,17 @@ async fn binary(found: Result<binaries::Located, VmError>) -> Result<(PathBuf, S
         ),
     ))
 }
+
+/// Whether this host's KVM is PVM (the `kvm_pvm` module): a hypervisor for hosts that are VMs
+/// without nested hardware virtualisation. It runs guest kernels in a mode that only kernels built
+/// as PVM guests support; any other kernel stops at its first privileged instruction it cannot
+/// emulate (`KVM_EXIT_INTERNAL_ERROR`).
+fn pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+const PVM_NOTE: &str = "it is provided by kvm_pvm (PVM), which boots only guest kernels built with \
+     PVM guest support (an out-of-tree patch set; Debian's kernels and sources lack it)";
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -238,7 +252,11 @@ async fn boot(
                     let _ = write!(why, "; last console lines: {}", last_lines(&console, 6));
                 }
                 if why.contains("KVM_EXIT_INTERNAL_ERROR") {
-                    why.push_str(" — KVM could not emulate a guest instruction, typical of nested virtualisation (this host is itself a VM): Linux guests do not boot here");
+                    if pvm_host() {
+                        let _ = write!(why, " — KVM could not emulate a guest instruction: {PVM_NOTE}");
+                    } else {
+                        why.push_str(" — KVM could not emulate a guest instruction, typical of nested virtualisation (this host is itself a VM): Linux guests do not boot here");
+                    }
                 }
                 Err(why)
             }

@@ -525,6 +525,23 @@ pub struct Snapshot {
     pub scratch: Option<PathBuf>,
 }
 
+impl Snapshot {
+    /// The snapshot [`Vm::snapshot`] wrote into `dir`, if its state and memory files are there.
+    pub fn in_dir(dir: &Path) -> Option<Self> {
+        let state = dir.join(SNAPSHOT_STATE);
+        let memory = dir.join(SNAPSHOT_MEMORY);
+        if !state.is_file() || !memory.is_file() {
+            return None;
+        }
+        let scratch = Some(dir.join(SCRATCH)).filter(|s| s.is_file());
+        Some(Self {
+            state,
+            memory,
+            scratch,
+        })
+    }
+}
+
 const SNAPSHOT_STATE: &str = "snapshot.state";
 const SNAPSHOT_MEMORY: &str = "snapshot.mem";
 

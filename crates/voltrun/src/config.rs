@@ -76,6 +76,9 @@ pub struct RawSettings {
     /// Run each Firecracker through its jailer (chroot, unprivileged uid, cgroup, own network namespace) [default: false]
     #[arg(long, env = "VM_JAILER")]
     pub vm_jailer: Option<String>,
+    /// Snapshots of initialised guests kept for the firecracker backend's cold starts (each as large as its function's memory); 0 boots every cold start [default: 16]
+    #[arg(long, env = "VM_SNAPSHOTS_MAX")]
+    pub vm_snapshots_max: Option<String>,
     /// Seconds an idle instance stays warm [default: 600]
     #[arg(long, env = "ENGINE_KEEP_ALIVE_S")]
     pub engine_keep_alive_s: Option<String>,
@@ -129,6 +132,8 @@ pub struct VmSettings {
     pub images_dir: PathBuf,
     pub boot_timeout_ms: u64,
     pub jailer: bool,
+    /// Snapshots kept for cold starts; 0 turns them off.
+    pub snapshots_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +456,13 @@ impl Settings {
                         600_000,
                     )?,
                     jailer: boolean("VM_JAILER", raw.vm_jailer.as_deref())?,
+                    snapshots_max: number(
+                        "VM_SNAPSHOTS_MAX",
+                        raw.vm_snapshots_max.as_deref(),
+                        16,
+                        0,
+                        10_000,
+                    )?,
                 },
                 keep_alive_s: number(
                     "ENGINE_KEEP_ALIVE_S",

@@ -206,6 +206,8 @@ async fn firecracker_engine(
         images_dir: vm.images_dir.clone(),
         boot_timeout: Duration::from_millis(vm.boot_timeout_ms),
         verified_manifest: verified,
+        snapshot_dir: Some(settings.data_dir.join("vm").join("snapshots")),
+        max_snapshots: vm.snapshots_max,
     })
     .await
     .map_err(anyhow::Error::msg)?;

@@ -129,6 +129,10 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
     let detail = engine["detail"].as_str().unwrap();
     assert!(detail.contains("Firecracker microVMs"), "{engine}");
     assert_eq!(detail.contains("(jailed"), jailed, "{detail}");
+    assert!(
+        detail.contains("cold starts restore snapshots, 0 ready"),
+        "{detail}"
+    );
     let user = app.register().await;
     let token = &user.access_token;
     // Only runtimes with a guest image are offered.
@@ -201,6 +205,13 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The template VM that would have made a snapshot failed at the agent too, and staged nothing.
+    let snapshots: Vec<_> = std::fs::read_dir(app.data_dir().join("vm").join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(snapshots.is_empty(), "{snapshots:?}");
     // The code drive was made once, next to the code, for every VM with that code.
     let code_images = std::fs::read_dir(app.data_dir().join("engine").join("code"))
         .unwrap()
@@ -315,13 +326,13 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
         let (file, source, handler) = if runtime.starts_with("python") {
             (
                 "app.py",
-                "def handler(event, context):\n    print('in a guest')\n    return {'n': event['n'] + 1}\n",
+                "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    print('in a guest')\n    return {'n': event['n'] + 1}\n",
                 "app.handler",
             )
         } else if runtime.starts_with("nodejs") {
             (
                 "index.js",
-                "exports.handler = async (event) => { console.log('in a guest'); return { n: event.n + 1 }; };",
+                "exports.handler = async (event) => { await new Promise((r) => setTimeout(r, (event.sleep || 0) * 1000)); console.log('in a guest'); return { n: event.n + 1 }; };",
                 "index.handler",
             )
         } else {
@@ -346,5 +357,168 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
         assert_eq!(warm["cold_start"], false, "the warm microVM was not reused");
         let logs = super::logs(&app, token, warm["id"].as_str().unwrap()).await;
         assert!(logs.contains("in a guest"), "{logs}");
+
+        // A template VM beside the first cold start snapshots an initialised guest; two invocations
+        // at once then need a second instance, restored from it.
+        let ready = snapshots_ready(&app).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while snapshots_ready(&app).await == ready {
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot was made for {runtime}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (a, b) = tokio::join!(
+            invoke(&app, token, &id, json!({"n": 3, "sleep": 1})),
+            invoke(&app, token, &id, json!({"n": 4, "sleep": 1})),
+        );
+        assert_eq!(a["output"]["n"], 4, "{a}");
+        assert_eq!(b["output"]["n"], 5, "{b}");
+        assert!(
+            a["cold_start"] == true || b["cold_start"] == true,
+            "no second instance: {a} {b}"
+        );
     }
+}
+
+/// How many snapshots the backend says it has ready (`/health`).
+async fn snapshots_ready(app: &TestApp) -> usize {
+    let health = app
+        .send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    let detail = health.body["engine"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    detail
+        .split("snapshots, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Snapshots with the real binary, up to the boot: a snapshot of a guest of the same configuration
+/// is restored into a fresh VMM for the next cold start (Firecracker loads it and resumes); its
+/// guest has no agent to answer, so the launcher discards the snapshot and boots, and says both.
+/// The template VM that would make a snapshot for another configuration fails at the agent too:
+/// the failure is recorded, nothing staged is left, and no VMM outlives either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_does_not_answer() {
+    use voltrun_engine::microvm::{
+        FirecrackerConfig, FirecrackerLauncher, GuestLauncher, GuestSpec,
+    };
+    let test =
+        "a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_does_not_answer";
+    let binary = match firecracker() {
+        Ok(binary) => binary,
+        Err(why) => return skip(test, &why),
+    };
+    let scratch = std::env::temp_dir().join(format!("vfs-{}", uuid::Uuid::new_v4().simple()));
+    let images = spinning_image_set(&scratch);
+    let code_dir = scratch.join("code").join("c0de");
+    std::fs::create_dir_all(&code_dir).unwrap();
+    std::fs::write(code_dir.join("bootstrap"), "#!/bin/sh\nexit 0\n").unwrap();
+    let snapshots = scratch.join("snapshots");
+    let launcher = FirecrackerLauncher::new(FirecrackerConfig {
+        firecracker: binary,
+        jailer: None,
+        run_dir: scratch.join("run"),
+        images_dir: images,
+        boot_timeout: Duration::from_millis(1500),
+        verified_manifest: None,
+        snapshot_dir: Some(snapshots.clone()),
+        max_snapshots: 4,
+    })
+    .await
+    .unwrap();
+    let spec = |instance: &str, memory_mb: u32| GuestSpec {
+        name: instance.into(),
+        runtime: "provided".into(),
+        memory_mb,
+        tmp_mb: 16,
+        code_dir: code_dir.clone(),
+        command: vec!["/var/task/bootstrap".into()],
+        env: vec![
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME".into(),
+                format!("[1]{instance}"),
+            ),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
+        ],
+        runtime_api_port: 9001,
+        max_processes: 64,
+    };
+
+    // A snapshot of a running guest of this configuration, where the launcher looks for it.
+    let first = spec("i-first", 128);
+    let path = launcher.snapshot_path(&first).await.unwrap().unwrap();
+    let mut vm = launcher
+        .manager()
+        .spawn(launcher.vm_spec(&first).await.unwrap())
+        .await
+        .unwrap();
+    vm.configure().await.unwrap();
+    vm.start().await.unwrap();
+    std::fs::create_dir(&path).unwrap();
+    vm.snapshot(&path).await.unwrap();
+    vm.stop().await;
+    assert!(
+        launcher.describe().contains("1 ready"),
+        "{}",
+        launcher.describe()
+    );
+
+    // Another instance of the same configuration (its own name): restored, then booted.
+    let started = Instant::now();
+    let error = launcher
+        .launch(&spec("i-second", 128))
+        .await
+        .expect_err("a spinning guest answered");
+    assert!(
+        error.contains("vm.agent_connect")
+            && error.contains("booted after restoring its snapshot failed"),
+        "{error}"
+    );
+    // Two agent deadlines: the restored guest's, then the booted one's.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!path.exists(), "the snapshot that failed was kept");
+    assert!(launcher.snapshot_failure(&first).await.is_some());
+
+    // A configuration without a snapshot: its cold start boots, and a template VM beside it tries
+    // to make one, fails at the agent as well, and records why.
+    let other = spec("i-other", 256);
+    let error = launcher
+        .launch(&other)
+        .await
+        .expect_err("a spinning guest answered");
+    assert!(!error.contains("snapshot"), "{error}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let why = loop {
+        if let Some(why) = launcher.snapshot_failure(&other).await {
+            break why;
+        }
+        assert!(Instant::now() < deadline, "the template VM never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains("vm.agent_connect"), "{why}");
+    let left: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the snapshot directory: {left:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !vmms_mentioning(&scratch.display().to_string()).is_empty() {
+        assert!(Instant::now() < deadline, "VMMs outlived their guests");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(launcher);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
