@@ -442,6 +442,15 @@ impl VmManager {
                 })?;
             }
         }
+        if vm.layout.jailed {
+            // The snapshot's drives name the jail-relative paths the first VM used: the same images
+            // must be there in this jail. (Unjailed, they are the host paths themselves.)
+            let (rootfs, code) = (vm.spec.rootfs.clone(), vm.spec.code.clone());
+            vm.place(&rootfs, ROOTFS_IN_JAIL, step)?;
+            if let Some(code) = &code {
+                vm.place(code, CODE_IN_JAIL, step)?;
+            }
+        }
         let state = vm.place(&snapshot.state, &format!("/{SNAPSHOT_STATE}"), step)?;
         let memory = vm.place(&snapshot.memory, &format!("/{SNAPSHOT_MEMORY}"), step)?;
         let loaded = vm.api.load_snapshot(&state, &memory).await;

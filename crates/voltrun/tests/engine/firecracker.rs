@@ -69,6 +69,22 @@ fn spinning_image_set(dir: &Path) -> PathBuf {
     images
 }
 
+/// The VM jails under a chroot base (`<base>/<exec name>/<vm id>`): none may outlive its VM.
+fn jails_left(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|exec| {
+            std::fs::read_dir(exec.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|vm| vm.path())
+        .collect()
+}
+
 /// Firecracker processes whose command line mentions `needle`.
 fn vmms_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -183,19 +199,7 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
             .filter(|name| name.starts_with("vm-"))
             .collect();
         let vmms = vmms_mentioning(&app.data_dir().display().to_string());
-        // <chroot base>/<exec name>/<vm id>: no VM's jail may remain.
-        let jails: Vec<String> = std::fs::read_dir(app.data_dir().join("vm").join("jail"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|exec| {
-                std::fs::read_dir(exec.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|vm| vm.path().display().to_string())
-            .collect();
+        let jails = jails_left(&app.data_dir().join("vm").join("jail"));
         if left.is_empty() && vmms.is_empty() && jails.is_empty() {
             break;
         }
@@ -407,24 +411,50 @@ async fn snapshots_ready(app: &TestApp) -> usize {
 /// the failure is recorded, nothing staged is left, and no VMM outlives either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_does_not_answer() {
+    snapshots_up_to_the_boot(
+        "a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_does_not_answer",
+        false,
+    )
+    .await;
+}
+
+/// The same with every VM in a jail: snapshots are written inside one jail and restored into
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_jailed_snapshots_are_restored_for_cold_starts() {
+    snapshots_up_to_the_boot("root_jailed_snapshots_are_restored_for_cold_starts", true).await;
+}
+
+async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
     use voltrun_engine::microvm::{
         FirecrackerConfig, FirecrackerLauncher, GuestLauncher, GuestSpec,
     };
-    let test =
-        "a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_does_not_answer";
     let binary = match firecracker() {
         Ok(binary) => binary,
         Err(why) => return skip(test, &why),
     };
+    if jailed && let Some(why) = super::unavailable() {
+        return skip(test, &why);
+    }
     let scratch = std::env::temp_dir().join(format!("vfs-{}", uuid::Uuid::new_v4().simple()));
     let images = spinning_image_set(&scratch);
+    let jailer = jailed.then(|| {
+        let mut search = BinarySearch::from_env();
+        search.install_dir = Some(repo_root().join("target/firecracker/bin"));
+        voltrun_vm::jailer::JailerConfig::new(
+            search.jailer().unwrap().path,
+            scratch.join("jail"),
+            199_999,
+            199_999,
+        )
+    });
     let code_dir = scratch.join("code").join("c0de");
     std::fs::create_dir_all(&code_dir).unwrap();
     std::fs::write(code_dir.join("bootstrap"), "#!/bin/sh\nexit 0\n").unwrap();
     let snapshots = scratch.join("snapshots");
     let launcher = FirecrackerLauncher::new(FirecrackerConfig {
         firecracker: binary,
-        jailer: None,
+        jailer,
         run_dir: scratch.join("run"),
         images_dir: images,
         boot_timeout: Duration::from_millis(1500),
@@ -485,7 +515,7 @@ async fn a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_do
     // Two agent deadlines: the restored guest's, then the booted one's.
     assert!(
         started.elapsed() >= Duration::from_millis(3000),
-        "{:?}",
+        "{:?}: {error}",
         started.elapsed()
     );
     assert!(!path.exists(), "the snapshot that failed was kept");
@@ -515,8 +545,15 @@ async fn a_snapshot_is_restored_for_a_cold_start_and_discarded_when_its_guest_do
         .collect();
     assert!(left.is_empty(), "left in the snapshot directory: {left:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !vmms_mentioning(&scratch.display().to_string()).is_empty() {
-        assert!(Instant::now() < deadline, "VMMs outlived their guests");
+    loop {
+        let jails = jails_left(&scratch.join("jail"));
+        if vmms_mentioning(&scratch.display().to_string()).is_empty() && jails.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VMMs or jails outlived their guests: {jails:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(launcher);
