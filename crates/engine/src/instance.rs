@@ -129,6 +129,11 @@ impl Instance {
         }
     }
 
+    /// Whether the instance was restored from a snapshot of an initialised guest.
+    pub fn restored(&self) -> bool {
+        matches!(&self.body, Body::Guest(g) if g.restored())
+    }
+
     /// The most memory the instance used since its last invocation began: a sandbox's cgroup peak,
     /// or the peak resident size of a microVM's runtime process as its agent measured it.
     pub fn memory_peak_mb(&self) -> Option<i64> {

@@ -784,7 +784,10 @@ impl Engine for LocalEngine {
             }
         };
         crate::metrics::instance_state(&runtime.id, "busy", 1.0);
-        let init_duration = instance.init_duration.take();
+        let init = instance.init_duration.take().map(|duration| Init {
+            duration,
+            restored: instance.restored(),
+        });
         let event = Bytes::from(
             serde_json::to_vec(&invocation.event)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
@@ -828,7 +831,7 @@ impl Engine for LocalEngine {
             clock,
             logs,
             result,
-            init_duration,
+            init,
             cold,
             Some((duration, peak, instance_id)),
         ))
@@ -845,7 +848,7 @@ impl LocalEngine {
         clock: Instant,
         mut logs: Vec<LogLine>,
         result: Result<RuntimeReply, Failure>,
-        init_duration: Option<Duration>,
+        init: Option<Init>,
         cold: bool,
         ran: Option<(Duration, Option<i64>, String)>,
     ) -> InvocationResult {
@@ -858,12 +861,19 @@ impl LocalEngine {
             function.memory_mb,
             peak.unwrap_or(0)
         );
-        if let Some(init) = init_duration {
+        if let Some(init) = init {
+            // Lambda's label for a cold start from a snapshot (SnapStart).
+            let label = if init.restored {
+                "Restore Duration"
+            } else {
+                "Init Duration"
+            };
             report.push_str(&format!(
-                "\tInit Duration: {:.2} ms",
-                init.as_secs_f64() * 1000.0
+                "\t{label}: {:.2} ms",
+                init.duration.as_secs_f64() * 1000.0
             ));
         }
+        let init_duration = init.map(|i| i.duration);
         if let Some(error) = &error {
             logs.push(LogLine {
                 timestamp: Utc::now(),
@@ -892,6 +902,14 @@ impl LocalEngine {
             logs,
         }
     }
+}
+
+/// How a cold start's instance became ready, for its first invocation's report.
+#[derive(Debug, Clone, Copy)]
+struct Init {
+    duration: Duration,
+    /// Restored from a snapshot of an initialised guest rather than initialised.
+    restored: bool,
 }
 
 /// An engine's description, with why this backend was chosen when it was chosen automatically.

@@ -32,3 +32,13 @@ pub fn instance_state(runtime: &str, state: &'static str, delta: f64) {
     metrics::gauge!("voltrun_instances", "runtime" => runtime.to_string(), "state" => state)
         .increment(delta);
 }
+
+/// A microVM cold start that tried a snapshot: `restored`, or `failed` (it booted instead).
+pub fn snapshot_restore(outcome: &'static str) {
+    metrics::counter!("voltrun_vm_snapshot_restores_total", "outcome" => outcome).increment(1);
+}
+
+/// A template VM's attempt at a snapshot of an initialised guest: `made` or `failed`.
+pub fn snapshot_made(outcome: &'static str) {
+    metrics::counter!("voltrun_vm_snapshots_total", "outcome" => outcome).increment(1);
+}

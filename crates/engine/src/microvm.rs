@@ -327,8 +327,12 @@ impl Machines {
                 .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))
         });
         match published {
-            Ok(()) => tracing::info!(key, "snapshot of an initialised guest ready"),
+            Ok(()) => {
+                tracing::info!(key, "snapshot of an initialised guest ready");
+                crate::metrics::snapshot_made("made");
+            }
             Err(why) => {
+                crate::metrics::snapshot_made("failed");
                 tracing::warn!(key, %why, "no snapshot for this configuration: cold starts boot");
                 store.failed(&key, staging.as_deref(), why);
             }
@@ -395,6 +399,7 @@ impl GuestLauncher for FirecrackerLauncher {
             if let Some(snapshot) = store.ready(&key) {
                 match machines.restore(vm_spec.clone(), &snapshot).await {
                     Ok((vm, session)) => {
+                        crate::metrics::snapshot_restore("restored");
                         return Ok(Guest {
                             session,
                             body: Box::new(VmBody(vm)),
@@ -402,6 +407,7 @@ impl GuestLauncher for FirecrackerLauncher {
                     }
                     Err(why) => {
                         tracing::warn!(key, %why, "restoring a snapshot failed: booting instead");
+                        crate::metrics::snapshot_restore("failed");
                         store.discard(&key, why.clone());
                         restore_failed = Some(why);
                     }
@@ -475,6 +481,8 @@ pub struct GuestInstance {
     guest: Option<Guest>,
     /// Lines taken from a guest that was stopped before the engine collected them.
     orphaned_logs: Vec<LogLine>,
+    /// The guest was restored from a snapshot with its runtime initialised.
+    restored: bool,
 }
 
 impl GuestInstance {
@@ -489,7 +497,8 @@ impl GuestInstance {
             .await
             .map_err(|e| (Failure::Sandbox(e), vec![]))?;
         // A guest restored from a snapshot has its runtime initialised and waiting.
-        let outcome = if guest.session.runtime_ready() {
+        let restored = guest.session.runtime_ready();
+        let outcome = if restored {
             guest.session.resume(INIT_TIMEOUT).await
         } else {
             guest
@@ -502,6 +511,7 @@ impl GuestInstance {
                 return Ok(Self {
                     guest: Some(guest),
                     orphaned_logs: Vec::new(),
+                    restored,
                 });
             }
             Ok(StartOutcome::InitError {
@@ -528,6 +538,10 @@ impl GuestInstance {
 
     pub fn is_healthy(&self) -> bool {
         self.guest.is_some()
+    }
+
+    pub fn restored(&self) -> bool {
+        self.restored
     }
 
     /// The runtime's peak resident memory during the last invocation, as the guest's agent saw it.
