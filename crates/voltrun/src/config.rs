@@ -652,6 +652,29 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_default_to_sixteen_and_zero_turns_them_off() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(defaults.engine.vm.snapshots_max, 16);
+        let off = RawSettings {
+            vm_snapshots_max: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(Settings::from_raw(off).unwrap().engine.vm.snapshots_max, 0);
+        for bad in ["-1", "lots", "100000"] {
+            let raw = RawSettings {
+                vm_snapshots_max: Some(bad.into()),
+                ..dev(&dir)
+            };
+            assert_eq!(
+                Settings::from_raw(raw).unwrap_err().variable,
+                "VM_SNAPSHOTS_MAX",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let dir = tmp();
         let cases: Vec<(&str, RawSettings)> = vec![
