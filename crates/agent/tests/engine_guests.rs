@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use voltrun_agent::host::AgentSession;
+use voltrun_agent::host::{AgentSession, StartOutcome};
 use voltrun_agent::protocol::StartSpec;
 use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::ExecutionStatus;
@@ -36,7 +36,15 @@ struct HostAgents {
     /// for a VM's memory size (so that the guest's OOM killer has a host equivalent); `None` where
     /// the host has no such controller or the tests are not root.
     memory_cgroups: Option<PathBuf>,
+    /// Where set, stands in for the Firecracker launcher's snapshots: before a configuration's
+    /// cold start boots, an agent of its own starts that configuration's runtime and is detached
+    /// from, and the next cold start of the configuration reconnects to it and finds the runtime
+    /// waiting, as a restored guest's host does. (A process cannot be cloned as a snapshot can, so
+    /// each parked agent serves one cold start.)
+    parked: Option<Parked>,
 }
+
+type Parked = Arc<std::sync::Mutex<std::collections::HashMap<String, (Box<HostAgent>, PathBuf)>>>;
 
 #[derive(Debug)]
 struct HostAgent {
@@ -108,6 +116,84 @@ fn confine(
     Ok(cgroup)
 }
 
+impl HostAgents {
+    /// Starts `voltrun-agent --no-init [--once] --unix <socket>`, in a memory cgroup of the
+    /// function's size where there is one.
+    fn spawn_agent(
+        &self,
+        name: &str,
+        memory_mb: u32,
+        once: bool,
+    ) -> Result<(Box<HostAgent>, PathBuf), String> {
+        let socket = self.sockets.join(format!("{name}.sock"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
+            .arg("--no-init")
+            .args(once.then_some("--once"))
+            .arg("--unix")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        // The runtime starts after the hello, so it is born inside the agent's group.
+        let cgroup = match (&self.memory_cgroups, child.id()) {
+            (Some(parent), Some(pid)) => {
+                Some(confine(parent, name, memory_mb, pid).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let body = Box::new(HostAgent {
+            child,
+            running: self.running.clone(),
+            cgroup,
+        });
+        Ok((body, socket))
+    }
+
+    /// Starts `spec`'s runtime in an agent of its own and detaches from it, for the next cold start
+    /// of the configuration `key` (what a snapshot's template VM does).
+    async fn park(&self, spec: &GuestSpec, key: String) -> Result<(), String> {
+        let Some(parked) = &self.parked else {
+            return Ok(());
+        };
+        let (body, socket) =
+            self.spawn_agent(&format!("{}-parked", spec.name), spec.memory_mb, false)?;
+        let mut session =
+            match AgentSession::connect(&socket, AGENT_PORT, Duration::from_secs(10)).await {
+                Ok(session) => session,
+                Err(e) => {
+                    body.stop().await;
+                    return Err(e.to_string());
+                }
+            };
+        let started = session
+            .start(self.start_spec(spec), Duration::from_secs(10))
+            .await;
+        if !matches!(started, Ok(StartOutcome::Ready { .. })) {
+            body.stop().await;
+            return Ok(());
+        }
+        session
+            .detach(Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        parked.lock().unwrap().insert(key, (body, socket));
+        Ok(())
+    }
+}
+
+async fn connect(socket: &std::path::Path, body: Box<HostAgent>) -> Result<Guest, String> {
+    match AgentSession::connect(socket, AGENT_PORT, Duration::from_secs(10)).await {
+        Ok(session) => Ok(Guest { session, body }),
+        Err(e) => {
+            body.stop().await;
+            Err(e.to_string())
+        }
+    }
+}
+
 #[async_trait]
 impl GuestLauncher for HostAgents {
     fn describe(&self) -> String {
@@ -122,35 +208,19 @@ impl GuestLauncher for HostAgents {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
-        let socket = self.sockets.join(format!("{}.sock", spec.name));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
-            .args(["--no-init", "--once", "--unix"])
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        self.running.fetch_add(1, Ordering::SeqCst);
-        // The runtime starts after the hello, so it is born inside the agent's group.
-        let cgroup = match (&self.memory_cgroups, child.id()) {
-            (Some(parent), Some(pid)) => {
-                Some(confine(parent, &spec.name, spec.memory_mb, pid).map_err(|e| e.to_string())?)
+        if let Some(parked) = &self.parked {
+            // The configuration, without the instance's own name.
+            let mut start = self.start_spec(spec);
+            start.env.retain(|(k, _)| k != "AWS_LAMBDA_LOG_STREAM_NAME");
+            let key = format!("{start:?}");
+            let waiting = parked.lock().unwrap().remove(&key);
+            if let Some((body, socket)) = waiting {
+                return connect(&socket, body).await;
             }
-            _ => None,
-        };
-        let body = Box::new(HostAgent {
-            child,
-            running: self.running.clone(),
-            cgroup,
-        });
-        match AgentSession::connect(&socket, AGENT_PORT, Duration::from_secs(10)).await {
-            Ok(session) => Ok(Guest { session, body }),
-            Err(e) => {
-                body.stop().await;
-                Err(e.to_string())
-            }
+            self.park(spec, key).await?;
         }
+        let (body, socket) = self.spawn_agent(&spec.name, spec.memory_mb, true)?;
+        connect(&socket, body).await
     }
 
     fn start_spec(&self, spec: &GuestSpec) -> StartSpec {
@@ -193,6 +263,10 @@ impl Drop for Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+async fn setup_with(parked: Option<Parked>) -> Setup {
     let dir =
         std::env::temp_dir().join(format!("vg-{}", &Uuid::new_v4().simple().to_string()[..12]));
     std::fs::create_dir_all(dir.join("sockets")).unwrap();
@@ -220,6 +294,7 @@ async fn setup() -> Setup {
         bootstraps: work_dir.join("runtime").join("bootstraps"),
         running: running.clone(),
         memory_cgroups: memory_cgroups.clone(),
+        parked,
     };
     let config = LocalEngineConfig {
         work_dir,
@@ -641,4 +716,72 @@ async fn memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest() {
     assert_eq!(again.outcome.status, ExecutionStatus::Succeeded);
     assert!(again.outcome.cold_start);
     setup.engine.shutdown().await;
+}
+
+const RESUMABLE: &str = r#"
+import os, time
+print("module loaded")
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid()}
+"#;
+
+#[tokio::test]
+async fn a_cold_start_that_finds_a_runtime_waiting_resumes_it_and_reports_a_restore() {
+    let parked: Parked = Arc::default();
+    let setup = setup_with(Some(parked.clone())).await;
+    let runtime = setup.runtime("python");
+    let function = setup
+        .deploy(&runtime, "app.py", RESUMABLE, "app.handler", 30)
+        .await;
+
+    // The first cold start boots (and, beside it, a runtime of this configuration is parked).
+    let first = setup.invoke(&function, serde_json::json!({})).await;
+    assert_eq!(
+        first.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        first.outcome.error
+    );
+    let log = lines(&first);
+    assert!(log.iter().any(|l| l == "module loaded"), "{log:?}");
+    assert!(log.last().unwrap().contains("\tInit Duration: "), "{log:?}");
+    assert_eq!(parked.lock().unwrap().len(), 1);
+
+    // Two at once: one takes the warm instance, the other is a cold start that finds the parked
+    // runtime initialised and resumes it instead of starting one.
+    let (a, b) = tokio::join!(
+        setup.invoke(&function, serde_json::json!({"sleep": 0.5})),
+        setup.invoke(&function, serde_json::json!({"sleep": 0.5})),
+    );
+    let second = if a.outcome.cold_start { &a } else { &b };
+    assert!(second.outcome.cold_start, "no second instance");
+    assert_eq!(
+        second.outcome.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        second.outcome.error
+    );
+    assert!(second.outcome.init_duration_ms.is_some());
+    let log = lines(second);
+    assert!(
+        !log.iter().any(|l| l == "module loaded"),
+        "initialised again: {log:?}"
+    );
+    let report = log.last().unwrap();
+    assert!(
+        report.contains("\tRestore Duration: ") && !report.contains("Init Duration"),
+        "{report}"
+    );
+    assert!(
+        parked.lock().unwrap().is_empty(),
+        "the parked runtime was not used"
+    );
+    setup.engine.shutdown().await;
+    assert_eq!(
+        setup.running.load(Ordering::SeqCst),
+        0,
+        "guests outlived the engine"
+    );
 }
