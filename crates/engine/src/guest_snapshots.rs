@@ -35,6 +35,10 @@ enum State {
     Failed(String),
 }
 
+/// Template VMs that may be making snapshots at once: each is a whole extra VM of its function's
+/// memory, beside the instance that asked for it.
+const MAKING_AT_ONCE: usize = 1;
+
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
@@ -108,13 +112,15 @@ impl SnapshotStore {
         Some(snapshot)
     }
 
-    /// Claims the making of `key`'s snapshot: `false` when one exists, is being made, or failed.
+    /// Claims the making of `key`'s snapshot: `false` when one exists, is being made, or failed, or
+    /// when [`MAKING_AT_ONCE`] others are being made (a later cold start asks again).
     pub fn claim(&self, key: &str) -> bool {
         if self.path(key).exists() {
             return false;
         }
         let mut states = self.states();
-        if states.contains_key(key) {
+        let making = states.values().filter(|s| **s == State::Making).count();
+        if states.contains_key(key) || making >= MAKING_AT_ONCE {
             return false;
         }
         states.insert(key.to_string(), State::Making);
@@ -262,6 +268,7 @@ mod tests {
         assert!(store.ready("k1").is_none());
         assert!(store.claim("k1"));
         assert!(!store.claim("k1"), "claimed twice");
+        assert!(!store.claim("k9"), "two templates at once");
         fake_snapshot(&store, "k1");
         assert!(store.ready("k1").is_some());
         assert!(!store.claim("k1"), "made again");
