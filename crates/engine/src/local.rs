@@ -411,6 +411,7 @@ impl LocalEngine {
                     env,
                     runtime_api_port: RUNTIME_API_PORT,
                     max_processes: u32::try_from(self.config.max_processes).unwrap_or(u32::MAX),
+                    memory_budget: Some(self.memory.clone()),
                 };
                 Instance::start_guest(launcher.as_ref(), spec, Some(memory)).await
             }

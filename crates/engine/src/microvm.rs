@@ -46,6 +46,9 @@ pub struct GuestSpec {
     pub runtime_api_port: u16,
     /// Processes and threads the runtime may have.
     pub max_processes: u32,
+    /// The engine's memory budget (permits are MiB): a launcher that runs VMs of its own beside the
+    /// instance's (a snapshot's template) takes their memory from it, or does not run them.
+    pub memory_budget: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Ends a guest (a VM: kill the VMM, remove its files).
@@ -412,12 +415,15 @@ impl GuestLauncher for FirecrackerLauncher {
                         restore_failed = Some(why);
                     }
                 }
-            } else if store.claim(&key) {
+            } else if let Some(memory) = template_memory(spec, vm_spec.mem_mib)
+                && store.claim(&key)
+            {
                 let (machines, spec) = (machines.clone(), vm_spec.clone());
                 tokio::spawn(async move {
                     machines
                         .make_snapshot(key, spec, snapshot_start(start))
                         .await;
+                    drop(memory);
                 });
             }
         }
@@ -432,6 +438,22 @@ impl GuestLauncher for FirecrackerLauncher {
             session,
             body: Box::new(VmBody(vm)),
         })
+    }
+}
+
+/// The template VM's share of the engine's memory budget, when the budget has room for it now
+/// (otherwise no template now: a later cold start asks again).
+fn template_memory(
+    spec: &GuestSpec,
+    mem_mib: u32,
+) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+    match &spec.memory_budget {
+        None => Some(None),
+        Some(budget) => budget
+            .clone()
+            .try_acquire_many_owned(mem_mib)
+            .ok()
+            .map(Some),
     }
 }
 

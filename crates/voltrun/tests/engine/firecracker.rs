@@ -483,6 +483,7 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
         ],
         runtime_api_port: 9001,
         max_processes: 64,
+        memory_budget: None,
     };
 
     // A snapshot of a running guest of this configuration, where the launcher looks for it.
@@ -541,6 +542,20 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(why.contains("vm.agent_connect"), "{why}");
+
+    // An engine memory budget with no room for a template VM: the cold start boots, no template.
+    let mut starved = spec("i-starved", 512);
+    starved.memory_budget = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    launcher
+        .launch(&starved)
+        .await
+        .expect_err("a spinning guest answered");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        launcher.snapshot_failure(&starved).await,
+        None,
+        "a template VM ran"
+    );
     let left: Vec<_> = std::fs::read_dir(&snapshots)
         .unwrap()
         .flatten()
