@@ -652,6 +652,24 @@ mod tests {
     }
 
     #[test]
+    fn every_option_is_in_the_env_example() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Options {
+            #[command(flatten)]
+            raw: RawSettings,
+        }
+        let example = include_str!("../../../.env.example");
+        let missing: Vec<String> = Options::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .filter(|env| !example.contains(&format!("{env}=")))
+            .collect();
+        assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+    }
+
+    #[test]
     fn snapshots_default_to_sixteen_and_zero_turns_them_off() {
         let dir = tmp();
         let defaults = Settings::from_raw(dev(&dir)).unwrap();
