@@ -285,7 +285,8 @@ impl Agent {
             },
         )
         .await?;
-        // Frames from the host, read by a task of their own so that reading is never cut mid-frame.
+        // Frames from the host, read by a future of their own polled beside the session, so that a
+        // frame is never cut off mid-read when the session waits on something else.
         let (host_tx, mut host) = mpsc::channel::<Result<Option<Message>, ProtocolError>>(16);
         let reads = async move {
             loop {

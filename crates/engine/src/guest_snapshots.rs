@@ -93,7 +93,7 @@ impl SnapshotStore {
         field(start.cwd.as_bytes());
         field(&start.runtime_api_port.to_be_bytes());
         field(&start.max_processes.to_be_bytes());
-        hex(&hash.finalize())
+        hex::encode(hash.finalize())
     }
 
     /// Where the snapshot of `key` lives once made.
@@ -197,14 +197,6 @@ impl SnapshotStore {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

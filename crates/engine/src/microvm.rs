@@ -320,11 +320,10 @@ impl Machines {
             staging = Some(dir.clone());
             let snapshot = vm.snapshot(&dir).await.map_err(|e| e.to_string());
             vm.stop().await;
-            snapshot.map(drop)
+            snapshot.map(|_| dir)
         }
         .await;
-        let published = made.and_then(|()| {
-            let dir = staging.take().unwrap_or_default();
+        let published = made.and_then(|dir| {
             store
                 .publish(&key, &dir)
                 .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))

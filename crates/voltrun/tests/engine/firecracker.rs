@@ -69,6 +69,37 @@ fn spinning_image_set(dir: &Path) -> PathBuf {
     images
 }
 
+/// What a test up to the boot needs: the real binary, a scratch directory of its own, and the
+/// spinning image set in it.
+struct Spinning {
+    binary: PathBuf,
+    scratch: PathBuf,
+    images: PathBuf,
+}
+
+/// [`Spinning`] for `test`; `None`, after saying why, where this host lacks the binary or KVM (or,
+/// for a `jailed` test, root and the sandbox tools).
+fn spinning(test: &str, jailed: bool) -> Option<Spinning> {
+    let binary = match firecracker() {
+        Ok(binary) => binary,
+        Err(why) => {
+            skip(test, &why);
+            return None;
+        }
+    };
+    if jailed && let Some(why) = super::unavailable() {
+        skip(test, &why);
+        return None;
+    }
+    let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
+    let images = spinning_image_set(&scratch);
+    Some(Spinning {
+        binary,
+        scratch,
+        images,
+    })
+}
+
 /// The VM jails under a chroot base (`<base>/<exec name>/<vm id>`): none may outlive its VM.
 fn jails_left(base: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(base)
@@ -119,15 +150,14 @@ async fn root_jailed_firecracker_backend_brings_a_vm_up_to_the_boot_and_removes_
 }
 
 async fn up_to_the_boot(test: &str, jailed: bool) {
-    let binary = match firecracker() {
-        Ok(binary) => binary,
-        Err(why) => return skip(test, &why),
+    let Some(Spinning {
+        binary,
+        scratch,
+        images,
+    }) = spinning(test, jailed)
+    else {
+        return;
     };
-    if jailed && let Some(why) = super::unavailable() {
-        return skip(test, &why);
-    }
-    let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
-    let images = spinning_image_set(&scratch);
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
         raw.engine_backend = Some("firecracker".into());
         raw.firecracker_bin = Some(binary.display().to_string());
@@ -229,17 +259,17 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecracker_backend_refuses_to_start_without_verified_images() {
-    let binary = match firecracker() {
-        Ok(binary) => binary,
-        Err(why) => {
-            return skip(
-                "firecracker_backend_refuses_to_start_without_verified_images",
-                &why,
-            );
-        }
+    let Some(Spinning {
+        binary,
+        scratch,
+        images,
+    }) = spinning(
+        "firecracker_backend_refuses_to_start_without_verified_images",
+        false,
+    )
+    else {
+        return;
     };
-    let scratch = std::env::temp_dir().join(format!("vfc-{}", uuid::Uuid::new_v4().simple()));
-    let images = spinning_image_set(&scratch);
     // A root image that no longer matches its checksum.
     std::fs::write(images.join("provided.ext4"), b"tampered").unwrap();
     let data_dir = scratch.join("data");
@@ -432,15 +462,14 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
     use voltrun_engine::microvm::{
         FirecrackerConfig, FirecrackerLauncher, GuestLauncher, GuestSpec,
     };
-    let binary = match firecracker() {
-        Ok(binary) => binary,
-        Err(why) => return skip(test, &why),
+    let Some(Spinning {
+        binary,
+        scratch,
+        images,
+    }) = spinning(test, jailed)
+    else {
+        return;
     };
-    if jailed && let Some(why) = super::unavailable() {
-        return skip(test, &why);
-    }
-    let scratch = std::env::temp_dir().join(format!("vfs-{}", uuid::Uuid::new_v4().simple()));
-    let images = spinning_image_set(&scratch);
     let jailer = jailed.then(|| {
         let mut search = BinarySearch::from_env();
         search.install_dir = Some(repo_root().join("target/firecracker/bin"));
