@@ -322,9 +322,10 @@ mod rate_limits {
     }
 
     /// Unknown emails cost a full Argon2 verification too, so response time does not reveal whether an
-    /// account exists. Compared as a ratio of medians (robust on a noisy machine), the two kinds of
-    /// login taking turns so that both see the same load from the tests running beside this one:
-    /// without the dummy hash an unknown email would answer ~20× faster.
+    /// account exists. Compared as a ratio of the fastest of several logins of each kind, taking
+    /// turns: load from the tests running beside this one only ever adds time, so each kind's fastest
+    /// login is the closest to the work it does (medians failed twice under `scripts/test.sh`). Without
+    /// the dummy hash an unknown email would answer ~20× faster.
     #[tokio::test]
     async fn login_timing_does_not_reveal_whether_an_email_exists() {
         let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
@@ -347,13 +348,14 @@ mod rate_limits {
             started.elapsed()
         }
         let (mut known, mut unknown) = (Vec::new(), Vec::new());
-        for _ in 0..9 {
+        for _ in 0..11 {
             known.push(timed(&app, &user.email).await);
             unknown.push(timed(&app, &nobody).await);
         }
-        known.sort();
-        unknown.sort();
-        let (known, unknown) = (known[4], unknown[4]);
+        let (known, unknown) = (
+            known.into_iter().min().unwrap(),
+            unknown.into_iter().min().unwrap(),
+        );
         let ratio = known.as_secs_f64() / unknown.as_secs_f64();
         assert!(
             (0.33..3.0).contains(&ratio),
