@@ -1,10 +1,7 @@
-//! Uploaded code: one source file or a zip archive. Archives are checked before anything is stored:
-//! size limits (Lambda's: 50 MiB zipped, 250 MiB unzipped), no absolute paths or `..`, no symbolic
-//! links that point outside the archive, and no zip bombs (entries are actually inflated against the
-//! unzipped budget; the sizes an archive declares are not trusted).
-
-use std::io::Read;
-use std::path::{Component, Path};
+//! Uploaded code: one source file or a zip archive. Archives are checked before anything is stored by
+//! `voltrun_bundle::inspect`, the same validator the engine's extractor runs (size limits, Lambda's:
+//! 50 MiB zipped, 250 MiB unzipped; no absolute paths or `..`; no entry below a link; no link that
+//! resolves outside the archive; zip bombs caught by inflating).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -13,12 +10,9 @@ use sha2::{Digest, Sha256};
 use voltrun_domain::ValidationError;
 use voltrun_domain::function::{CodeKind, Handler, RuntimeFamily};
 
-use crate::error::ApiError;
+use voltrun_bundle::{BundleError, MAX_UNZIPPED_BYTES, MAX_ZIPPED_BYTES};
 
-pub const MAX_ZIPPED_BYTES: usize = 50 * 1024 * 1024;
-pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
-const MAX_ENTRIES: usize = 10_000;
-const MAX_PATH_BYTES: usize = 1024;
+use crate::error::ApiError;
 
 /// The `code` object of a create or update request: either `source` (+ optional `filename`) or
 /// `zip_base64`.
@@ -57,9 +51,17 @@ impl CodeBundle {
                     Some(name) => name,
                     None => family.module_candidates(handler).swap_remove(0),
                 };
-                check_relative_path(&filename).map_err(|m| invalid("code.filename", m))?;
+                let filename = voltrun_bundle::normalise_path(&filename)
+                    .map_err(|m| invalid("code.filename", m))?;
                 if source.is_empty() {
                     return Err(invalid("code.source", "must not be empty".into()));
+                }
+                // A single file is capped as an upload, like an archive.
+                if source.len() > MAX_ZIPPED_BYTES {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "code.source is larger than {} MiB",
+                        MAX_ZIPPED_BYTES >> 20
+                    )));
                 }
                 let bytes = source.into_bytes();
                 Self {
@@ -159,145 +161,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// A path inside the code root: relative, no `..`, no empty or odd components.
-fn check_relative_path(path: &str) -> Result<(), String> {
-    if path.is_empty() || path.len() > MAX_PATH_BYTES {
-        return Err(format!("path must be 1 to {MAX_PATH_BYTES} bytes"));
-    }
-    if path.chars().any(|c| c.is_control()) || path.contains('\\') {
-        return Err(format!(
-            "{path:?} contains control characters or backslashes"
-        ));
-    }
-    if path.starts_with('/') {
-        return Err(format!("{path:?} is absolute"));
-    }
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(format!("{path:?} climbs out with '..'")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{path:?} is absolute"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Where a symlink stored at `link` pointing at `target` resolves, relative to the root; `None` when
-/// it leaves the root.
-fn resolve_link(link: &str, target: &str) -> Option<()> {
-    if target.starts_with('/') || target.is_empty() {
-        return None;
-    }
-    let mut depth: usize = 0;
-    let parent = Path::new(link).parent().unwrap_or(Path::new(""));
-    for component in parent.components().chain(Path::new(target).components()) {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => depth = depth.checked_sub(1)?,
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(())
-}
-
-const S_IFMT: u32 = 0o170000;
-const S_IFLNK: u32 = 0o120000;
-
-/// Checks every entry of an archive and returns its regular files.
+/// Checks an archive with the shared validator and returns its regular files.
 fn check_archive(bytes: &[u8]) -> Result<Vec<String>, ApiError> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
-        invalid(
-            "code.zip_base64",
-            format!("is not a readable zip archive: {e}"),
-        )
-    })?;
-    if archive.len() > MAX_ENTRIES {
-        return Err(invalid(
-            "code.zip_base64",
-            format!("has more than {MAX_ENTRIES} entries"),
-        ));
-    }
-    let mut budget = MAX_UNZIPPED_BYTES;
-    let mut files = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    for index in 0..archive.len() {
-        let mut entry = archive.by_index(index).map_err(|e| {
-            invalid(
-                "code.zip_base64",
-                format!("entry {index} is unreadable: {e}"),
-            )
-        })?;
-        let name = entry.name().to_string();
-        check_relative_path(name.trim_end_matches('/'))
-            .map_err(|m| invalid("code.zip_base64", format!("entry {m}")))?;
-        if entry.enclosed_name().is_none() {
-            return Err(invalid(
-                "code.zip_base64",
-                format!("entry {name:?} escapes the archive root"),
-            ));
-        }
-        if entry.is_dir() {
-            continue;
-        }
-        let is_link = entry
-            .unix_mode()
-            .is_some_and(|mode| mode & S_IFMT == S_IFLNK);
-        // Inflate against the remaining budget: a bomb is caught by what it produces, not what it claims.
-        let mut produced: u64 = 0;
-        let mut target = Vec::new();
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| {
-                invalid("code.zip_base64", format!("entry {name:?} is corrupt: {e}"))
-            })?;
-            if n == 0 {
-                break;
-            }
-            produced += n as u64;
-            if produced > budget {
-                return Err(ApiError::PayloadTooLarge(format!(
-                    "code unzips to more than {} MiB",
-                    MAX_UNZIPPED_BYTES >> 20
-                )));
-            }
-            if is_link && target.len() < MAX_PATH_BYTES {
-                target.extend_from_slice(&buf[..n]);
-            }
-        }
-        budget -= produced;
-        if is_link {
-            let target = String::from_utf8_lossy(&target).to_string();
-            if resolve_link(&name, &target).is_none() {
-                return Err(invalid(
-                    "code.zip_base64",
-                    format!("symbolic link {name:?} points outside the archive"),
-                ));
-            }
-        }
-        files.push(name);
-    }
-    Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        assert!(check_relative_path("src/app.py").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a\\b", "a\0b"] {
-            assert!(check_relative_path(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn links() {
-        assert!(resolve_link("lib/a.py", "b.py").is_some());
-        assert!(resolve_link("lib/a.py", "../b.py").is_some());
-        assert!(resolve_link("lib/a.py", "../../b.py").is_none());
-        assert!(resolve_link("a.py", "/etc/passwd").is_none());
+    match voltrun_bundle::inspect(bytes) {
+        Ok(manifest) => Ok(manifest.files().map(str::to_string).collect()),
+        Err(BundleError::TooLarge) => Err(ApiError::PayloadTooLarge(format!(
+            "code unzips to more than {} MiB",
+            MAX_UNZIPPED_BYTES >> 20
+        ))),
+        Err(e) => Err(invalid("code.zip_base64", e.to_string())),
     }
 }

@@ -3,8 +3,7 @@
 //! temporary directory, then renamed into place) and never modified.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use voltrun_domain::function::{CodeKind, FunctionRecord};
@@ -70,15 +69,17 @@ fn materialise(
     let staging = root.join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir_all(&staging)?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))?;
+    // The same validator and descriptor-walking writer as the upload check: a bundle that reached
+    // storage by other means is still refused, and nothing is written through a link.
     let result = match kind {
         CodeKind::Source => {
             let name = filename.unwrap_or("main");
             // A provided runtime's bootstrap must be executable; other single files need not be.
-            let mode = if name == "bootstrap" { 0o755 } else { 0o644 };
-            write_file(&staging.join(name), bytes, mode)
+            voltrun_bundle::write_file(&staging, name, bytes, name == "bootstrap")
         }
-        CodeKind::Zip => extract(bytes, &staging),
-    };
+        CodeKind::Zip => voltrun_bundle::extract(bytes, &staging).map(drop),
+    }
+    .map_err(std::io::Error::other);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
@@ -91,59 +92,6 @@ fn materialise(
                 "could not move unpacked code into place",
             ));
         }
-    }
-    Ok(())
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        create_dirs(parent)?;
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    file.write_all(bytes)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-fn create_dirs(dir: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-}
-
-/// Unpacks an archive that passed the upload checks. Paths are re-checked here (`enclosed_name`), so
-/// even a bundle written to storage by other means cannot place files outside the directory.
-fn extract(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(std::io::Error::other)?;
-    for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(std::io::Error::other)?;
-        let Some(relative) = entry.enclosed_name() else {
-            return Err(std::io::Error::other(format!(
-                "entry {:?} escapes the code directory",
-                entry.name()
-            )));
-        };
-        let path = dest.join(relative);
-        if entry.is_dir() {
-            create_dirs(&path)?;
-            continue;
-        }
-        let mode = entry.unix_mode().unwrap_or(0o644);
-        let mut contents =
-            Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0).min(1 << 26));
-        entry.read_to_end(&mut contents)?;
-        if mode & 0o170000 == 0o120000 {
-            if let Some(parent) = path.parent() {
-                create_dirs(parent)?;
-            }
-            std::os::unix::fs::symlink(String::from_utf8_lossy(&contents).as_ref(), &path)?;
-            continue;
-        }
-        let executable = mode & 0o111 != 0;
-        write_file(&path, &contents, if executable { 0o755 } else { 0o644 })?;
     }
     Ok(())
 }

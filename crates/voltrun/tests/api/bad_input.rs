@@ -155,6 +155,14 @@ both_databases! {
         let mut env = function_body("nul-env");
         env["env"] = json!({"A": "x\u{0000}y"});
         app.post("/api/functions", &user.access_token, env).await.expect_error(422, "validation_failed");
+        // Names that steer the loader or libc, and Lambda's reserved names, are refused by name.
+        for name in ["LD_AUDIT", "LD_PRELOAD", "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "MALLOC_PERTURB_", "AWS_LAMBDA_RUNTIME_API", "_HANDLER"] {
+            let mut body = function_body("loader-env");
+            body["env"] = json!({ name: "x" });
+            let reply = app.post("/api/functions", &user.access_token, body).await.expect_error(422, "validation_failed");
+            assert!(reply.body["error"]["message"].as_str().unwrap().contains(name), "{}", reply.text);
+            assert_eq!(reply.body["error"]["field"], "env");
+        }
         app.send(Method::POST, "/api/auth/register", None, Some(json!({"email": "a@example.com", "password": "nul\u{0000}password"})))
             .await
             .expect_error(422, "validation_failed");
@@ -171,6 +179,11 @@ both_databases! {
             ("nested traversal", zip_of(&[("bootstrap", boot, 0o100755), ("lib/../../evil", b"x", 0o100644)])),
             ("absolute symlink", zip_of(&[("bootstrap", boot, 0o100755), ("passwd", b"/etc/passwd", 0o120777)])),
             ("escaping symlink", zip_of(&[("bootstrap", boot, 0o100755), ("lib/up", b"../../secret", 0o120777)])),
+            // Each link's target is inside as text; on disk the chain climbs one level per link, and
+            // the file entry through it would land above the code directory.
+            ("link chain", zip_of(&[("bootstrap", boot, 0o100755), ("a/l1", b"..", 0o120777), ("a/l1/l2", b"..", 0o120777), ("a/l1/l2/l3", b"..", 0o120777), ("a/l1/l2/l3/evil", b"x", 0o100644)])),
+            ("link out through a link", zip_of(&[("bootstrap", boot, 0o100755), ("a/up", b"..", 0o120777), ("x", b"a/up/..", 0o120777)])),
+            ("file below a file", zip_of(&[("bootstrap", boot, 0o100755), ("bootstrap/evil", b"x", 0o100644)])),
         ];
         for (what, archive) in cases {
             let body = json!({"name": "hostile", "runtime": "provided", "handler": "a.b", "code": {"zip_base64": b64(&archive)}});
