@@ -237,7 +237,8 @@ fn in_range(
 pub type EnvVars = BTreeMap<String, String>;
 pub const ENV_MAX_BYTES: usize = 4096;
 
-/// Names the platform sets itself for every invocation; a user may not override them.
+/// Names the platform sets itself for every invocation; a user may not override them (Lambda's
+/// reserved names, and the prefixes `AWS_` and `VOLTRUN_`).
 const RESERVED_ENV: &[&str] = &[
     "_HANDLER",
     "_X_AMZN_TRACE_ID",
@@ -245,10 +246,42 @@ const RESERVED_ENV: &[&str] = &[
     "LAMBDA_RUNTIME_DIR",
     "TZ",
     "PATH",
-    "LD_LIBRARY_PATH",
-    "LD_PRELOAD",
     "HOME",
 ];
+const RESERVED_PREFIXES: &[&str] = &["AWS_", "VOLTRUN_"];
+
+/// Names that steer the dynamic loader or the C library of any process that inherits them (a library
+/// of the caller's choosing loaded by `LD_AUDIT`/`LD_PRELOAD`, `GCONV_PATH` modules, tunables,
+/// locale and resolver files). Functions never need them, and no process outside a sandbox must ever
+/// see them, so they are refused outright rather than only kept inside.
+const LOADER_ENV: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TZDIR",
+];
+const LOADER_PREFIXES: &[&str] = &["LD_", "MALLOC_"];
+
+/// Why `key` may not be set by a function, if it may not.
+fn refused_env_name(key: &str) -> Option<String> {
+    if RESERVED_ENV.contains(&key) || RESERVED_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        return Some(format!("{key} is reserved by the platform"));
+    }
+    if LOADER_ENV.contains(&key) || LOADER_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        return Some(format!(
+            "{key} would steer the dynamic loader or C library; names like it (LD_*, MALLOC_*, \
+             GCONV_PATH, GLIBC_TUNABLES, LOCPATH, …) are refused"
+        ));
+    }
+    None
+}
 
 pub fn validate_env(env: &EnvVars) -> Result<(), ValidationError> {
     let mut total = 0usize;
@@ -265,14 +298,8 @@ pub fn validate_env(env: &EnvVars) -> Result<(), ValidationError> {
                 ),
             ));
         }
-        if RESERVED_ENV.contains(&key.as_str())
-            || key.starts_with("AWS_")
-            || key.starts_with("VOLTRUN_")
-        {
-            return Err(ValidationError::new(
-                "env",
-                format!("{key} is reserved by the platform"),
-            ));
+        if let Some(why) = refused_env_name(key) {
+            return Err(ValidationError::new("env", why));
         }
         if value.contains('\0') {
             return Err(ValidationError::new(
@@ -338,8 +365,23 @@ mod tests {
         let mut env = EnvVars::new();
         env.insert("GREETING".into(), "hi".into());
         assert!(validate_env(&env).is_ok());
-        env.insert("AWS_REGION".into(), "x".into());
-        assert!(validate_env(&env).is_err());
+        for refused in [
+            "AWS_REGION",
+            "LAMBDA_TASK_ROOT",
+            "_HANDLER",
+            "LD_AUDIT",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "LOCPATH",
+            "MALLOC_ARENA_MAX",
+        ] {
+            let mut bad = env.clone();
+            bad.insert(refused.into(), "x".into());
+            let err = validate_env(&bad).unwrap_err();
+            assert!(err.message.contains(refused), "{refused}: {}", err.message);
+        }
         let mut big = EnvVars::new();
         big.insert("BIG".into(), "x".repeat(4094));
         assert!(validate_env(&big).is_err());

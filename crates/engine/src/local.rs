@@ -123,7 +123,11 @@ impl LocalEngine {
                 "the namespace sandbox needs root (to run sandboxes as unprivileged uids and set cgroup limits)".into(),
             ));
         }
-        let spawner = Spawner::new().map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        // Sandboxes mount code and runtime files from the work directory (see `SHARED_MOUNT`).
+        create_shared_dir(&config.work_dir)
+            .map_err(|e| EngineError::Unavailable(format!("work directory: {e}")))?;
+        let spawner =
+            Spawner::new(&config.work_dir).map_err(|e| EngineError::Unavailable(e.to_string()))?;
         let warnings = if spawner.cgroups().is_available() {
             vec![]
         } else {
@@ -540,13 +544,19 @@ impl LocalEngine {
     }
 }
 
+/// A directory sandboxes read from (mode 0755, whatever the umask).
+fn create_shared_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 fn write_runtime_files(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let bootstraps = dir.join("bootstraps");
     let etc = dir.join("etc");
     for d in [dir, &bootstraps, &etc] {
-        std::fs::create_dir_all(d)?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        create_shared_dir(d)?;
     }
     let files: [(PathBuf, &str); 5] = [
         (bootstraps.join("bootstrap.py"), PYTHON_BOOTSTRAP),

@@ -29,6 +29,11 @@ pub use spawn::{BindMount, Sandbox, SandboxSpec, Spawner};
 pub enum SandboxError {
     #[error("bubblewrap (bwrap) is not installed: install the `bubblewrap` package")]
     NoBubblewrap,
+    #[error("the spawner's mount namespace (showing {shared} to sandboxes) failed: {source}")]
+    Mounts {
+        shared: String,
+        source: std::io::Error,
+    },
     #[error("network namespace setup failed: {0}")]
     Network(std::io::Error),
     #[error("cgroup setup failed at {path}: {source}")]

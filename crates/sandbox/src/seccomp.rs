@@ -1,10 +1,15 @@
-//! The seccomp filters every sandboxed process runs under. Allow by default (runtimes need a wide,
-//! changing set of calls), deny what a function never needs and what widens the attack surface:
-//! mounting, tracing other processes, kernel modules and kexec, BPF, keyrings, perf events, new
-//! namespaces, clock and swap changes, reboot.
+//! The seccomp filters every sandboxed process runs under. A deny list, allow by default: runtimes
+//! (CPython, Node.js, whatever a `provided` function ships) need a wide and changing set of calls,
+//! and an allow list that misses one breaks functions in ways their authors cannot fix. It denies
+//! what a function never needs and what widens the kernel's attack surface: mounting, tracing other
+//! processes, kernel modules and kexec, BPF, keyrings, perf events, io_uring, `personality`, new
+//! namespaces, clock and swap changes, reboot, and every x32 system call. docs/security.md compares
+//! this with Firecracker's allow lists.
 //!
-//! Two programs, because their actions differ: `clone3` must fail with ENOSYS (not EPERM) so that
-//! glibc falls back to `clone`, whose flags a classic filter can inspect.
+//! Three programs, because their actions and shapes differ: `clone3` must fail with ENOSYS (not
+//! EPERM) so that glibc falls back to `clone`, whose flags a classic filter can inspect; and the x32
+//! calls (x86-64 numbers with bit 30 set, same audit arch) are a range, which seccompiler's rules
+//! cannot express, so that program is assembled here.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +64,12 @@ const DENIED: &[i64] = &[
     libc::SYS_move_mount,
     libc::SYS_open_tree,
     libc::SYS_mount_setattr,
+    // io_uring runs work in kernel threads that seccomp never sees, and has been a steady source of
+    // privilege escalations; personality() can switch off ASLR or turn on READ_IMPLIES_EXEC.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_personality,
 ];
 
 /// clone() flags that create namespaces.
@@ -109,13 +120,44 @@ pub fn programs() -> Result<Vec<Vec<u8>>, SandboxError> {
     deny.insert(libc::SYS_clone, clone_rules);
     let no_clone3: BTreeMap<i64, Vec<SeccompRule>> =
         [(libc::SYS_clone3, vec![])].into_iter().collect();
-    Ok([
+    let mut programs: Vec<Vec<u8>> = [
         compile(deny, libc::EPERM)?,
         compile(no_clone3, libc::ENOSYS)?,
     ]
     .iter()
     .map(to_bytes)
-    .collect())
+    .collect();
+    if cfg!(target_arch = "x86_64") {
+        programs.push(to_bytes(&deny_x32()));
+    }
+    Ok(programs)
+}
+
+/// The x32 ABI's system-call numbers: x86-64 numbers with this bit set, checked against the same
+/// audit arch, so a deny list keyed on numbers alone would let `x32 | SYS_ptrace` through.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// `ret EPERM` for every system call numbered from [`X32_SYSCALL_BIT`] up on x86-64, allow the rest
+/// (the other filters still apply: the kernel runs them all and takes the strictest verdict).
+fn deny_x32() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    // struct seccomp_data: int nr at offset 0, __u32 arch at offset 4.
+    let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        insn(LD_W_ABS, 0, 0, 4),
+        insn(JEQ_K, 0, 2, AUDIT_ARCH_X86_64),
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JGE_K, 1, 0, X32_SYSCALL_BIT),
+        insn(RET_K, 0, 0, RET_ALLOW),
+        insn(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+    ]
 }
 
 fn to_bytes(program: &BpfProgram) -> Vec<u8> {
@@ -134,7 +176,10 @@ mod tests {
     #[test]
     fn filters_compile() {
         let programs = super::programs().unwrap();
-        assert_eq!(programs.len(), 2);
+        assert_eq!(
+            programs.len(),
+            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+        );
         assert!(programs.iter().all(|p| !p.is_empty() && p.len() % 8 == 0));
     }
 }

@@ -27,7 +27,9 @@ pub struct SandboxSpec {
     pub name: String,
     /// argv of the process to run inside; `argv[0]` is a path inside the sandbox.
     pub command: Vec<String>,
-    /// The complete environment of that process.
+    /// The complete environment of that process. Set inside the sandbox only (bubblewrap's
+    /// `--clearenv`/`--setenv`, passed through a pipe): bubblewrap itself runs on the host before any
+    /// namespace exists, so it gets [`LAUNCHER_ENV`], never these.
     pub env: Vec<(String, String)>,
     /// Read-only mounts on top of the base root (system directories).
     pub binds: Vec<BindMount>,
@@ -123,10 +125,36 @@ pub struct Spawner {
     cgroups: CgroupSupport,
 }
 
+/// Where the spawner thread sees the engine's shared directory (code, runtime files). bubblewrap runs
+/// as the sandbox's unprivileged uid and resolves its mount sources as that uid, so a source below a
+/// private data directory (0700, as systemd's `StateDirectory=` makes it) cannot be reached by path,
+/// and bubblewrap 0.8 resolves even `--ro-bind-fd` descriptors back to their path. So the spawner
+/// thread has a mount namespace of its own in which the shared directory is bind-mounted here; the
+/// host's `/tmp` is hidden from that thread only (sandboxes get a tmpfs of their own there anyway).
+pub const SHARED_MOUNT: &str = "/tmp";
+
+/// A bind source as the spawner thread sees it: below [`SHARED_MOUNT`] if it lies in the shared
+/// directory.
+fn visible_source(shared: &Path, source: &Path) -> PathBuf {
+    match source.strip_prefix(shared) {
+        Ok(relative) => Path::new(SHARED_MOUNT).join(relative),
+        Err(_) => source.to_path_buf(),
+    }
+}
+
+/// The whole environment bubblewrap is started with. Whatever a function sets (`LD_AUDIT`,
+/// `LD_PRELOAD`, `GCONV_PATH`, …) would otherwise steer the host's loader and libc in a process that
+/// runs outside every namespace and filter.
+pub const LAUNCHER_ENV: &[(&str, &str)] = &[("PATH", "/usr/bin:/bin")];
+
+/// bubblewrap reads its options from a pipe filled before it starts; more would block the spawner.
+const MAX_ARGS_BYTES: usize = 60 * 1024;
+
 const BWRAP_CANDIDATES: &[&str] = &["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"];
 
 impl Spawner {
-    pub fn new() -> Result<Self, SandboxError> {
+    /// `shared`: the directory whose contents sandboxes mount (see [`SHARED_MOUNT`]); it must exist.
+    pub fn new(shared: &Path) -> Result<Self, SandboxError> {
         let bwrap = BWRAP_CANDIDATES
             .iter()
             .map(PathBuf::from)
@@ -137,13 +165,33 @@ impl Spawner {
         let programs = seccomp::programs()?;
         let (requests, inbox) = mpsc::channel::<(SandboxSpec, Reply)>();
         let thread_cgroups = cgroups.clone();
+        let shared = shared.to_path_buf();
+        let (ready, started) = mpsc::channel();
         std::thread::Builder::new()
             .name("voltrun-spawner".into())
             .spawn(move || {
+                let mounts = sys::private_mount_namespace()
+                    .and_then(|()| sys::bind_mount(&shared, Path::new(SHARED_MOUNT)))
+                    .map_err(|e| SandboxError::Mounts {
+                        shared: shared.display().to_string(),
+                        source: e,
+                    });
+                let failed = mounts.is_err();
+                let _ = ready.send(mounts);
+                if failed {
+                    return;
+                }
                 // The next instance's cgroup, made while nobody waits for it.
                 let mut spare: Option<Cgroup> = None;
                 for (spec, reply) in inbox {
-                    let result = spawn_one(&bwrap, &thread_cgroups, &programs, &spec, spare.take());
+                    let result = spawn_one(
+                        &bwrap,
+                        &thread_cgroups,
+                        &programs,
+                        &shared,
+                        &spec,
+                        spare.take(),
+                    );
                     let _ = reply.send(result);
                     spare = thread_cgroups.make(&spare_name()).ok().flatten();
                 }
@@ -152,6 +200,7 @@ impl Spawner {
                 }
             })
             .map_err(SandboxError::Spawn)?;
+        started.recv().map_err(|_| SandboxError::SpawnerGone)??;
         Ok(Self { requests, cgroups })
     }
 
@@ -181,7 +230,9 @@ fn spare_name() -> String {
 /// symlinks on merged-/usr systems.
 const SYSTEM_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-fn bwrap_args(spec: &SandboxSpec, seccomp_fds: &[i32]) -> Vec<String> {
+/// bubblewrap's options, read from a pipe (`--args`) so that the environment's values never show in
+/// the host's process list.
+fn bwrap_options(spec: &SandboxSpec, shared: &Path, seccomp_fds: &[i32]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--unshare-user",
         "--uid",
@@ -232,7 +283,7 @@ fn bwrap_args(spec: &SandboxSpec, seccomp_fds: &[i32]) -> Vec<String> {
     for bind in &spec.binds {
         args.extend([
             "--ro-bind".into(),
-            bind.source.display().to_string(),
+            visible_source(shared, &bind.source).display().to_string(),
             bind.dest.display().to_string(),
         ]);
     }
@@ -253,15 +304,39 @@ fn bwrap_args(spec: &SandboxSpec, seccomp_fds: &[i32]) -> Vec<String> {
     for fd in seccomp_fds {
         args.extend(["--add-seccomp-fd".into(), fd.to_string()]);
     }
-    args.push("--".into());
-    args.extend(spec.command.iter().cloned());
+    args.push("--clearenv".into());
+    for (key, value) in &spec.env {
+        args.extend(["--setenv".into(), key.clone(), value.clone()]);
+    }
     args
+}
+
+/// The options as bubblewrap's `--args` reads them: NUL-terminated strings.
+fn nul_separated(options: &[String]) -> Result<Vec<u8>, SandboxError> {
+    let mut data = Vec::new();
+    for option in options {
+        if option.contains('\0') {
+            return Err(SandboxError::Spawn(std::io::Error::other(format!(
+                "sandbox option {option:?} contains a NUL byte"
+            ))));
+        }
+        data.extend_from_slice(option.as_bytes());
+        data.push(0);
+    }
+    if data.len() > MAX_ARGS_BYTES {
+        return Err(SandboxError::Spawn(std::io::Error::other(format!(
+            "sandbox options take {} bytes; at most {MAX_ARGS_BYTES} fit",
+            data.len()
+        ))));
+    }
+    Ok(data)
 }
 
 fn spawn_one(
     bwrap: &Path,
     cgroups: &CgroupSupport,
     programs: &[Vec<u8>],
+    shared: &Path,
     spec: &SandboxSpec,
     spare: Option<Cgroup>,
 ) -> Result<Sandbox, SandboxError> {
@@ -286,6 +361,11 @@ fn spawn_one(
         seccomp_reads.push(read);
     }
     let seccomp_fds: Vec<i32> = seccomp_reads.iter().map(AsRawFd::as_raw_fd).collect();
+    let options = nul_separated(&bwrap_options(spec, shared, &seccomp_fds))?;
+    let (options_read, options_write) = sys::pipe().map_err(SandboxError::Spawn)?;
+    std::fs::File::from(options_write)
+        .write_all(&options)
+        .map_err(SandboxError::Spawn)?;
 
     let mut rlimits = vec![(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, 1024)];
     if cgroup.is_none() {
@@ -295,15 +375,22 @@ fn spawn_one(
     }
     let setup = ChildSetup {
         cgroup_procs: procs.iter().map(AsRawFd::as_raw_fd).collect(),
-        inherit: seccomp_fds.clone(),
+        inherit: seccomp_fds
+            .iter()
+            .copied()
+            .chain([options_read.as_raw_fd()])
+            .collect(),
         rlimits,
     };
 
     let mut command = Command::new(bwrap);
     command
-        .args(bwrap_args(spec, &seccomp_fds))
+        .arg("--args")
+        .arg(options_read.as_raw_fd().to_string())
+        .arg("--")
+        .args(&spec.command)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(LAUNCHER_ENV.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -328,6 +415,7 @@ fn spawn_one(
     })?;
     drop(procs);
     drop(seccomp_reads);
+    drop(options_read);
     Ok(Sandbox {
         child,
         listener: Some(listener),

@@ -47,6 +47,46 @@ pub fn loopback_up() -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// Gives the calling thread a mount namespace of its own, in which mounts made later stay (they never
+/// propagate back to the host's) while the host's later mounts still arrive.
+pub fn private_mount_namespace() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and changes only the calling thread's namespace membership
+    // (CLONE_NEWNS implies CLONE_FS, which a thread may unshare alone).
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    // SAFETY: `c"/"` is a static NUL-terminated string; a propagation change takes null for the
+    // source, file system type and data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// Bind-mounts `source` (with what is mounted below it) on `target`, in the calling thread's mount
+/// namespace.
+pub fn bind_mount(source: &std::path::Path, target: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let source = std::ffi::CString::new(source.as_os_str().as_bytes())?;
+    let target = std::ffi::CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; a bind mount takes null
+    // for the file system type and data.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
 /// A pipe whose both ends are close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];

@@ -536,7 +536,7 @@ impl Settings {
 /// production takes its secrets from the environment.
 fn persisted_secret(data_dir: &Path, name: &'static str) -> Result<[u8; 32], ConfigError> {
     let variable = "DATA_DIR";
-    std::fs::create_dir_all(data_dir).map_err(|e| {
+    create_private_dir(data_dir).map_err(|e| {
         bad(
             variable,
             format!("cannot create {}: {e}", data_dir.display()),
@@ -567,6 +567,35 @@ fn persisted_secret(data_dir: &Path, name: &'static str) -> Result<[u8; 32], Con
     write_private(&path, STANDARD.encode(secret).as_bytes())
         .map_err(|e| bad(variable, format!("cannot write {}: {e}", path.display())))?;
     Ok(secret)
+}
+
+/// Creates `dir` (and missing parents) readable by the server's user alone (0700). An existing
+/// directory keeps the mode its operator gave it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates an empty file of mode 0600 at `path` unless one exists (SQLite then opens it as an empty
+/// database, and makes its `-wal` and `-shm` files with the same mode).
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {

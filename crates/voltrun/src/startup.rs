@@ -240,15 +240,25 @@ impl Application {
                 "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
             );
         }
-        // SQLite creates the database file but not its directory.
-        let sqlite_dir = settings
+        // The data directory holds the database, secrets and unpacked code: private by default.
+        crate::config::create_private_dir(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        // SQLite creates the database file but not its directory, and would make the file 0644.
+        let sqlite_file = settings
             .database_url
             .expose()
             .strip_prefix("sqlite://")
-            .and_then(|path| std::path::Path::new(path).parent())
-            .filter(|dir| !dir.as_os_str().is_empty());
-        if let Some(dir) = sqlite_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            .map(|path| std::path::Path::new(path.split('?').next().unwrap_or(path)))
+            .filter(|path| {
+                !path.as_os_str().is_empty() && *path != std::path::Path::new(":memory:")
+            });
+        if let Some(file) = sqlite_file {
+            if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                crate::config::create_private_dir(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            crate::config::create_private_file(file)
+                .with_context(|| format!("creating {}", file.display()))?;
         }
         let store =
             voltrun_storage::connect(settings.database_url.expose(), settings.db_max_connections)

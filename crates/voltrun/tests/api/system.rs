@@ -170,3 +170,31 @@ async fn postgres_health_is_503_when_the_database_is_unreachable() {
     assert_eq!(reply.body["status"], "unavailable");
     assert_eq!(reply.body["database"]["status"], "unreachable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let fresh = std::env::temp_dir()
+        .join(format!("voltrun-private-{}", crate::helpers::unique()))
+        .join("data");
+    let database = fresh.join("voltrun.db");
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.data_dir = Some(fresh.display().to_string());
+        raw.database_url = Some(format!("sqlite://{}", database.display()));
+        // Development secrets kept in the data directory.
+        raw.jwt_secret = None;
+    })
+    .await;
+    app.register().await;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700, "data directory");
+    assert_eq!(mode(&database), 0o600, "database file");
+    assert_eq!(mode(&fresh.join("jwt_secret")), 0o600, "JWT secret");
+    assert_eq!(mode(&fresh.join("encryption_key")), 0o600, "encryption key");
+    let wal = fresh.join("voltrun.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600, "write-ahead log");
+    }
+    let _ = std::fs::remove_dir_all(fresh.parent().unwrap());
+}

@@ -10,6 +10,7 @@ mod helpers;
 mod asynchronous;
 mod errors;
 mod firecracker;
+mod hardening;
 mod isolation;
 mod ric;
 mod runs;

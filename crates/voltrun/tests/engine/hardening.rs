@@ -1,0 +1,178 @@
+//! Attacks on what runs around a function rather than inside it: the launcher's environment, the
+//! seccomp filter (checked with calls that succeed on this host without it, so a refusal is the
+//! filter's and not a missing capability's), and a private data directory.
+
+use serde_json::{Value, json};
+
+use crate::{deploy, engine_app, invoke};
+
+/// Host processes (in this process's PID namespace, so outside every sandbox) whose environment or
+/// command line contains `needle`, and how many bubblewrap launchers there are.
+fn host_processes_holding(needle: &str) -> (Vec<String>, usize) {
+    let own_pid_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let mut holding = Vec::new();
+    let mut launchers = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = entry.path();
+        if std::fs::read_link(dir.join("ns/pid")).ok().as_ref() != Some(&own_pid_ns) {
+            continue;
+        }
+        let exe = std::fs::read_link(dir.join("exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == "bwrap") {
+            launchers += 1;
+        }
+        for file in ["environ", "cmdline"] {
+            let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                holding.push(format!("{} ({}, {file})", name, exe.display()));
+            }
+        }
+    }
+    (holding, launchers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launcher_never_sees_the_functions_environment() {
+    let Some(app) = engine_app("the_launcher_never_sees_the_functions_environment", |_| {}).await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let secret = format!("launcher-probe-{}", crate::helpers::unique());
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "env-probe",
+        &python,
+        "main.handler",
+        &[(
+            "main.py",
+            "import os\ndef handler(e, c):\n    return os.environ.get('PROBE_SECRET')\n",
+        )],
+        json!({"env": {"PROBE_SECRET": secret}}),
+    )
+    .await;
+    let run = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"], secret,
+        "the function still gets its variable"
+    );
+    // The instance stays warm: its launcher is alive now.
+    let (holding, launchers) = host_processes_holding(&secret);
+    assert!(launchers > 0, "no bubblewrap launcher found to inspect");
+    assert!(
+        holding.is_empty(),
+        "host-side processes hold the function's variable: {holding:?}"
+    );
+}
+
+/// Calls that an unprivileged process may make on this kernel, so that without the filter they
+/// succeed (or fail with something other than EPERM); the probe runs on the host too, as the control.
+const SECCOMP_PROBE: &str = r#"
+import ctypes, json, os, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def errno_of(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return ctypes.get_errno() if r == -1 else 0
+
+def probe():
+    params = ctypes.create_string_buffer(120)
+    return {
+        "personality": errno_of(135, 0xFFFFFFFF),
+        "io_uring_setup": errno_of(425, 4, ctypes.addressof(params)),
+        "x32_getpid": errno_of(39 | 0x40000000),
+        "keyctl": errno_of(250, 0, -3, 0),
+    }
+
+def handler(event, context):
+    return probe()
+
+if __name__ == "__main__":
+    print(json.dumps(probe()))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_refuses_calls_the_kernel_would_otherwise_allow() {
+    let Some(app) = engine_app(
+        "seccomp_refuses_calls_the_kernel_would_otherwise_allow",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    if std::env::consts::ARCH != "x86_64" {
+        crate::skip(
+            "seccomp_refuses_calls_the_kernel_would_otherwise_allow",
+            "the probe uses x86-64 system-call numbers",
+        );
+        return;
+    }
+    let control = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SECCOMP_PROBE)
+        .output()
+        .expect("python3 runs on the host");
+    let control: Value = serde_json::from_slice(&control.stdout).expect("control probe output");
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "seccomp-probe",
+        &python,
+        "main.handler",
+        &[("main.py", SECCOMP_PROBE)],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    const EPERM: i64 = 1;
+    for call in ["personality", "io_uring_setup", "x32_getpid", "keyctl"] {
+        assert_eq!(
+            run["output"][call], EPERM,
+            "{call} must be refused by the filter: sandbox {} (host {})",
+            run["output"], control
+        );
+    }
+    // The control: these are refused by nothing else on this host.
+    assert_eq!(control["personality"], 0, "host: {control}");
+    assert_eq!(control["io_uring_setup"], 0, "host: {control}");
+    assert_ne!(control["x32_getpid"], EPERM, "host: {control}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_run_whatever_the_data_directorys_mode() {
+    let Some(app) = engine_app("functions_run_whatever_the_data_directorys_mode", |_| {}).await
+    else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    // What a careful operator (or systemd's StateDirectory=) leaves: nobody else may enter.
+    std::fs::set_permissions(app.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "private",
+        &python,
+        "main.handler",
+        &[("main.py", "def handler(e, c):\n    return 'ran'\n")],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "ran");
+}
