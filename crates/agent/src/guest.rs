@@ -59,7 +59,7 @@ struct Runtime {
     /// Listed in [`TRACKED`] while this lives.
     pid: u32,
     next: mpsc::Sender<NextInvocation>,
-    signals: mpsc::UnboundedReceiver<RuntimeSignal>,
+    signals: mpsc::Receiver<RuntimeSignal>,
     /// What the runtime has for the host, in order: log lines and results. Lines written while no
     /// host is connected wait here (and, once it is full, in the runtime's pipes).
     events: mpsc::Receiver<Message>,
@@ -130,10 +130,10 @@ async fn start_runtime(spec: StartSpec, pid1: bool) -> Result<Runtime, String> {
         .local_addr()
         .map_err(|e| format!("reading the Runtime API's address: {e}"))?;
     let (next_tx, next_rx) = mpsc::channel(1);
-    let (signal_tx, signals) = mpsc::unbounded_channel();
+    let (signal_tx, signals) = voltrun_runtime_api::signal_channel();
     let api = voltrun_runtime_api::router(next_rx, signal_tx);
     let mut tasks = vec![tokio::spawn(async move {
-        let _ = axum::serve(listener, api).await;
+        let _ = voltrun_runtime_api::serve(listener, api).await;
     })];
     let (program, args) = spec
         .command

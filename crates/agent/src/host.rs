@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use voltrun_runtime_api::output::LineBudget;
 
 use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream, unix_now_ms};
 use crate::vsock::{self, HandshakeError};
@@ -72,9 +73,12 @@ pub enum InvokeOutcome {
     },
 }
 
-/// Log bytes kept between two [`AgentSession::take_logs`] calls by default: the engine's cap on an
-/// execution's logs (4 MiB) plus one maximal line, so the engine still sees the overflow.
-pub const DEFAULT_LOG_BUFFER_BYTES: usize = (4 << 20) + (64 << 10);
+/// Log bytes kept between two [`AgentSession::take_logs`] calls by default (each line counting
+/// `LINE_OVERHEAD_BYTES` too): the engine's cap on an execution's logs (4 MiB) plus one maximal line,
+/// so the engine still sees the overflow.
+pub const DEFAULT_LOG_BUFFER_BYTES: usize = (4 << 20)
+    + voltrun_runtime_api::output::MAX_LINE_BYTES
+    + voltrun_runtime_api::output::LINE_OVERHEAD_BYTES;
 
 #[derive(Debug)]
 pub struct AgentSession {
@@ -82,11 +86,10 @@ pub struct AgentSession {
     incoming: mpsc::Receiver<Result<Message, ProtocolError>>,
     reader: tokio::task::JoinHandle<()>,
     logs: Vec<LogEntry>,
-    /// Bytes in `logs`; past `log_cap`, further lines are counted in `dropped_lines`, not kept: a
-    /// function that prints without end cannot grow the host's memory.
-    log_bytes: usize,
+    /// What `logs` holds; past `log_cap` (or the line cap), further lines are counted as dropped,
+    /// not kept: a function that prints without end cannot grow the host's memory.
+    log_budget: LineBudget,
     log_cap: usize,
-    dropped_lines: u64,
     agent_version: String,
     pid1: bool,
     runtime_ready: bool,
@@ -145,9 +148,8 @@ impl AgentSession {
             incoming,
             reader,
             logs: Vec::new(),
-            log_bytes: 0,
+            log_budget: LineBudget::default(),
             log_cap: DEFAULT_LOG_BUFFER_BYTES,
-            dropped_lines: 0,
             agent_version: String::new(),
             pid1: false,
             runtime_ready: false,
@@ -330,27 +332,21 @@ impl AgentSession {
     }
 
     fn keep_log(&mut self, entry: LogEntry) {
-        if self.log_bytes > self.log_cap {
-            self.dropped_lines += 1;
-            return;
+        if self.log_budget.admit(&entry.line, self.log_cap) {
+            self.logs.push(entry);
         }
-        self.log_bytes += entry.line.len();
-        self.logs.push(entry);
     }
 
     /// The log lines received since the last call; when lines were dropped over the cap, a last
     /// line says how many.
     pub fn take_logs(&mut self) -> Vec<LogEntry> {
         let mut logs = std::mem::take(&mut self.logs);
-        self.log_bytes = 0;
-        let dropped = std::mem::take(&mut self.dropped_lines);
+        let dropped = self.log_budget.reset();
         if dropped > 0 {
             logs.push(LogEntry {
                 stream: Stream::Stderr,
                 unix_ms: unix_now_ms(),
-                line: format!(
-                    "[voltrun] {dropped} log lines dropped: the function wrote faster than they could be kept"
-                ),
+                line: voltrun_runtime_api::output::dropped_lines_note(dropped),
             });
         }
         logs

@@ -224,5 +224,16 @@ pub struct LogLine {
     pub line: String,
 }
 
-/// The per-execution log cap (bytes of line text), as the issue asks: 4 MiB, then `truncated`.
+/// The per-execution log cap, 4 MiB, then `truncated`: each line counts its text plus
+/// [`LOG_LINE_OVERHEAD_BYTES`], which also caps the line count (131,072 empty lines).
 pub const LOG_CAP_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a stored line costs beyond its text (a row's timestamp, stream and header), so that empty
+/// lines are not free. Equal to `voltrun_runtime_api::output::LINE_OVERHEAD_BYTES` (the engine's tests
+/// check), which the live buffers count with.
+pub const LOG_LINE_OVERHEAD_BYTES: usize = 32;
+
+/// What `line` costs against [`LOG_CAP_BYTES`].
+pub fn log_line_cost(line: &str) -> usize {
+    line.len() + LOG_LINE_OVERHEAD_BYTES
+}

@@ -12,6 +12,7 @@ use chrono::Utc;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use voltrun_domain::execution::{LogLine, LogStream};
+use voltrun_runtime_api::output::LineBudget;
 use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 
 use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
@@ -19,14 +20,15 @@ use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, Runtim
 
 /// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
 /// the overflow and flags the logs as truncated). The rest is dropped as it arrives.
-const LOG_BUFFER_BYTES: usize = voltrun_domain::execution::LOG_CAP_BYTES;
+const LOG_BUFFER_BYTES: usize = voltrun_domain::execution::LOG_CAP_BYTES
+    + voltrun_runtime_api::output::MAX_LINE_BYTES
+    + voltrun_runtime_api::output::LINE_OVERHEAD_BYTES;
 
 /// Lines read from the runtime's output since the last invocation ended.
 #[derive(Debug, Default)]
 struct LogBuffer {
     lines: Vec<LogLine>,
-    bytes: usize,
-    dropped: u64,
+    budget: LineBudget,
 }
 
 type SharedLogs = Arc<std::sync::Mutex<LogBuffer>>;
@@ -191,7 +193,7 @@ impl Instance {
 struct SandboxedRuntime {
     sandbox: Option<Sandbox>,
     next: mpsc::Sender<NextInvocation>,
-    signals: mpsc::UnboundedReceiver<RuntimeSignal>,
+    signals: mpsc::Receiver<RuntimeSignal>,
     logs: SharedLogs,
     exit: AsyncFd<OwnedFd>,
     output_fds: [RawFd; 2],
@@ -204,10 +206,7 @@ struct SandboxedRuntime {
 async fn read_lines(pipe: tokio::net::unix::pipe::Receiver, stream: LogStream, out: SharedLogs) {
     voltrun_runtime_api::output::read_lines(pipe, |line| {
         let mut buffer = lock(&out);
-        if buffer.bytes > LOG_BUFFER_BYTES {
-            buffer.dropped += 1;
-        } else {
-            buffer.bytes += line.len();
+        if buffer.budget.admit(&line, LOG_BUFFER_BYTES) {
             buffer.lines.push(LogLine {
                 timestamp: Utc::now(),
                 stream,
@@ -257,10 +256,10 @@ impl SandboxedRuntime {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (next_tx, next_rx) = mpsc::channel(1);
-        let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+        let (signal_tx, signal_rx) = runtime_api::signal_channel();
         let api = runtime_api::router(next_rx, signal_tx);
         let mut tasks = vec![tokio::spawn(async move {
-            let _ = axum::serve(listener, api).await;
+            let _ = runtime_api::serve(listener, api).await;
         })];
         let logs = SharedLogs::default();
         let stdout = sandbox
@@ -371,13 +370,15 @@ impl SandboxedRuntime {
     async fn finish_logs(&mut self) -> Vec<LogLine> {
         voltrun_runtime_api::output::drain(&self.output_fds).await;
         let LogBuffer {
-            mut lines, dropped, ..
+            mut lines,
+            mut budget,
         } = std::mem::take(&mut *lock(&self.logs));
+        let dropped = budget.reset();
         if dropped > 0 {
             lines.push(LogLine {
                 timestamp: Utc::now(),
                 stream: LogStream::Stderr,
-                line: format!("[voltrun] {dropped} log lines dropped: the function wrote faster than they could be kept"),
+                line: voltrun_runtime_api::output::dropped_lines_note(dropped),
             });
         }
         lines
@@ -414,5 +415,16 @@ async fn wait_readable(fd: &AsyncFd<OwnedFd>) {
             Ok(_guard) => return,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn live_buffers_and_storage_count_a_line_alike() {
+        assert_eq!(
+            voltrun_runtime_api::output::LINE_OVERHEAD_BYTES,
+            voltrun_domain::execution::LOG_LINE_OVERHEAD_BYTES
+        );
     }
 }

@@ -19,6 +19,19 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 /// Lambda's limit on a synchronous response payload.
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
+/// What is kept of an error's type and message (a runtime may post megabytes of either; they are
+/// stored with the execution and shown to the caller).
+pub const MAX_ERROR_TYPE_BYTES: usize = 256;
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4 * 1024;
+
+/// Connections one instance's Runtime API serves at once. A runtime needs one or two; the rest wait
+/// in the kernel's accept queue, holding no descriptor or memory of the server's.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// Signals waiting for the instance to read them. The instance reads the first (ready, or why the
+/// start failed) and stops listening once it runs; later ones are dropped, not queued without end.
+const SIGNAL_QUEUE: usize = 2;
+
 /// One invocation handed to the runtime.
 #[derive(Debug)]
 pub struct NextInvocation {
@@ -56,15 +69,116 @@ pub enum RuntimeSignal {
 struct ApiState {
     next: Mutex<mpsc::Receiver<NextInvocation>>,
     current: Mutex<Option<(String, oneshot::Sender<RuntimeReply>)>>,
-    signals: mpsc::UnboundedSender<RuntimeSignal>,
+    signals: mpsc::Sender<RuntimeSignal>,
     ready_sent: std::sync::atomic::AtomicBool,
 }
 
+/// The channel an instance reads its runtime's readiness and init errors from (bounded).
+pub fn signal_channel() -> (mpsc::Sender<RuntimeSignal>, mpsc::Receiver<RuntimeSignal>) {
+    mpsc::channel(SIGNAL_QUEUE)
+}
+
+/// Serves `router` on `listener` with at most [`MAX_CONNECTIONS`] connections at a time.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(LimitedListener::new(listener, MAX_CONNECTIONS), router).await
+}
+
+/// A listener that accepts only while fewer than its limit of connections are open: each accepted
+/// connection holds a permit until it is dropped.
+#[derive(Debug)]
+pub struct LimitedListener {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl LimitedListener {
+    pub fn new(inner: tokio::net::TcpListener, limit: usize) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+}
+
+/// A connection and the permit it holds.
+#[derive(Debug)]
+pub struct LimitedConnection {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                // The semaphore is never closed; wait for ever rather than spin if it were.
+                std::future::pending::<()>().await;
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        LimitedConnection {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                // Out of descriptors or a connection reset before accept: try again shortly
+                // rather than spin (what axum's own listener does).
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Builds the router for one instance. Invocations arrive on `next`; readiness and init errors are
-/// reported on `signals`.
+/// reported on `signals` (from [`signal_channel`]).
 pub fn router(
     next: mpsc::Receiver<NextInvocation>,
-    signals: mpsc::UnboundedSender<RuntimeSignal>,
+    signals: mpsc::Sender<RuntimeSignal>,
 ) -> Router {
     let state = Arc::new(ApiState {
         next: Mutex::new(next),
@@ -90,7 +204,7 @@ async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
         .ready_sent
         .swap(true, std::sync::atomic::Ordering::SeqCst)
     {
-        let _ = state.signals.send(RuntimeSignal::Ready);
+        let _ = state.signals.try_send(RuntimeSignal::Ready);
     }
     let invocation = state.next.lock().await.recv().await;
     let Some(inv) = invocation else {
@@ -245,11 +359,23 @@ fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
         .map(str::to_string)
         .or(header_type)
         .unwrap_or_else(|| "Unhandled".into());
-    let message = doc["errorMessage"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(4096).collect());
-    (error_type, message)
+    let message = match doc["errorMessage"].as_str() {
+        Some(message) => cut(message, MAX_ERROR_MESSAGE_BYTES),
+        None => cut(
+            &String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_MESSAGE_BYTES + 4)]),
+            MAX_ERROR_MESSAGE_BYTES,
+        ),
+    };
+    (cut(&error_type, MAX_ERROR_TYPE_BYTES), message)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 async fn error(
@@ -275,10 +401,12 @@ async fn init_error(
     body: Bytes,
 ) -> StatusCode {
     let (error_type, message) = parse_error(&headers, &body);
-    let _ = state.signals.send(RuntimeSignal::InitError(InitFailure {
-        error_type,
-        message,
-    }));
+    let _ = state
+        .signals
+        .try_send(RuntimeSignal::InitError(InitFailure {
+            error_type,
+            message,
+        }));
     StatusCode::ACCEPTED
 }
 
@@ -298,5 +426,15 @@ mod tests {
         );
         let (t, m) = parse_error(&headers, b"not json");
         assert_eq!((t.as_str(), m.as_str()), ("Runtime.X", "not json"));
+    }
+
+    #[test]
+    fn error_fields_are_cut_at_character_boundaries() {
+        let doc = serde_json::json!({"errorType": "T".repeat(10_000), "errorMessage": "é".repeat(1 << 20)});
+        let (t, m) = parse_error(&HeaderMap::new(), doc.to_string().as_bytes());
+        assert_eq!(t.len(), MAX_ERROR_TYPE_BYTES);
+        assert_eq!(m.len(), MAX_ERROR_MESSAGE_BYTES);
+        let (_, raw) = parse_error(&HeaderMap::new(), "ü".repeat(1 << 20).as_bytes());
+        assert!(raw.len() <= MAX_ERROR_MESSAGE_BYTES && raw.chars().all(|c| c == 'ü'));
     }
 }

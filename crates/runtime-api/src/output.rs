@@ -11,6 +11,46 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// bound.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
+/// What a kept line costs against a log budget beyond its text: about what holding it takes (a
+/// timestamp, a stream, a string header), so that empty lines are not free and the line count is
+/// capped at the budget over this (131,072 lines for 4 MiB). Lambda's log service charges 26 bytes
+/// an event for the same reason. Storage counts the same (`LOG_LINE_OVERHEAD_BYTES`).
+pub const LINE_OVERHEAD_BYTES: usize = 32;
+
+/// Counts the lines a buffer keeps between two invocations' ends against a byte budget; past it it
+/// refuses lines and counts them as dropped. The engine's buffer and the guest agent's host side
+/// both keep their lines under one.
+#[derive(Debug, Clone, Default)]
+pub struct LineBudget {
+    bytes: usize,
+    dropped: u64,
+}
+
+impl LineBudget {
+    /// Whether a line of `text` may be kept under `cap_bytes` (and counts it either way).
+    pub fn admit(&mut self, text: &str, cap_bytes: usize) -> bool {
+        let cost = text.len() + LINE_OVERHEAD_BYTES;
+        if self.bytes + cost > cap_bytes {
+            self.dropped += 1;
+            return false;
+        }
+        self.bytes += cost;
+        true
+    }
+
+    /// Starts a new invocation's budget; returns how many lines the last one dropped.
+    pub fn reset(&mut self) -> u64 {
+        std::mem::take(self).dropped
+    }
+}
+
+/// The line that says how many lines were dropped.
+pub fn dropped_lines_note(dropped: u64) -> String {
+    format!(
+        "[voltrun] {dropped} log lines dropped: the function wrote more than one invocation keeps"
+    )
+}
+
 /// Reads `pipe` to its end (or a read error) and hands each line to `line`: without its `\n` or a
 /// trailing `\r`, decoded as UTF-8 with invalid bytes replaced, and in pieces of [`MAX_LINE_BYTES`]
 /// when longer. Stops early when `line` answers `false` (nobody takes lines any more).
@@ -94,6 +134,16 @@ mod tests {
         let pieces = lines_of(&long).await;
         let lengths: Vec<usize> = pieces.iter().map(String::len).collect();
         assert_eq!(lengths, [MAX_LINE_BYTES, MAX_LINE_BYTES, 5]);
+    }
+
+    #[test]
+    fn empty_lines_are_not_free() {
+        let mut budget = LineBudget::default();
+        let cap = 100 * LINE_OVERHEAD_BYTES;
+        let kept = (0..1_000).filter(|_| budget.admit("", cap)).count();
+        assert_eq!(kept, 100, "each empty line costs the overhead");
+        assert_eq!(budget.reset(), 900);
+        assert!(budget.admit("", cap), "a reset budget admits again");
     }
 
     #[tokio::test]

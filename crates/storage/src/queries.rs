@@ -73,7 +73,8 @@ fn fit_logs(
         if truncated {
             break;
         }
-        let len = i64::try_from(line.line.len()).unwrap_or(i64::MAX);
+        let len =
+            i64::try_from(voltrun_domain::execution::log_line_cost(&line.line)).unwrap_or(i64::MAX);
         if used + len > cap {
             truncated = true;
             break;

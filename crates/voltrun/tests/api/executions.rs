@@ -91,7 +91,7 @@ both_databases! {
         let store = app.store().await;
         let line = |stream, text: &str| LogLine { timestamp: Utc::now(), stream, line: text.to_string() };
         store
-            .append_logs(e, &[line(LogStream::Stdout, "hello"), line(LogStream::Stderr, "warn: ünïcödé ✓")], 64)
+            .append_logs(e, &[line(LogStream::Stdout, "hello"), line(LogStream::Stderr, "warn: ünïcödé ✓")], 128)
             .await
             .unwrap();
         let json_logs = app.get(&format!("/api/executions/{e}/logs"), &user.access_token).await.expect(200).body;
@@ -101,7 +101,8 @@ both_databases! {
         assert_eq!(json_logs["lines"][1]["line"], "warn: ünïcödé ✓");
 
         // Past the cap: kept lines stay, the rest is dropped and flagged.
-        store.append_logs(e, &[line(LogStream::Stdout, &"y".repeat(100))], 64).await.unwrap();
+        store.append_logs(e, &[line(LogStream::Stdout, &"y".repeat(100))], 128).await.unwrap();
+        // Empty lines are not free: each costs LOG_LINE_OVERHEAD_BYTES, so a flood of them is cut too.
         store.close().await;
         let capped = app.get(&format!("/api/executions/{e}/logs"), &user.access_token).await.expect(200).body;
         assert_eq!(capped["truncated"], true);

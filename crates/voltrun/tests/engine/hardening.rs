@@ -176,3 +176,175 @@ async fn functions_run_whatever_the_data_directorys_mode() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], "ran");
 }
+
+/// A function that attacks its own instance's Runtime API and log pipes, as a tenant could.
+const SPAMMER: &str = r#"
+import http.client, json, os, socket, sys, time
+
+HOST, PORT = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+
+def init_errors(n, size):
+    body = json.dumps({"errorType": "Spam" * 1000, "errorMessage": "x" * size})
+    conn, sent = http.client.HTTPConnection(HOST, int(PORT), timeout=5), 0
+    for _ in range(n):
+        try:
+            conn.request("POST", "/2018-06-01/runtime/init/error", body)
+            conn.getresponse().read()
+            sent += 1
+        except Exception:
+            conn = http.client.HTTPConnection(HOST, int(PORT), timeout=5)
+    return sent
+
+def accepted_connections():
+    # Server-side sockets on the Runtime API's port that the server accepted (a socket still in the
+    # accept queue has no inode yet).
+    count = 0
+    for line in open("/proc/net/tcp").readlines()[1:]:
+        f = line.split()
+        if f[1].endswith(":%04X" % int(PORT)) and f[3] == "01" and f[9] != "0":
+            count += 1
+    return count
+
+def connections(n):
+    held = []
+    for _ in range(n):
+        try:
+            held.append(socket.create_connection((HOST, int(PORT)), timeout=1))
+        except OSError:
+            break
+    time.sleep(0.5)
+    return {"opened": len(held), "accepted": accepted_connections()}
+
+def handler(event, context):
+    kind = event["kind"]
+    if kind == "init_errors":
+        return init_errors(event["n"], event["size"])
+    if kind == "empty_lines":
+        chunk = "\n" * 100_000
+        for _ in range(event["n"] // 100_000):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        return "written"
+    if kind == "connections":
+        return connections(event["n"])
+"#;
+
+fn resident_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server() {
+    let Some(app) = engine_app(
+        "a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server",
+        |raw| raw.engine_keep_alive_s = Some("1".into()),
+    )
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let attacker = app.register().await;
+    let id = deploy(
+        &app,
+        &attacker.access_token,
+        "spammer",
+        &python,
+        "main.handler",
+        &[("main.py", SPAMMER)],
+        json!({"timeout_s": 60, "memory_mb": 256}),
+    )
+    .await;
+    let bystander = app.register().await;
+    let echo = deploy(
+        &app,
+        &bystander.access_token,
+        "bystander",
+        &python,
+        "main.handler",
+        &[("main.py", "def handler(e, c):\n    return e\n")],
+        json!({}),
+    )
+    .await;
+    invoke(&app, &bystander.access_token, &echo, json!({"warm": true})).await;
+    let before = resident_mib();
+
+    // 400 init errors of 512 KiB after the instance is running: nobody reads them any more.
+    let sent = invoke(
+        &app,
+        &attacker.access_token,
+        &id,
+        json!({"kind": "init_errors", "n": 400, "size": 512 * 1024}),
+    )
+    .await;
+    assert_eq!(sent["status"], "succeeded", "{sent}");
+    assert!(sent["output"].as_i64().unwrap() >= 300, "{sent}");
+    let answer = invoke(
+        &app,
+        &bystander.access_token,
+        &echo,
+        json!({"still": "here"}),
+    )
+    .await;
+    assert_eq!(answer["output"], json!({"still": "here"}));
+
+    // Two million empty lines: each costs its overhead, so at most 4 MiB / 32 B of them are kept.
+    let flood = invoke(
+        &app,
+        &attacker.access_token,
+        &id,
+        json!({"kind": "empty_lines", "n": 2_000_000}),
+    )
+    .await;
+    assert_eq!(flood["status"], "succeeded", "{flood}");
+    assert_eq!(flood["logs_truncated"], true, "{flood}");
+    let answer = invoke(
+        &app,
+        &bystander.access_token,
+        &echo,
+        json!({"still": "here"}),
+    )
+    .await;
+    assert_eq!(answer["output"], json!({"still": "here"}));
+
+    let grown = resident_mib().saturating_sub(before);
+    assert!(
+        grown < 100,
+        "the server's resident memory grew by {grown} MiB under the flood"
+    );
+
+    // Hundreds of connections to its own Runtime API: the server accepts only a few.
+    let conns = invoke(
+        &app,
+        &attacker.access_token,
+        &id,
+        json!({"kind": "connections", "n": 600}),
+    )
+    .await;
+    assert_eq!(conns["status"], "succeeded", "{conns}");
+    let opened = conns["output"]["opened"].as_u64().unwrap();
+    let accepted = conns["output"]["accepted"].as_u64().unwrap();
+    assert!(opened > 100, "the attack opened only {opened} connections");
+    eprintln!(
+        "flood: resident memory grew {grown} MiB; {accepted} of {opened} connections accepted"
+    );
+    // A literal, not the constant: the test must fail if the cap is lifted.
+    assert!(
+        accepted <= 16,
+        "the server accepted {accepted} of {opened} connections"
+    );
+    let answer = invoke(
+        &app,
+        &bystander.access_token,
+        &echo,
+        json!({"still": "here"}),
+    )
+    .await;
+    assert_eq!(answer["output"], json!({"still": "here"}));
+}
