@@ -27,6 +27,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
+    #[error("too many uploads are in progress; retry shortly")]
+    TooManyUploads,
     #[error(transparent)]
     Validation(#[from] ValidationError),
     #[error("too many requests; retry in {} s", .0.0)]
@@ -74,6 +78,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::TooManyUploads => (StatusCode::SERVICE_UNAVAILABLE, "too_many_uploads"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
@@ -114,6 +120,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, Self::TooManyUploads) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

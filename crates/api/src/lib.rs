@@ -7,6 +7,7 @@ mod code;
 mod error;
 mod extract;
 mod function_cache;
+pub mod limits;
 mod metrics;
 mod middleware;
 mod openapi;
@@ -58,6 +59,7 @@ pub struct ApiConfig {
     pub node: String,
     /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
     pub dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
+    pub body_limits: limits::BodyLimits,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,7 @@ pub struct AppState {
     node: String,
     dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     started: Instant,
+    bodies: limits::BodyGate,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -107,6 +110,7 @@ impl AppState {
             node: config.node,
             dispatcher_wake: config.dispatcher_wake,
             started: Instant::now(),
+            bodies: limits::BodyGate::new(config.body_limits),
         })
     }
 }
@@ -162,6 +166,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(routes::system::metrics))
         .route("/docs", get(routes::system::docs))
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_bodies,
+        ))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

@@ -61,6 +61,18 @@ pub struct RawSettings {
     /// Database connection pool size [default: 16]
     #[arg(long, env = "DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<String>,
+    /// Seconds a client has to send a request's line and headers, or the connection is closed [default: 10]
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_S")]
+    pub http_header_timeout_s: Option<String>,
+    /// Seconds a client has to send a request's whole body, or it gets a 408 [default: 60]
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_S")]
+    pub http_body_timeout_s: Option<String>,
+    /// Client connections served at once; more wait to be accepted [default: 512]
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<String>,
+    /// Uploads over 1 MiB (function code) read at once; more get a 503 with Retry-After [default: 4]
+    #[arg(long, env = "HTTP_MAX_UPLOADS")]
+    pub http_max_uploads: Option<String>,
     /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
@@ -204,7 +216,17 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
+    pub http: HttpLimits,
     pub engine: EngineSettings,
+}
+
+/// What one client may hold of the HTTP server (see `edge`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_uploads: usize,
 }
 
 /// Three quarters of the host's memory, from /proc/meminfo (4 GiB when unreadable).
@@ -429,6 +451,36 @@ impl Settings {
                 1,
                 1000,
             )?,
+            http: HttpLimits {
+                header_timeout: std::time::Duration::from_secs(number(
+                    "HTTP_HEADER_TIMEOUT_S",
+                    raw.http_header_timeout_s.as_deref(),
+                    10,
+                    1,
+                    3600,
+                )?),
+                body_timeout: std::time::Duration::from_secs(number(
+                    "HTTP_BODY_TIMEOUT_S",
+                    raw.http_body_timeout_s.as_deref(),
+                    60,
+                    1,
+                    3600,
+                )?),
+                max_connections: number(
+                    "HTTP_MAX_CONNECTIONS",
+                    raw.http_max_connections.as_deref(),
+                    512,
+                    1,
+                    1_000_000,
+                )?,
+                max_uploads: number(
+                    "HTTP_MAX_UPLOADS",
+                    raw.http_max_uploads.as_deref(),
+                    4,
+                    1,
+                    10_000,
+                )?,
+            },
             engine: EngineSettings {
                 backend: match raw.engine_backend.as_deref().map(str::trim) {
                     None | Some("" | "auto") => EngineBackend::Auto,

@@ -27,6 +27,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     local_engine: Option<Arc<LocalEngine>>,
     shutdown_timeout: Duration,
+    http: crate::config::HttpLimits,
 }
 
 /// Starts the instances functions keep warm (`min_instances`), without delaying start-up.
@@ -310,6 +311,10 @@ impl Application {
             trust_forwarded_for: settings.trust_forwarded_for,
             node: node_name(),
             dispatcher_wake,
+            body_limits: voltrun_api::limits::BodyLimits {
+                deadline: settings.http.body_timeout,
+                max_uploads: settings.http.max_uploads,
+            },
         };
         let state = Arc::new(AppState::new(store.clone(), engine, config)?);
         let router = voltrun_api::router(state);
@@ -323,6 +328,7 @@ impl Application {
             store,
             local_engine,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_s),
+            http: settings.http,
         })
     }
 
@@ -342,19 +348,14 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let server = crate::edge::serve(self.listener, self.router, self.http, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
             let _ = stopping_tx.send(true);
         });
         let deadline = self.shutdown_timeout;
         let drained = tokio::select! {
-            result = server => { result.context("serving")?; true }
+            () = server => true,
             () = async move {
                 let _ = stopping_rx.wait_for(|stopping| *stopping).await;
                 tokio::time::sleep(deadline).await;

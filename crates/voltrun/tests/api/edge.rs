@@ -1,0 +1,162 @@
+//! Slow and greedy clients at the HTTP edge, over raw TCP: headers dripped a byte at a time, bodies
+//! that never finish, more connections than the server serves, and parallel large uploads. Each
+//! test sets its limits low and checks the server holds to them (and stays up for others).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Backend, TestApp};
+
+async fn edge_app(customise: impl FnOnce(&mut voltrun::config::RawSettings)) -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, customise).await
+}
+
+fn address(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (or `limit` passes); returns what it sent and when
+/// it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&received).into_owned(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&received).into_owned(), None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dripping_its_headers_is_cut_off_at_the_header_timeout() {
+    let app = edge_app(|raw| raw.http_header_timeout_s = Some("1".into())).await;
+    let mut slow = TcpStream::connect(address(&app)).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Keep dripping a header byte every 200 ms: the connection is alive, the head never ends.
+    let drip = tokio::spawn(async move {
+        for _ in 0..50 {
+            if slow.write_all(b"X").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    let cut_off = tokio::time::timeout(Duration::from_secs(6), drip)
+        .await
+        .expect("the drip ended")
+        .unwrap();
+    assert!(cut_off, "the server kept a dripping client for 10 s");
+    app.send(reqwest::Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_gets_408_in_the_error_format() {
+    let app = edge_app(|raw| raw.http_body_timeout_s = Some("1".into())).await;
+    let mut slow = TcpStream::connect(address(&app)).await.unwrap();
+    slow.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"email\":",
+    )
+    .await
+    .unwrap();
+    let (reply, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 408"),
+        "expected a 408 within 5 s, got {reply:?} (closed after {closed:?})"
+    );
+    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert!(body["request_id"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_ends() {
+    let app = edge_app(|raw| {
+        raw.http_max_connections = Some("3".into());
+        raw.http_header_timeout_s = Some("30".into());
+    })
+    .await;
+    // Three clients that never finish their headers hold every slot.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        holders.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::spawn({
+        let url = format!("{}/health", app.base);
+        async move {
+            let started = Instant::now();
+            let status = reqwest::get(url).await.map(|r| r.status().as_u16());
+            (status, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a fourth connection was served while three held every slot"
+    );
+    holders.pop();
+    let (status, waited) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(status.unwrap(), 200);
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_past_the_cap_get_503_with_retry_after() {
+    let app = edge_app(|raw| raw.http_max_uploads = Some("1".into())).await;
+    let user = app.register().await;
+    // One upload in flight: 2 MiB declared, the first half sent, the rest held back.
+    let mut first = TcpStream::connect(address(&app)).await.unwrap();
+    let head = format!(
+        "POST /api/functions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        user.access_token,
+        2 << 20
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&vec![b' '; 1 << 20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = app
+        .raw(
+            reqwest::Method::POST,
+            "/api/functions",
+            Some(&user.access_token),
+            "application/json",
+            vec![b' '; 2 << 20],
+        )
+        .await
+        .expect_error(503, "too_many_uploads");
+    assert_eq!(second.headers["retry-after"], "1");
+    // Small requests are not uploads and go through meanwhile.
+    app.get("/api/functions", &user.access_token)
+        .await
+        .expect(200);
+    drop(first);
+}
