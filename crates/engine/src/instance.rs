@@ -17,6 +17,7 @@ use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 
 use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
 use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
+use crate::uids::UidLease;
 
 /// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
 /// the overflow and flags the logs as truncated). The rest is dropped as it arrives.
@@ -72,6 +73,9 @@ pub struct Instance {
     body: Body,
     /// The instance's share of the host's memory budget, given back when it ends.
     _memory: Option<OwnedSemaphorePermit>,
+    /// The host uid its sandbox runs as, given back when it ends (declared after `body`, so the
+    /// sandbox is gone before another instance can get the uid).
+    uid: Option<UidLease>,
 }
 
 /// What isolates the runtime.
@@ -121,7 +125,14 @@ impl Instance {
             init_duration: Some(started.elapsed()),
             body,
             _memory: memory,
+            uid: None,
         }
+    }
+
+    /// Keeps `lease` for as long as the instance lives.
+    pub fn holding_uid(mut self, lease: UidLease) -> Self {
+        self.uid = Some(lease);
+        self
     }
 
     pub fn is_healthy(&self) -> bool {

@@ -13,6 +13,7 @@ pub mod local;
 mod metrics;
 pub mod microvm;
 pub mod runtimes;
+mod uids;
 
 use async_trait::async_trait;
 use serde::Serialize;

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,6 +28,7 @@ use crate::code_cache::CodeCache;
 use crate::instance::{Failure, Instance};
 use crate::microvm::{GuestLauncher, GuestSpec};
 use crate::runtime_api::RuntimeReply;
+use crate::uids::{UidLease, UidPool};
 use crate::{Engine, EngineError, EngineStatus, Invocation, InvocationResult, RuntimeInfo};
 
 /// Tunables of the local engine.
@@ -98,7 +98,7 @@ pub struct LocalEngine {
     /// Per (function, version): how many idle instances the reaper must leave warm (`min_instances`).
     warm_floor: Mutex<HashMap<PoolKey, usize>>,
     memory: Arc<Semaphore>,
-    next_uid: AtomicU32,
+    uids: Arc<UidPool>,
     detail: String,
     warnings: Vec<String>,
 }
@@ -197,6 +197,7 @@ impl LocalEngine {
         let memory = Arc::new(Semaphore::new(
             usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4),
         ));
+        let uids = UidPool::new(config.uid_base, config.uid_count);
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -209,7 +210,7 @@ impl LocalEngine {
             concurrency: Mutex::new(HashMap::new()),
             warm_floor: Mutex::new(HashMap::new()),
             memory,
-            next_uid: AtomicU32::new(0),
+            uids,
             detail,
             warnings,
         });
@@ -351,25 +352,7 @@ impl LocalEngine {
             if let Ok(permit) = self.memory.clone().try_acquire_many_owned(wanted) {
                 return Ok(permit);
             }
-            let oldest = {
-                let mut idle = self.idle.lock().await;
-                let key = idle
-                    .iter()
-                    .filter_map(|(k, list)| list.iter().map(|i| i.last_used).min().map(|t| (*k, t)))
-                    .min_by_key(|(_, t)| *t)
-                    .map(|(k, _)| k);
-                let evicted = key.and_then(|k| {
-                    let list = idle.get_mut(&k)?;
-                    let pos = list
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, i)| i.last_used)
-                        .map(|(p, _)| p)?;
-                    Some(list.remove(pos))
-                });
-                self.publish_idle(&idle);
-                evicted
-            };
+            let oldest = self.take_oldest_idle().await;
             match oldest {
                 Some(instance) => instance.stop().await,
                 None => {
@@ -380,6 +363,47 @@ impl LocalEngine {
                     .await
                     .map_err(|_| EngineError::Overloaded)?
                     .map_err(|_| EngineError::Overloaded);
+                }
+            }
+        }
+    }
+
+    /// Takes the idle instance unused the longest out of the pools, if there is one.
+    async fn take_oldest_idle(&self) -> Option<Instance> {
+        let mut idle = self.idle.lock().await;
+        let key = idle
+            .iter()
+            .filter_map(|(k, list)| list.iter().map(|i| i.last_used).min().map(|t| (*k, t)))
+            .min_by_key(|(_, t)| *t)
+            .map(|(k, _)| k);
+        let evicted = key.and_then(|k| {
+            let list = idle.get_mut(&k)?;
+            let pos = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, i)| i.last_used)
+                .map(|(p, _)| p)?;
+            Some(list.remove(pos))
+        });
+        self.publish_idle(&idle);
+        evicted
+    }
+
+    /// A host uid of its own for a new sandbox, evicting idle instances (oldest first) while every
+    /// uid is held; refused when every holder is busy.
+    async fn lease_uid(&self) -> Result<UidLease, EngineError> {
+        loop {
+            if let Some(lease) = self.uids.lease() {
+                return Ok(lease);
+            }
+            match self.take_oldest_idle().await {
+                Some(instance) => instance.stop().await,
+                None => {
+                    tracing::warn!(
+                        uids = self.config.uid_count,
+                        "every sandbox uid is held by a busy instance; refusing a cold start"
+                    );
+                    return Err(EngineError::Overloaded);
                 }
             }
         }
@@ -401,8 +425,12 @@ impl LocalEngine {
             self.runtime_process(function, runtime, env, &name)?;
         Ok(match &self.isolation {
             Isolation::Namespace(spawner) => {
-                let spec = self.sandbox_spec(function, runtime, code_dir, name, command, env);
-                Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory)).await
+                let uid = self.lease_uid().await?;
+                let spec =
+                    self.sandbox_spec(function, runtime, code_dir, name, command, env, uid.uid());
+                Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
+                    .await
+                    .map(|instance| instance.holding_uid(uid))
             }
             Isolation::Guest(launcher) => {
                 let spec = GuestSpec {
@@ -503,6 +531,7 @@ impl LocalEngine {
         name: String,
         command: Vec<String>,
         env: Vec<(String, String)>,
+        host_uid: u32,
     ) -> SandboxSpec {
         let mut binds = vec![
             BindMount {
@@ -525,7 +554,6 @@ impl LocalEngine {
             dest: dir.clone(),
         }));
         let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
-        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % self.config.uid_count.max(1);
         SandboxSpec {
             name,
             command,
@@ -538,7 +566,7 @@ impl LocalEngine {
                 max_processes: self.config.max_processes,
                 cpu_shares: (1024 * (memory_bytes >> 20) / MB_PER_CPU_SHARE).max(2),
             },
-            host_uid: self.config.uid_base + slot,
+            host_uid,
             listen_port: RUNTIME_API_PORT,
         }
     }

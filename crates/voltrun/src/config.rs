@@ -106,6 +106,9 @@ pub struct RawSettings {
     /// First host uid of the range sandboxes run as [default: 200000]
     #[arg(long, env = "ENGINE_SANDBOX_UID_BASE")]
     pub engine_sandbox_uid_base: Option<String>,
+    /// How many host uids from the base sandboxes may use: each live instance holds one of its own [default: 10000]
+    #[arg(long, env = "ENGINE_SANDBOX_UID_COUNT")]
+    pub engine_sandbox_uid_count: Option<String>,
     /// Size of each sandbox's /tmp in MB [default: 512]
     #[arg(long, env = "ENGINE_TMP_SIZE_MB")]
     pub engine_tmp_size_mb: Option<String>,
@@ -157,6 +160,7 @@ pub struct EngineSettings {
     pub memory_budget_mb: u64,
     pub queue_timeout_s: u64,
     pub sandbox_uid_base: u32,
+    pub sandbox_uid_count: u32,
     pub tmp_size_mb: u64,
     pub max_processes: u64,
     pub async_parallelism: usize,
@@ -550,6 +554,13 @@ impl Settings {
                     200_000,
                     1000,
                     u32::MAX - 100_000,
+                )?,
+                sandbox_uid_count: number(
+                    "ENGINE_SANDBOX_UID_COUNT",
+                    raw.engine_sandbox_uid_count.as_deref(),
+                    10_000,
+                    1,
+                    100_000,
                 )?,
                 tmp_size_mb: number(
                     "ENGINE_TMP_SIZE_MB",

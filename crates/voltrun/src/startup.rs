@@ -152,7 +152,7 @@ fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineCo
         memory_budget_mb: e.memory_budget_mb,
         queue_timeout: Duration::from_secs(e.queue_timeout_s),
         uid_base: e.sandbox_uid_base,
-        uid_count: 10_000,
+        uid_count: e.sandbox_uid_count,
         tmp_size_mb: e.tmp_size_mb,
         max_processes: e.max_processes,
         node: node_name(),

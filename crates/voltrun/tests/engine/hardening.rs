@@ -348,3 +348,66 @@ async fn a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server(
     .await;
     assert_eq!(answer["output"], json!({"still": "here"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_instances_never_share_a_host_uid() {
+    let Some(app) = engine_app("live_instances_never_share_a_host_uid", |raw| {
+        raw.engine_sandbox_uid_count = Some("2".into())
+    })
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let sleeper =
+        "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return 'ok'\n";
+    let mut ids = Vec::new();
+    for name in ["uid-a", "uid-b", "uid-c"] {
+        ids.push(
+            deploy(
+                &app,
+                &user.access_token,
+                name,
+                &python,
+                "main.handler",
+                &[("main.py", sleeper)],
+                json!({}),
+            )
+            .await,
+        );
+    }
+    // Two busy instances hold both uids.
+    let busy: Vec<_> = ids[..2]
+        .iter()
+        .map(|id| {
+            let (app_base, token, id) = (app.base.clone(), user.access_token.clone(), id.clone());
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{app_base}/api/functions/{id}/execute"))
+                    .bearer_auth(token)
+                    .json(&json!({"s": 3}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // A third instance would have to share one: it is refused instead.
+    app.post(
+        &format!("/api/functions/{}/execute", ids[2]),
+        &user.access_token,
+        json!({}),
+    )
+    .await
+    .expect(429);
+    for task in busy {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    // Once they are idle, a cold start takes the uid of the one idle the longest.
+    let run = invoke(&app, &user.access_token, &ids[2], json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
