@@ -89,6 +89,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     ) -> Result<usize, EngineError> {
         Ok(0)
     }
+
+    /// Forgets a deleted function: its `min_instances` floor goes, and its idle instances stop.
+    async fn release(&self, _function_id: Uuid) {}
 }
 
 /// The engine in place while no isolation backend is configured: it lists the runtimes the host has

@@ -746,6 +746,31 @@ impl Engine for LocalEngine {
         Ok(started)
     }
 
+    async fn release(&self, function_id: Uuid) {
+        self.warm_floor
+            .lock()
+            .await
+            .retain(|(f, _), _| *f != function_id);
+        let released: Vec<Instance> = {
+            let mut idle = self.idle.lock().await;
+            let keys: Vec<PoolKey> = idle
+                .keys()
+                .filter(|(f, _)| *f == function_id)
+                .copied()
+                .collect();
+            let released = keys
+                .iter()
+                .filter_map(|key| idle.remove(key))
+                .flatten()
+                .collect();
+            self.publish_idle(&idle);
+            released
+        };
+        for instance in released {
+            instance.stop().await;
+        }
+    }
+
     fn status(&self) -> EngineStatus {
         EngineStatus {
             backend: self.isolation.backend().into(),

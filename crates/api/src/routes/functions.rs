@@ -160,8 +160,9 @@ fn parse_concurrency_setting(raw: Option<i64>) -> Result<Option<Option<i32>>, Va
 }
 
 /// Starts the function's `min_instances` in the background (a deploy answers without waiting).
+/// Called with 0 too: that releases the floor an earlier version or setting held.
 fn keep_warm(state: &SharedState, function: &FunctionRecord, env: &EnvVars) {
-    if function.min_instances == 0 || !state.engine.status().ready {
+    if !state.engine.status().ready {
         return;
     }
     let (engine, function, env) = (state.engine.clone(), function.clone(), env.clone());
@@ -535,6 +536,9 @@ pub async fn delete(
     let deleted = state.store.delete_function(user_id, id).await?;
     state.functions.forget(id);
     if deleted {
+        // Its warm floor and idle instances go with it, in the background.
+        let engine = state.engine.clone();
+        tokio::spawn(async move { engine.release(id).await });
         tracing::info!(function_id = %id, "function deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

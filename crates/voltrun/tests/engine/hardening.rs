@@ -411,3 +411,101 @@ async fn live_instances_never_share_a_host_uid() {
     let run = invoke(&app, &user.access_token, &ids[2], json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
 }
+
+/// How many processes on this host run as the function named `name` (sandboxed runtimes carry it in
+/// `AWS_LAMBDA_FUNCTION_NAME`).
+fn processes_of_function(name: &str) -> usize {
+    let needle = format!("AWS_LAMBDA_FUNCTION_NAME={name}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            environ
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        })
+        .count()
+}
+
+async fn wait_for_processes(name: &str, want_some: bool, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if (processes_of_function(name) > 0) == want_some {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_or_deleting_releases_the_warm_floor() {
+    let Some(app) = engine_app("lowering_or_deleting_releases_the_warm_floor", |raw| {
+        raw.engine_keep_alive_s = Some("1".into())
+    })
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let name = format!("floor-{}", &crate::helpers::unique()[..8]);
+    let id = deploy(
+        &app,
+        &user.access_token,
+        &name,
+        &python,
+        "main.handler",
+        &[("main.py", "def handler(e, c):\n    return 1\n")],
+        json!({"min_instances": 1}),
+    )
+    .await;
+    let secs = std::time::Duration::from_secs;
+    assert!(
+        wait_for_processes(&name, true, secs(10)).await,
+        "pre-warmed"
+    );
+    tokio::time::sleep(secs(3)).await;
+    assert!(
+        processes_of_function(&name) > 0,
+        "the floor outlives the keep-alive"
+    );
+
+    app.put(
+        &format!("/api/functions/{id}"),
+        &user.access_token,
+        json!({"min_instances": 0}),
+    )
+    .await
+    .expect(200);
+    assert!(
+        wait_for_processes(&name, false, secs(6)).await,
+        "min_instances 0 let the keep-alive reap the instance"
+    );
+
+    app.put(
+        &format!("/api/functions/{id}"),
+        &user.access_token,
+        json!({"min_instances": 1}),
+    )
+    .await
+    .expect(200);
+    assert!(
+        wait_for_processes(&name, true, secs(10)).await,
+        "warm again"
+    );
+    app.delete(&format!("/api/functions/{id}"), &user.access_token)
+        .await
+        .expect(204);
+    assert!(
+        wait_for_processes(&name, false, secs(3)).await,
+        "deleting the function stopped its warm instance"
+    );
+}
