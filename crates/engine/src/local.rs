@@ -426,8 +426,8 @@ impl LocalEngine {
         Ok(match &self.isolation {
             Isolation::Namespace(spawner) => {
                 let uid = self.lease_uid().await?;
-                let spec =
-                    self.sandbox_spec(function, runtime, code_dir, name, command, env, uid.uid());
+                let process = RuntimeProcess { command, env };
+                let spec = self.sandbox_spec(function, runtime, code_dir, name, process, uid.uid());
                 Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
                     .await
                     .map(|instance| instance.holding_uid(uid))
@@ -529,8 +529,7 @@ impl LocalEngine {
         runtime: &RuntimeInfo,
         code_dir: PathBuf,
         name: String,
-        command: Vec<String>,
-        env: Vec<(String, String)>,
+        RuntimeProcess { command, env }: RuntimeProcess,
         host_uid: u32,
     ) -> SandboxSpec {
         let mut binds = vec![
