@@ -39,6 +39,9 @@ pub enum ApiError {
     EngineUnavailable(String),
     #[error("the server is overloaded; retry later")]
     Overloaded,
+    /// The database did not answer; the cause is logged, not shown.
+    #[error("the database is unavailable; retry shortly")]
+    DatabaseUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -84,6 +87,9 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -93,6 +99,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            _ if e.is_unavailable() => Self::DatabaseUnavailable(e.to_string()),
             StoreError::Corrupt(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)
@@ -108,6 +115,10 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 "internal server error".to_string()
+            }
+            Self::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "the database is unavailable");
+                self.to_string()
             }
             other => other.to_string(),
         };

@@ -19,7 +19,7 @@ use voltrun_storage::{Store, StoreError};
 use crate::{Engine, EngineError, Invocation, InvocationResult};
 
 fn storage(e: StoreError) -> EngineError {
-    EngineError::Internal(format!("storage: {e}"))
+    EngineError::StorageUnavailable(e.to_string())
 }
 
 /// An outcome for a run the platform could not carry out.
@@ -47,7 +47,7 @@ fn engine_failure(e: &EngineError) -> ExecutionOutcome {
     let error_type = match e {
         EngineError::Unavailable(_) => "Platform.EngineUnavailable",
         EngineError::Overloaded => "Platform.Overloaded",
-        EngineError::Internal(_) => "Platform.Internal",
+        EngineError::Internal(_) | EngineError::StorageUnavailable(_) => "Platform.Internal",
     };
     platform_failure(error_type, e.to_string())
 }
@@ -73,30 +73,79 @@ pub struct SyncCompletion {
 /// Runs a synchronous execution, already recorded as running (see [`ExecutionRecord::started`]), to
 /// its end, and records the outcome with its logs in one write. Platform failures are recorded on the
 /// execution (as `Platform.*` errors) and returned, so the caller can answer with the matching status
-/// code.
+/// code. When the database refuses the record, it is retried in the background until stored (so the
+/// execution still ends terminal once the database is back) and `StorageUnavailable` is returned.
 pub async fn run_sync(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     engine: &dyn Engine,
     invocation: Invocation,
 ) -> Result<SyncCompletion, EngineError> {
     let id = invocation.execution_id;
     match engine.invoke(invocation).await {
         Ok(InvocationResult { outcome, logs }) => {
-            let logs_truncated = store
+            match store
                 .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
                 .await
-                .map_err(storage)?;
-            crate::metrics::record_execution(outcome.status);
-            Ok(SyncCompletion {
-                outcome,
-                logs_truncated,
-            })
+            {
+                Ok(logs_truncated) => {
+                    crate::metrics::record_execution(outcome.status);
+                    Ok(SyncCompletion {
+                        outcome,
+                        logs_truncated,
+                    })
+                }
+                Err(e) => {
+                    let store = store.clone();
+                    store_in_background(id, move || {
+                        let (store, outcome, logs) = (store.clone(), outcome.clone(), logs.clone());
+                        async move {
+                            store
+                                .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
+                                .await
+                                .map(drop)
+                        }
+                    });
+                    Err(EngineError::StorageUnavailable(e.to_string()))
+                }
+            }
         }
         Err(e) => {
-            finish(store, id, &engine_failure(&e)).await?;
+            let outcome = engine_failure(&e);
+            if let Err(stored) = finish(store.as_ref(), id, &outcome).await {
+                let store = store.clone();
+                store_in_background(id, move || {
+                    let (store, outcome) = (store.clone(), outcome.clone());
+                    async move { store.finish_execution(id, &outcome).await }
+                });
+                return Err(stored);
+            }
             Err(e)
         }
     }
+}
+
+/// Retries `write` with backoff (up to [`MAX_SETTLE_BACKOFF`]) until the database takes it.
+fn store_in_background<F, Fut>(id: uuid::Uuid, write: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), StoreError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match write().await {
+                Ok(()) => {
+                    tracing::info!(execution_id = %id, "stored an execution's record once the database answered");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(execution_id = %id, error = %e, "storing an execution's record failed; retrying");
+                    backoff = (backoff * 2).min(MAX_SETTLE_BACKOFF);
+                }
+            }
+        }
+    });
 }
 
 /// Opens a function's sealed environment variables (the key lives with the API).
@@ -197,14 +246,8 @@ impl Dispatcher {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let id = record.id;
-                    if let Err(e) = this.process(record).await {
-                        // Never leave it stranded as running: put it back in the queue for another try.
-                        tracing::error!(execution_id = %id, error = %e, "asynchronous execution could not be recorded; requeueing");
-                        let due = voltrun_storage::now() + chrono::Duration::seconds(1);
-                        if let Err(e) = this.store.requeue_execution(id, due).await {
-                            tracing::error!(execution_id = %id, error = %e, "requeueing failed; recovery at the next start will");
-                        }
-                    }
+                    let settlement = this.process(record).await;
+                    this.settle(id, settlement).await;
                     drop(permit);
                     this.wake.notify_one();
                 });
@@ -218,24 +261,32 @@ impl Dispatcher {
         }
     }
 
-    async fn process(&self, record: ExecutionRecord) -> Result<(), EngineError> {
-        let store = self.store.as_ref();
-        let Some(function) = store
+    /// Runs a claimed execution and decides what to store; nothing is written here, so a database
+    /// outage meanwhile loses nothing (see [`Self::settle`]).
+    async fn process(&self, record: ExecutionRecord) -> Settlement {
+        let retry_soon = || voltrun_storage::now() + chrono::Duration::seconds(1);
+        let function = match self
+            .store
             .get_function(record.user_id, record.function_id)
             .await
-            .map_err(storage)?
-        else {
-            let outcome = platform_failure(
-                "Platform.FunctionNotFound",
-                "the function was deleted before this execution ran".into(),
-            );
-            return finish(store, record.id, &outcome).await;
+        {
+            Ok(Some(function)) => function,
+            Ok(None) => {
+                let outcome = platform_failure(
+                    "Platform.FunctionNotFound",
+                    "the function was deleted before this execution ran".into(),
+                );
+                return Settlement::finished(outcome);
+            }
+            // The database is away: it never ran; back in the queue once the database is.
+            Err(e) => {
+                tracing::warn!(execution_id = %record.id, error = %e, "reading the function failed");
+                return Settlement::Release { due: retry_soon() };
+            }
         };
         let env = match (self.open_env)(&function.env_ciphertext) {
             Ok(env) => env,
-            Err(e) => {
-                return finish(store, record.id, &platform_failure("Platform.Internal", e)).await;
-            }
+            Err(e) => return Settlement::finished(platform_failure("Platform.Internal", e)),
         };
         let max_retries = function.max_retries;
         let invocation = Invocation {
@@ -244,23 +295,12 @@ impl Dispatcher {
             env,
             event: record.input.clone(),
         };
-        let outcome = match self.engine.invoke(invocation).await {
-            Ok(InvocationResult { outcome, logs }) => {
-                store
-                    .append_logs(record.id, &logs, LOG_CAP_BYTES)
-                    .await
-                    .map_err(storage)?;
-                outcome
-            }
-            Err(EngineError::Overloaded) => {
-                // No capacity now: back in the queue, to run when there is.
-                let due = voltrun_storage::now() + chrono::Duration::seconds(1);
-                return store
-                    .requeue_execution(record.id, due)
-                    .await
-                    .map_err(storage);
-            }
-            Err(e) => engine_failure(&e),
+        let (outcome, logs) = match self.engine.invoke(invocation).await {
+            Ok(InvocationResult { outcome, logs }) => (outcome, logs),
+            // No capacity now: back in the queue, to run when there is. It never ran, so the
+            // attempt its claim counted is taken back.
+            Err(EngineError::Overloaded) => return Settlement::Release { due: retry_soon() },
+            Err(e) => (engine_failure(&e), Vec::new()),
         };
         let attempt = AttemptRecord {
             attempt: record.attempts,
@@ -270,26 +310,109 @@ impl Dispatcher {
             finished_at: outcome.finished_at,
             duration_ms: outcome.duration_ms,
         };
-        store
-            .record_attempt(record.id, &attempt)
-            .await
-            .map_err(storage)?;
         let retryable = matches!(
             outcome.status,
             ExecutionStatus::Failed | ExecutionStatus::TimedOut
         );
-        if retryable && record.attempts <= max_retries {
+        let then = if retryable && record.attempts <= max_retries {
             let backoff = self.retry_backoff
                 * 2u32.saturating_pow(u32::try_from(record.attempts - 1).unwrap_or(0));
-            let due = voltrun_storage::now()
-                + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX);
             tracing::info!(execution_id = %record.id, attempt = record.attempts, "retrying asynchronous execution");
             metrics::counter!("voltrun_async_retries_total").increment(1);
-            return store
-                .requeue_execution(record.id, due)
-                .await
-                .map_err(storage);
+            Then::Retry {
+                due: voltrun_storage::now()
+                    + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX),
+            }
+        } else {
+            Then::Finish(Box::new(outcome))
+        };
+        Settlement::Ran {
+            logs: Some(logs),
+            attempt: Some(attempt),
+            then,
         }
-        finish(store, record.id, &outcome).await
+    }
+
+    /// Stores a settlement, retrying (with backoff up to [`MAX_SETTLE_BACKOFF`]) while the database
+    /// refuses: once it is back, the execution ends terminal or is queued again, without a restart.
+    /// Steps that succeeded are not repeated (logs are appended once).
+    async fn settle(&self, id: uuid::Uuid, mut settlement: Settlement) {
+        let store = self.store.as_ref();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match settlement.store_step(store, id).await {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(execution_id = %id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "recording an asynchronous execution failed; retrying until the database answers");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_SETTLE_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two tries to store a settlement.
+const MAX_SETTLE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a dispatched execution leaves to store.
+#[derive(Debug)]
+enum Settlement {
+    /// It never ran: back in the queue, its claim's attempt taken back.
+    Release { due: chrono::DateTime<chrono::Utc> },
+    /// It ran (or cannot run): its logs and attempt (each `None` once stored), then what follows.
+    Ran {
+        logs: Option<Vec<voltrun_domain::execution::LogLine>>,
+        attempt: Option<AttemptRecord>,
+        then: Then,
+    },
+}
+
+#[derive(Debug)]
+enum Then {
+    Retry { due: chrono::DateTime<chrono::Utc> },
+    Finish(Box<ExecutionOutcome>),
+}
+
+impl Settlement {
+    fn finished(outcome: ExecutionOutcome) -> Self {
+        Self::Ran {
+            logs: None,
+            attempt: None,
+            then: Then::Finish(Box::new(outcome)),
+        }
+    }
+
+    /// Stores the next step; `Ok(true)` once the last is stored.
+    async fn store_step(&mut self, store: &dyn Store, id: uuid::Uuid) -> Result<bool, StoreError> {
+        match self {
+            Self::Release { due } => store.release_claim(id, *due).await.map(|()| true),
+            Self::Ran {
+                logs,
+                attempt,
+                then,
+            } => {
+                if let Some(lines) = logs {
+                    store.append_logs(id, lines, LOG_CAP_BYTES).await?;
+                    *logs = None;
+                    return Ok(false);
+                }
+                if let Some(record) = attempt {
+                    store.record_attempt(id, record).await?;
+                    *attempt = None;
+                    return Ok(false);
+                }
+                match then {
+                    Then::Retry { due } => store.requeue_execution(id, *due).await?,
+                    Then::Finish(outcome) => {
+                        store.finish_execution(id, outcome).await?;
+                        crate::metrics::record_execution(outcome.status);
+                    }
+                }
+                Ok(true)
+            }
+        }
     }
 }

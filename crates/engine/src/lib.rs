@@ -67,6 +67,10 @@ pub enum EngineError {
     Overloaded,
     #[error("engine failure: {0}")]
     Internal(String),
+    /// The run ended but the database did not take its record; it is stored once the database
+    /// answers again (see `executions::run_sync`).
+    #[error("the database is unavailable: {0}")]
+    StorageUnavailable(String),
 }
 
 #[async_trait]

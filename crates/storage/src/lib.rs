@@ -32,6 +32,24 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (rather than refusing a statement): the caller may
+    /// retry, and a client gets a 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone)]
@@ -164,7 +182,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         node: &str,
     ) -> StoreResult<()>;
     /// Claims up to `limit` queued asynchronous executions that are due, marking them running on
-    /// `node` (one conditional UPDATE per row, so two dispatchers never claim the same one).
+    /// `node` (one conditional UPDATE per row, so two dispatchers never claim the same one) and
+    /// counting an attempt. Tenants take turns: each user's oldest due execution comes before anyone's
+    /// second, so one user's backlog cannot hold the dispatcher.
     async fn claim_async(
         &self,
         node: &str,
@@ -173,10 +193,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Vec<ExecutionRecord>>;
     /// Puts a running execution back in the queue, due at `not_before`.
     async fn requeue_execution(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()>;
+    /// Puts a claimed execution that never ran (no capacity) back in the queue, due at
+    /// `not_before`, taking back the attempt its claim counted.
+    async fn release_claim(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()>;
     async fn record_attempt(&self, id: Uuid, attempt: &AttemptRecord) -> StoreResult<()>;
     async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>>;
     /// After a crash of `node`: its running synchronous executions fail with `Platform.NodeLost`
-    /// (their callers are gone); its running asynchronous ones go back to the queue. Returns both counts.
+    /// (their callers are gone). Its running asynchronous ones lost an attempt: it is recorded
+    /// (`Platform.NodeLost`), and they go back to the queue while their function's `max_retries`
+    /// allows another, else fail, so an execution that crashes the server does not run again after
+    /// every restart. Returns (failed, requeued).
     /// Every user's functions with `min_instances > 0` (pre-warmed at start; not tenant-scoped, for
     /// the engine only).
     async fn functions_to_keep_warm(&self) -> StoreResult<Vec<FunctionRecord>>;

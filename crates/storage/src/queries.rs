@@ -631,9 +631,12 @@ macro_rules! store_impl {
 
             async fn claim_async(&self, node: &str, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<ExecutionRecord>> {
                 let _turn = self.write_turn().await;
+                // Rank each due execution within its user's (oldest first), then take the first of
+                // every user before anyone's second.
                 let due = sqlx::query(
-                    "SELECT id FROM executions WHERE status = 'queued' AND invocation_type = 'async' \
-                     AND (not_before IS NULL OR not_before <= $1) ORDER BY id LIMIT $2",
+                    "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS turn \
+                     FROM executions WHERE status = 'queued' AND invocation_type = 'async' \
+                     AND (not_before IS NULL OR not_before <= $1)) AS due ORDER BY turn, id LIMIT $2",
                 )
                 .bind(now)
                 .bind(i64::from(limit))
@@ -671,6 +674,19 @@ macro_rules! store_impl {
                     .bind($ids::id(id))
                     .execute(&self.pool)
                     .await?;
+                Ok(())
+            }
+
+            async fn release_claim(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()> {
+                let _turn = self.write_turn().await;
+                sqlx::query(
+                    "UPDATE executions SET status = 'queued', not_before = $1, attempts = attempts - 1 \
+                     WHERE id = $2 AND status = 'running' AND attempts > 0",
+                )
+                .bind(not_before)
+                .bind($ids::id(id))
+                .execute(&self.pool)
+                .await?;
                 Ok(())
             }
 
@@ -745,6 +761,43 @@ macro_rules! store_impl {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                // The attempt each interrupted asynchronous execution was on, as the history shows it.
+                let interrupted = sqlx::query(
+                    "SELECT id, attempts, started_at FROM executions \
+                     WHERE status = 'running' AND invocation_type = 'async' AND (node = $1 OR node IS NULL)",
+                )
+                .bind(node)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &interrupted {
+                    let started: Option<DateTime<Utc>> = row.try_get("started_at")?;
+                    let started = started.unwrap_or(now);
+                    sqlx::query(
+                        "INSERT INTO execution_attempts (execution_id, attempt, status, error_type, error_message, \
+                         started_at, finished_at, duration_ms) VALUES ($1, $2, 'failed', 'Platform.NodeLost', \
+                         'the server stopped during this attempt', $3, $4, $5) \
+                         ON CONFLICT (execution_id, attempt) DO NOTHING",
+                    )
+                    .bind($ids::id($ids::get(row, "id")?))
+                    .bind(row.try_get::<i32, _>("attempts")?)
+                    .bind(started)
+                    .bind(now)
+                    .bind((now - started).num_milliseconds().max(0))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                // Out of attempts (or its function is gone): it ends here.
+                let exhausted = sqlx::query(
+                    "UPDATE executions SET status = 'failed', finished_at = $1, error_type = 'Platform.NodeLost', \
+                     error_message = 'the server stopped during each of its attempts' \
+                     WHERE status = 'running' AND invocation_type = 'async' AND (node = $2 OR node IS NULL) \
+                     AND attempts > COALESCE((SELECT max_retries FROM functions WHERE functions.id = executions.function_id), 0)",
+                )
+                .bind(now)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 let requeued = sqlx::query(
                     "UPDATE executions SET status = 'queued', not_before = NULL \
                      WHERE status = 'running' AND invocation_type = 'async' AND (node = $1 OR node IS NULL)",
@@ -753,6 +806,7 @@ macro_rules! store_impl {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                let failed = failed + exhausted;
                 tx.commit().await?;
                 Ok((failed, requeued))
             }

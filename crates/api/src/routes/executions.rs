@@ -200,13 +200,21 @@ pub async fn execute(
                 env,
                 event: record.input.clone(),
             };
-            let done = run_sync(state.store.as_ref(), state.engine.as_ref(), invocation)
-                .await
-                .map_err(|e| match e {
-                    EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
-                    EngineError::Overloaded => ApiError::Overloaded,
-                    EngineError::Internal(cause) => ApiError::internal(cause),
-                })?;
+            // Its own task: a client that disconnects drops this handler, not the run, which still
+            // ends and is recorded.
+            let (store, engine) = (state.store.clone(), state.engine.clone());
+            let done =
+                tokio::spawn(async move { run_sync(&store, engine.as_ref(), invocation).await })
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| match e {
+                        EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
+                        EngineError::Overloaded => ApiError::Overloaded,
+                        EngineError::Internal(cause) => ApiError::internal(cause),
+                        EngineError::StorageUnavailable(cause) => {
+                            ApiError::DatabaseUnavailable(cause)
+                        }
+                    })?;
             // The answer is the record as just stored, built in memory rather than read back; a
             // synchronous execution has no attempt history (only the dispatcher's retries add one).
             let record = record.finished(done.outcome, done.logs_truncated);
