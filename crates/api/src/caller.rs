@@ -188,38 +188,3 @@ impl FromRequestParts<SharedState> for ExecuteAccess {
             .map(|caller| Self(caller.user_id))
     }
 }
-
-/// The client's address for rate limiting: the peer address, or the first `X-Forwarded-For` hop when
-/// the server is configured to trust a proxy in front of it.
-pub fn client_address(parts: &Parts, trust_forwarded_for: bool) -> String {
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|v| trust_forwarded_for && !v.is_empty());
-    if let Some(first) = forwarded {
-        return first.to_string();
-    }
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|ci| ci.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// The client address as an extractor, for the auth routes' rate limits.
-#[derive(Debug, Clone)]
-pub struct ClientAddress(pub String);
-
-impl FromRequestParts<SharedState> for ClientAddress {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &SharedState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(client_address(parts, state.trust_forwarded_for)))
-    }
-}

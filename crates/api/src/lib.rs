@@ -3,6 +3,7 @@
 //! storage crate, credentials logic in the auth crate, execution behind the engine trait.
 
 mod caller;
+mod client_address;
 mod code;
 mod error;
 mod extract;
@@ -23,6 +24,7 @@ use voltrun_auth::{JwtKeys, PasswordHasher, RateLimiter, SecretBox};
 use voltrun_engine::Engine;
 use voltrun_storage::Store;
 
+pub use client_address::{IpNet, TrustedProxies};
 pub use error::{ApiError, ErrorBody};
 pub use openapi::openapi_document;
 
@@ -52,8 +54,8 @@ pub struct ApiConfig {
     pub refresh_token_ttl_s: i64,
     pub env_encryption_key: [u8; 32],
     pub auth_limits: AuthLimits,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (see `client_address`).
+    pub trusted_proxies: TrustedProxies,
     /// This node's name, recorded on the executions it runs.
     pub node: String,
     /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
@@ -70,7 +72,7 @@ pub struct AppState {
     refresh_token_ttl_s: i64,
     address_limiter: RateLimiter,
     account_failures: RateLimiter,
-    trust_forwarded_for: bool,
+    trusted_proxies: TrustedProxies,
     api_key_touches: caller::KeyTouches,
     functions: function_cache::FunctionCache,
     node: String,
@@ -101,7 +103,7 @@ impl AppState {
                 config.auth_limits.failed_logins_per_account,
                 Duration::from_secs(15 * 60),
             ),
-            trust_forwarded_for: config.trust_forwarded_for,
+            trusted_proxies: config.trusted_proxies,
             api_key_touches: caller::KeyTouches::default(),
             functions: function_cache::FunctionCache::default(),
             node: config.node,

@@ -52,8 +52,11 @@ pub struct RawSettings {
     /// Failed logins allowed per account per 15 minutes [default: 10]
     #[arg(long, env = "LOGIN_FAILURES_PER_ACCOUNT")]
     pub login_failures_per_account: Option<String>,
-    /// Take client addresses from X-Forwarded-For (only behind a trusted proxy) [default: false]
-    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    /// Proxies in front of this server, as addresses or CIDR ranges separated by commas: from them, the client address is the rightmost X-Forwarded-For hop that is not one of them [default: none; X-Forwarded-For is ignored]
+    #[arg(long, env = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Replaced by TRUSTED_PROXIES; true is refused, with a message saying so.
+    #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
     pub trust_forwarded_for: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 30]
     #[arg(long, env = "SHUTDOWN_TIMEOUT_S")]
@@ -201,7 +204,7 @@ pub struct Settings {
     pub refresh_token_ttl_s: i64,
     pub auth_attempts_per_minute: u32,
     pub login_failures_per_account: u32,
-    pub trust_forwarded_for: bool,
+    pub trusted_proxies: voltrun_api::TrustedProxies,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
     pub engine: EngineSettings,
@@ -265,6 +268,23 @@ fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigErro
 }
 
 const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// `TRUSTED_PROXIES`. Its predecessor, `TRUST_FORWARDED_FOR=true`, believed the first
+/// `X-Forwarded-For` entry from any sender, which the client writes: it stops the server rather than
+/// being mapped to something that either keeps that hole or silently changes who is rate-limited.
+fn trusted_proxies(
+    trust_forwarded_for: Option<&str>,
+    list: Option<&str>,
+) -> Result<voltrun_api::TrustedProxies, ConfigError> {
+    if boolean("TRUST_FORWARDED_FOR", trust_forwarded_for)? {
+        return Err(bad(
+            "TRUST_FORWARDED_FOR",
+            "is replaced by TRUSTED_PROXIES: list the addresses or CIDR ranges of the proxies in front \
+             of this server (e.g. TRUSTED_PROXIES=10.0.0.0/8), and remove TRUST_FORWARDED_FOR",
+        ));
+    }
+    voltrun_api::TrustedProxies::parse(list.unwrap_or("")).map_err(|e| bad("TRUSTED_PROXIES", e))
+}
 
 impl Settings {
     pub fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
@@ -411,9 +431,9 @@ impl Settings {
                 1,
                 1_000_000,
             )?,
-            trust_forwarded_for: boolean(
-                "TRUST_FORWARDED_FOR",
+            trusted_proxies: trusted_proxies(
                 raw.trust_forwarded_for.as_deref(),
+                raw.trusted_proxies.as_deref(),
             )?,
             shutdown_timeout_s: number(
                 "SHUTDOWN_TIMEOUT_S",
@@ -691,6 +711,8 @@ mod tests {
         let example = include_str!("../../../.env.example");
         let missing: Vec<String> = Options::command()
             .get_arguments()
+            // Hidden options are retired ones, kept only to explain their replacement.
+            .filter(|arg| !arg.is_hide_set())
             .filter_map(|arg| arg.get_env())
             .map(|env| env.to_string_lossy().into_owned())
             .filter(|env| !example.contains(&format!("{env}=")))
@@ -719,6 +741,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_replace_trust_forwarded_for() {
+        let dir = tmp();
+        let none = Settings::from_raw(dev(&dir)).unwrap();
+        assert!(none.trusted_proxies.is_empty());
+        let listed = Settings::from_raw(RawSettings {
+            trusted_proxies: Some("10.0.0.0/8, 192.0.2.7 ,fd00::/8".into()),
+            ..dev(&dir)
+        })
+        .unwrap();
+        assert!(listed.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(
+            listed
+                .trusted_proxies
+                .contains("192.0.2.7".parse().unwrap())
+        );
+        assert!(
+            !listed
+                .trusted_proxies
+                .contains("192.0.2.8".parse().unwrap())
+        );
+        // The old switch: off is harmless, on stops the server and names the replacement.
+        let off = RawSettings {
+            trust_forwarded_for: Some("false".into()),
+            ..dev(&dir)
+        };
+        assert!(Settings::from_raw(off).unwrap().trusted_proxies.is_empty());
+        let on = RawSettings {
+            trust_forwarded_for: Some("true".into()),
+            ..dev(&dir)
+        };
+        let err = Settings::from_raw(on).unwrap_err();
+        assert_eq!(err.variable, "TRUST_FORWARDED_FOR");
+        assert!(err.to_string().contains("TRUSTED_PROXIES"), "{err}");
+        let bad = RawSettings {
+            trusted_proxies: Some("10.0.0.0/40".into()),
+            ..dev(&dir)
+        };
+        let err = Settings::from_raw(bad).unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
     }
 
     #[test]
@@ -778,6 +842,20 @@ mod tests {
                 "TRUST_FORWARDED_FOR",
                 RawSettings {
                     trust_forwarded_for: Some("maybe".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "TRUSTED_PROXIES",
+                RawSettings {
+                    trusted_proxies: Some("10.0.0.1/8".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "TRUSTED_PROXIES",
+                RawSettings {
+                    trusted_proxies: Some("proxy.internal".into()),
                     ..dev(&dir)
                 },
             ),

@@ -307,7 +307,7 @@ impl Application {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,
                 failed_logins_per_account: settings.login_failures_per_account,
             },
-            trust_forwarded_for: settings.trust_forwarded_for,
+            trusted_proxies: settings.trusted_proxies.clone(),
             node: node_name(),
             dispatcher_wake,
         };

@@ -12,7 +12,8 @@ use voltrun_storage::{NewRefreshToken, NextRefreshToken, RefreshOutcome};
 
 use super::blocking;
 use crate::SharedState;
-use crate::caller::{ClientAddress, SessionUser};
+use crate::caller::SessionUser;
+use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 

@@ -227,6 +227,18 @@ impl TestApp {
         Self::read(request.send().await.expect("request sent")).await
     }
 
+    /// POSTs `body` as a client whose request reached the server through a proxy on 127.0.0.1 that
+    /// wrote `forwarded_for` into `X-Forwarded-For`. Only a server with 127.0.0.1 among its
+    /// `TRUSTED_PROXIES` believes the header.
+    pub async fn post_via_proxy(&self, forwarded_for: &str, path: &str, body: Value) -> Reply {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&body);
+        Self::read(request.send().await.expect("request sent")).await
+    }
+
     pub async fn read(response: reqwest::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();

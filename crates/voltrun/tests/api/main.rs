@@ -9,5 +9,6 @@ mod bad_input;
 mod executions;
 mod functions;
 mod keys;
+mod limits;
 mod system;
 mod tenancy;
