@@ -35,6 +35,8 @@ pub struct AuthLimits {
     pub attempts_per_address_per_minute: u32,
     /// Failed logins per account per 15 minutes before the account is locked for the rest of the window.
     pub failed_logins_per_account: u32,
+    /// Keys (addresses, accounts) each limiter tracks at most; the least recently seen goes first.
+    pub max_tracked_keys: usize,
 }
 
 impl Default for AuthLimits {
@@ -42,6 +44,7 @@ impl Default for AuthLimits {
         Self {
             attempts_per_address_per_minute: 30,
             failed_logins_per_account: 10,
+            max_tracked_keys: 100_000,
         }
     }
 }
@@ -98,10 +101,12 @@ impl AppState {
             address_limiter: RateLimiter::new(
                 config.auth_limits.attempts_per_address_per_minute,
                 Duration::from_secs(60),
+                config.auth_limits.max_tracked_keys,
             ),
             account_failures: RateLimiter::new(
                 config.auth_limits.failed_logins_per_account,
                 Duration::from_secs(15 * 60),
+                config.auth_limits.max_tracked_keys,
             ),
             trusted_proxies: config.trusted_proxies,
             api_key_touches: caller::KeyTouches::default(),

@@ -55,6 +55,9 @@ pub struct RawSettings {
     /// Proxies in front of this server, as addresses or CIDR ranges separated by commas: from them, the client address is the rightmost X-Forwarded-For hop that is not one of them [default: none; X-Forwarded-For is ignored]
     #[arg(long, env = "TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
+    /// Addresses and accounts each brute-force limiter tracks at most; past it the least recently seen is forgotten [default: 100000]
+    #[arg(long, env = "AUTH_LIMITER_MAX_KEYS")]
+    pub auth_limiter_max_keys: Option<String>,
     /// Replaced by TRUSTED_PROXIES; true is refused, with a message saying so.
     #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
     pub trust_forwarded_for: Option<String>,
@@ -204,6 +207,7 @@ pub struct Settings {
     pub refresh_token_ttl_s: i64,
     pub auth_attempts_per_minute: u32,
     pub login_failures_per_account: u32,
+    pub auth_limiter_max_keys: usize,
     pub trusted_proxies: voltrun_api::TrustedProxies,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
@@ -430,6 +434,13 @@ impl Settings {
                 10,
                 1,
                 1_000_000,
+            )?,
+            auth_limiter_max_keys: number(
+                "AUTH_LIMITER_MAX_KEYS",
+                raw.auth_limiter_max_keys.as_deref(),
+                100_000,
+                16,
+                100_000_000,
             )?,
             trusted_proxies: trusted_proxies(
                 raw.trust_forwarded_for.as_deref(),

@@ -306,6 +306,7 @@ impl Application {
             auth_limits: AuthLimits {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,
                 failed_logins_per_account: settings.login_failures_per_account,
+                max_tracked_keys: settings.auth_limiter_max_keys,
             },
             trusted_proxies: settings.trusted_proxies.clone(),
             node: node_name(),

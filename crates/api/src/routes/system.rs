@@ -72,7 +72,16 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         metrics::gauge!("voltrun_execution_queue_depth").set(depth as f64);
     }
     match crate::metrics::render(stats.size, stats.idle) {
-        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Some(mut text) => {
+            crate::metrics::render_limiters(
+                &mut text,
+                &[
+                    ("address", &state.address_limiter),
+                    ("login_failures", &state.account_failures),
+                ],
+            );
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         None => crate::ApiError::internal("another metrics recorder is installed in this process")
             .into_response(),
     }

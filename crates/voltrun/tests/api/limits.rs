@@ -167,3 +167,41 @@ async fn login_timing_does_not_reveal_whether_an_email_exists() {
         "known {known:?} vs unknown {unknown:?}"
     );
 }
+
+/// The value of `voltrun_auth_limiter_keys{limiter="…"}` in this server's /metrics.
+async fn tracked_keys(app: &TestApp, limiter: &str) -> u64 {
+    let metrics = app
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200);
+    let prefix = format!("voltrun_auth_limiter_keys{{limiter=\"{limiter}\"}} ");
+    metrics
+        .text
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{}", metrics.text))
+        .parse()
+        .unwrap()
+}
+
+/// A client that comes from ever new addresses (or, behind a trusted proxy, claims to) must not grow
+/// the limiters' memory without bound: 200 addresses, a cap of 32.
+#[tokio::test]
+async fn many_client_addresses_keep_the_limiters_at_their_cap() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.trusted_proxies = Some("127.0.0.1".into());
+        raw.auth_limiter_max_keys = Some("32".into());
+    })
+    .await;
+    for n in 0..200 {
+        // Refused as invalid before any password work, but counted against the address first.
+        app.post_via_proxy(
+            &format!("198.51.{}.{}", n / 256, n % 256),
+            "/api/auth/register",
+            json!({"email": "not-an-email", "password": "whatever12"}),
+        )
+        .await
+        .expect(422);
+    }
+    assert_eq!(tracked_keys(&app, "address").await, 32);
+}
