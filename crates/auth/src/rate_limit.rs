@@ -53,15 +53,6 @@ impl RateLimiter {
     /// Checking and counting are one step under one lock, so concurrent attempts cannot all pass a
     /// check before any of them is counted.
     pub fn hit(&self, key: &str) -> Result<(), RetryAfter> {
-        self.update(key, true)
-    }
-
-    /// Refuses when `key` has used up its window, without counting an attempt.
-    pub fn check(&self, key: &str) -> Result<(), RetryAfter> {
-        self.update(key, false)
-    }
-
-    fn update(&self, key: &str, count: bool) -> Result<(), RetryAfter> {
         let now = Instant::now();
         let mut windows = self.lock();
         let Windows {
@@ -97,9 +88,7 @@ impl RateLimiter {
             let left = self.window.saturating_sub(now.duration_since(entry.start));
             return Err(RetryAfter(left.as_secs().max(1)));
         }
-        if count {
-            entry.count += 1;
-        }
+        entry.count += 1;
         Ok(())
     }
 

@@ -168,9 +168,12 @@ pub async fn login(
         .map(|e| e.as_str().to_string())
         .unwrap_or_default();
     let account_key = format!("login:{email}");
+    // Every attempt is counted before its password is checked, in the same step that refuses it
+    // past the limit: were it counted only once it failed, concurrent guesses would all pass the
+    // check while the first of them was still being verified. A success resets the count.
     state
         .account_failures
-        .check(&account_key)
+        .hit(&account_key)
         .map_err(ApiError::RateLimited)?;
     let user = if email.is_empty() {
         None
@@ -182,7 +185,6 @@ pub async fn login(
     // The same Argon2 work runs whether or not the account exists.
     let ok = blocking(move || hasher.verify(&req.password, stored.as_deref())).await?;
     let Some(user) = user.filter(|_| ok) else {
-        let _ = state.account_failures.hit(&account_key);
         return Err(ApiError::InvalidCredentials);
     };
     state.account_failures.reset(&account_key);

@@ -205,3 +205,50 @@ async fn many_client_addresses_keep_the_limiters_at_their_cap() {
     }
     assert_eq!(tracked_keys(&app, "address").await, 32);
 }
+
+/// Sends `count` logins at once and returns their statuses, sorted.
+async fn concurrent_logins(app: &TestApp, count: usize, body: serde_json::Value) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let request = app
+            .client
+            .post(format!("{}/api/auth/login", app.base))
+            .json(&body);
+        tasks.push(tokio::spawn(async move {
+            TestApp::read(request.send().await.unwrap()).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        let status = reply.status.as_u16();
+        if status == 429 {
+            reply.expect_error(429, "too_many_requests");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
+/// Twelve wrong passwords at once against an account that allows three failures: the count must be
+/// taken before each password is verified, in one step with the check, or all twelve pass the check
+/// while the first is still being verified and the attacker gets four times the guesses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_get_no_more_guesses_than_the_limit() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.login_failures_per_account = Some("3".into());
+        raw.auth_attempts_per_minute = Some("1000".into());
+    })
+    .await;
+    let user = app.register().await;
+    let statuses = concurrent_logins(
+        &app,
+        12,
+        json!({"email": user.email, "password": "a wrong guess"}),
+    )
+    .await;
+    let evaluated = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((evaluated, refused), (3, 9), "{statuses:?}");
+}
