@@ -33,7 +33,8 @@ pub use openapi::openapi_document;
 pub struct AuthLimits {
     /// Login and register attempts per client address per minute.
     pub attempts_per_address_per_minute: u32,
-    /// Failed logins per account per 15 minutes before the account is locked for the rest of the window.
+    /// Failed logins per account from one client address per 15 minutes, before the account is locked
+    /// for that address for the rest of the window.
     pub failed_logins_per_account: u32,
     /// Keys (addresses, accounts) each limiter tracks at most; the least recently seen goes first.
     pub max_tracked_keys: usize,
@@ -74,7 +75,7 @@ pub struct AppState {
     secret_box: SecretBox,
     refresh_token_ttl_s: i64,
     address_limiter: RateLimiter,
-    account_failures: RateLimiter,
+    login_failures: RateLimiter,
     trusted_proxies: TrustedProxies,
     api_key_touches: caller::KeyTouches,
     functions: function_cache::FunctionCache,
@@ -103,7 +104,7 @@ impl AppState {
                 Duration::from_secs(60),
                 config.auth_limits.max_tracked_keys,
             ),
-            account_failures: RateLimiter::new(
+            login_failures: RateLimiter::new(
                 config.auth_limits.failed_logins_per_account,
                 Duration::from_secs(15 * 60),
                 config.auth_limits.max_tracked_keys,

@@ -49,7 +49,7 @@ pub struct RawSettings {
     /// Login and register attempts allowed per client address per minute [default: 30]
     #[arg(long, env = "AUTH_ATTEMPTS_PER_MINUTE")]
     pub auth_attempts_per_minute: Option<String>,
-    /// Failed logins allowed per account per 15 minutes [default: 10]
+    /// Failed logins allowed per account from one client address per 15 minutes [default: 10]
     #[arg(long, env = "LOGIN_FAILURES_PER_ACCOUNT")]
     pub login_failures_per_account: Option<String>,
     /// Proxies in front of this server, as addresses or CIDR ranges separated by commas: from them, the client address is the rightmost X-Forwarded-For hop that is not one of them [default: none; X-Forwarded-For is ignored]

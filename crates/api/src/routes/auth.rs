@@ -167,12 +167,15 @@ pub async fn login(
     let email = Email::parse(&req.email)
         .map(|e| e.as_str().to_string())
         .unwrap_or_default();
-    let account_key = format!("login:{email}");
+    // Failures lock an account for the address they come from, not for everyone: were the account
+    // locked everywhere, anyone could keep its owner out by guessing wrong on purpose. The
+    // per-address limit above bounds how many accounts one address can try.
+    let account_key = format!("{address} {email}");
     // Every attempt is counted before its password is checked, in the same step that refuses it
     // past the limit: were it counted only once it failed, concurrent guesses would all pass the
     // check while the first of them was still being verified. A success resets the count.
     state
-        .account_failures
+        .login_failures
         .hit(&account_key)
         .map_err(ApiError::RateLimited)?;
     let user = if email.is_empty() {
@@ -187,7 +190,7 @@ pub async fn login(
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::InvalidCredentials);
     };
-    state.account_failures.reset(&account_key);
+    state.login_failures.reset(&account_key);
     let tokens = new_session(&state, user.id).await?;
     Ok(Json(AuthResponse {
         user: user.into(),

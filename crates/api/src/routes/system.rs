@@ -77,7 +77,7 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
                 &mut text,
                 &[
                     ("address", &state.address_limiter),
-                    ("login_failures", &state.account_failures),
+                    ("login_failures", &state.login_failures),
                 ],
             );
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

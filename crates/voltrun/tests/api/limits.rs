@@ -61,12 +61,13 @@ async fn login_and_register_are_limited_per_address() {
         raw.auth_attempts_per_minute = Some("3".into())
     })
     .await;
-    for _ in 0..3 {
+    // One address spraying guesses over many accounts: each account's own lockout never triggers.
+    for n in 0..3 {
         app.send(
             Method::POST,
             "/api/auth/login",
             None,
-            Some(json!({"email": "a@example.com", "password": "whatever1"})),
+            Some(json!({"email": format!("a{n}@example.com"), "password": "whatever1"})),
         )
         .await
         .expect(401);
@@ -88,39 +89,43 @@ async fn login_and_register_are_limited_per_address() {
     assert!((1..=60).contains(&retry_after));
 }
 
+/// An attacker at 203.0.113.66 guesses at an account until it is locked, and is then refused even
+/// the right password: it cannot keep guessing. The owner, at 198.51.100.7, still logs in: were the
+/// lockout keyed on the account alone, anyone could keep an account's owner out indefinitely.
 #[tokio::test]
-async fn failed_logins_lock_the_account_for_the_window() {
+async fn failed_logins_lock_the_account_for_the_attackers_address_only() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.login_failures_per_account = Some("2".into())
+        raw.login_failures_per_account = Some("2".into());
+        raw.trusted_proxies = Some("127.0.0.1".into());
     })
     .await;
     let user = app.register().await;
+    let login = |password: &str| json!({"email": user.email, "password": password});
+    let (attacker, owner) = ("203.0.113.66", "198.51.100.7");
     for _ in 0..2 {
-        app.send(
-            Method::POST,
-            "/api/auth/login",
-            None,
-            Some(json!({"email": user.email, "password": "wrong password"})),
-        )
-        .await
-        .expect(401);
+        app.post_via_proxy(attacker, "/api/auth/login", login("wrong password"))
+            .await
+            .expect_error(401, "invalid_credentials");
     }
-    // Even the right password is refused now: the attacker cannot keep guessing.
-    app.send(
-        Method::POST,
-        "/api/auth/login",
-        None,
-        Some(json!({"email": user.email, "password": user.password})),
-    )
-    .await
-    .expect_error(429, "too_many_requests");
-    // Other accounts are not affected.
+    app.post_via_proxy(attacker, "/api/auth/login", login(&user.password))
+        .await
+        .expect_error(429, "too_many_requests");
+    // The owner, elsewhere, is not locked out, even after a typo of their own.
+    app.post_via_proxy(owner, "/api/auth/login", login("a typo"))
+        .await
+        .expect_error(401, "invalid_credentials");
+    app.post_via_proxy(owner, "/api/auth/login", login(&user.password))
+        .await
+        .expect(200);
+    // The attacker's address stays locked out of this account, and only this one.
+    app.post_via_proxy(attacker, "/api/auth/login", login(&user.password))
+        .await
+        .expect_error(429, "too_many_requests");
     let other = app.register().await;
-    app.send(
-        Method::POST,
+    app.post_via_proxy(
+        attacker,
         "/api/auth/login",
-        None,
-        Some(json!({"email": other.email, "password": other.password})),
+        json!({"email": other.email, "password": other.password}),
     )
     .await
     .expect(200);
