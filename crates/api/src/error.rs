@@ -35,6 +35,8 @@ pub enum ApiError {
     EngineUnavailable(String),
     #[error("the server is overloaded; retry later")]
     Overloaded,
+    #[error("too many passwords are being checked at once; retry in {} s", .0.0)]
+    AuthBusy(RetryAfter),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +80,7 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::AuthBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "auth_busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -110,7 +113,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
-        if let Self::RateLimited(RetryAfter(secs)) = self {
+        if let Self::RateLimited(RetryAfter(secs)) | Self::AuthBusy(RetryAfter(secs)) = self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

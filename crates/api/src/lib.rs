@@ -12,6 +12,7 @@ mod metrics;
 mod middleware;
 mod openapi;
 mod pagination;
+mod password_work;
 mod routes;
 
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct AuthLimits {
     pub failed_logins_per_account: u32,
     /// Keys (addresses, accounts) each limiter tracks at most; the least recently seen goes first.
     pub max_tracked_keys: usize,
+    /// Password hashes (register, login) computed at once.
+    pub hashing_concurrency: usize,
+    /// How long a password hash waits for its turn before the request is answered 503.
+    pub hashing_queue_timeout: Duration,
 }
 
 impl Default for AuthLimits {
@@ -46,6 +51,8 @@ impl Default for AuthLimits {
             attempts_per_address_per_minute: 30,
             failed_logins_per_account: 10,
             max_tracked_keys: 100_000,
+            hashing_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            hashing_queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -72,6 +79,7 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     jwt: JwtKeys,
     hasher: PasswordHasher,
+    password_work: password_work::PasswordWork,
     secret_box: SecretBox,
     refresh_token_ttl_s: i64,
     address_limiter: RateLimiter,
@@ -97,6 +105,10 @@ impl AppState {
             engine,
             jwt: JwtKeys::new(&config.jwt_secret, config.access_token_ttl_s),
             hasher: PasswordHasher::new().map_err(ApiError::internal)?,
+            password_work: password_work::PasswordWork::new(
+                config.auth_limits.hashing_concurrency,
+                config.auth_limits.hashing_queue_timeout,
+            ),
             secret_box: SecretBox::new(&config.env_encryption_key),
             refresh_token_ttl_s: config.refresh_token_ttl_s,
             address_limiter: RateLimiter::new(

@@ -58,6 +58,12 @@ pub struct RawSettings {
     /// Addresses and accounts each brute-force limiter tracks at most; past it the least recently seen is forgotten [default: 100000]
     #[arg(long, env = "AUTH_LIMITER_MAX_KEYS")]
     pub auth_limiter_max_keys: Option<String>,
+    /// Password hashes (register, login) computed at once [default: this host's CPU count]
+    #[arg(long, env = "AUTH_HASHING_CONCURRENCY")]
+    pub auth_hashing_concurrency: Option<String>,
+    /// Milliseconds a register or login waits for a password-hashing turn before it is answered 503 [default: 5000]
+    #[arg(long, env = "AUTH_HASHING_QUEUE_TIMEOUT_MS")]
+    pub auth_hashing_queue_timeout_ms: Option<String>,
     /// Replaced by TRUSTED_PROXIES; true is refused, with a message saying so.
     #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
     pub trust_forwarded_for: Option<String>,
@@ -208,6 +214,8 @@ pub struct Settings {
     pub auth_attempts_per_minute: u32,
     pub login_failures_per_account: u32,
     pub auth_limiter_max_keys: usize,
+    pub auth_hashing_concurrency: usize,
+    pub auth_hashing_queue_timeout_ms: u64,
     pub trusted_proxies: voltrun_api::TrustedProxies,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
@@ -441,6 +449,20 @@ impl Settings {
                 100_000,
                 16,
                 100_000_000,
+            )?,
+            auth_hashing_concurrency: number(
+                "AUTH_HASHING_CONCURRENCY",
+                raw.auth_hashing_concurrency.as_deref(),
+                std::thread::available_parallelism().map_or(2, usize::from),
+                1,
+                4096,
+            )?,
+            auth_hashing_queue_timeout_ms: number(
+                "AUTH_HASHING_QUEUE_TIMEOUT_MS",
+                raw.auth_hashing_queue_timeout_ms.as_deref(),
+                5000,
+                0,
+                60_000,
             )?,
             trusted_proxies: trusted_proxies(
                 raw.trust_forwarded_for.as_deref(),

@@ -307,6 +307,10 @@ impl Application {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,
                 failed_logins_per_account: settings.login_failures_per_account,
                 max_tracked_keys: settings.auth_limiter_max_keys,
+                hashing_concurrency: settings.auth_hashing_concurrency,
+                hashing_queue_timeout: Duration::from_millis(
+                    settings.auth_hashing_queue_timeout_ms,
+                ),
             },
             trusted_proxies: settings.trusted_proxies.clone(),
             node: node_name(),

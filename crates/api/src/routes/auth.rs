@@ -10,7 +10,6 @@ use voltrun_auth::secrets::{random_token, sha256_hex};
 use voltrun_domain::user::{Email, Password, User, parse_display_name};
 use voltrun_storage::{NewRefreshToken, NextRefreshToken, RefreshOutcome};
 
-use super::blocking;
 use crate::SharedState;
 use crate::caller::SessionUser;
 use crate::client_address::ClientAddress;
@@ -115,7 +114,8 @@ fn limit_address(state: &SharedState, address: &str) -> ApiResult<()> {
 /// Register a new user.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = AuthResponse), (status = 409, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
+        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
 pub async fn register(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -126,7 +126,9 @@ pub async fn register(
     let password = Password::parse(req.password, &email)?;
     let name = parse_display_name(req.name)?;
     let hasher = state.hasher.clone();
-    let password_hash = blocking(move || hasher.hash(password.expose()))
+    let password_hash = state
+        .password_work
+        .run(move || hasher.hash(password.expose()))
         .await?
         .map_err(ApiError::internal)?;
     let user = User {
@@ -156,7 +158,8 @@ pub async fn register(
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
+        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
 pub async fn login(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -186,7 +189,18 @@ pub async fn login(
     let hasher = state.hasher.clone();
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     // The same Argon2 work runs whether or not the account exists.
-    let ok = blocking(move || hasher.verify(&req.password, stored.as_deref())).await?;
+    let verified = state
+        .password_work
+        .run(move || hasher.verify(&req.password, stored.as_deref()))
+        .await;
+    let ok = match verified {
+        Ok(ok) => ok,
+        Err(busy) => {
+            // Not evaluated, so not a failure: refused attempts must not lock out their sender.
+            state.login_failures.refund(&account_key);
+            return Err(busy);
+        }
+    };
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::InvalidCredentials);
     };

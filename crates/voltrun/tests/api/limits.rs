@@ -257,3 +257,56 @@ async fn concurrent_wrong_passwords_get_no_more_guesses_than_the_limit() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((evaluated, refused), (3, 9), "{statuses:?}");
 }
+
+/// A burst of logins against a server that hashes one password at a time and lets a login wait only
+/// 10 ms for its turn: some are refused with 503 `auth_busy` and a Retry-After, the rest are
+/// answered, and the server stays healthy and lets the owner in afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_logins_beyond_the_hashing_cap_is_refused_with_503() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.auth_hashing_concurrency = Some("1".into());
+        raw.auth_hashing_queue_timeout_ms = Some("10".into());
+        raw.auth_attempts_per_minute = Some("1000".into());
+        raw.login_failures_per_account = Some("1000".into());
+    })
+    .await;
+    let user = app.register().await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let request = app
+            .client
+            .post(format!("{}/api/auth/login", app.base))
+            .json(&json!({"email": user.email, "password": user.password}));
+        tasks.push(tokio::spawn(async move {
+            TestApp::read(request.send().await.unwrap()).await
+        }));
+    }
+    let (mut answered, mut busy) = (0, 0);
+    for task in tasks {
+        let reply = task.await.unwrap();
+        match reply.status.as_u16() {
+            200 => answered += 1,
+            503 => {
+                let reply = reply.expect_error(503, "auth_busy");
+                assert_eq!(reply.headers["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+    }
+    assert!(
+        answered >= 1 && busy >= 1,
+        "{answered} answered, {busy} refused"
+    );
+    app.send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    app.send(
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"email": user.email, "password": user.password})),
+    )
+    .await
+    .expect(200);
+}
