@@ -3,6 +3,9 @@
 //! - [`SessionUser`]: an access token only (auth and key-management routes);
 //! - [`FullAccess`]: an access token or a `full` API key (everything else that changes or reads config);
 //! - [`ExecuteAccess`]: an access token or any API key (invoking functions, reading executions).
+//!
+//! [`Operator`] is apart from these: the operator's `METRICS_TOKEN`, for `/metrics` and the detail of
+//! `/health`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 use voltrun_auth::JwtError;
 use voltrun_auth::secrets::{looks_like_api_key, sha256_hex};
@@ -66,6 +71,10 @@ fn presented_secret(parts: &Parts) -> Result<Option<String>, ApiError> {
             .map_err(|_| ApiError::Unauthorized("X-API-Key is not valid text".into()))?;
         return Ok(Some(key.trim().to_string()));
     }
+    bearer_token(parts)
+}
+
+fn bearer_token(parts: &Parts) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -186,5 +195,47 @@ impl FromRequestParts<SharedState> for ExecuteAccess {
         authenticate(parts, state)
             .await
             .map(|caller| Self(caller.user_id))
+    }
+}
+
+/// Whether the caller is the operator, proven by presenting `METRICS_TOKEN` as a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// No `METRICS_TOKEN` is configured: `/metrics` is open, and `/health`'s detail is shown to no one.
+    NoTokenConfigured,
+    /// A token is configured and the request presented none.
+    Anonymous,
+    Proven,
+}
+
+/// The SHA-256 of the metrics token, which is what the server keeps.
+pub fn metrics_token_digest(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl FromRequestParts<SharedState> for Operator {
+    type Rejection = ApiError;
+
+    /// A wrong token is a 401 rather than the anonymous view, so a misconfigured scraper finds out.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(expected) = &state.metrics_token_digest else {
+            return Ok(Self::NoTokenConfigured);
+        };
+        let Some(presented) = bearer_token(parts)? else {
+            return Ok(Self::Anonymous);
+        };
+        // Digests of equal length compared in constant time: the time taken says nothing about how
+        // much of the token was right, nor how long it is.
+        let matches: bool = metrics_token_digest(&presented).ct_eq(expected).into();
+        if matches {
+            Ok(Self::Proven)
+        } else {
+            Err(ApiError::Unauthorized(
+                "the metrics token is not valid".into(),
+            ))
+        }
     }
 }

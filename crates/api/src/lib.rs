@@ -67,6 +67,8 @@ pub struct ApiConfig {
     pub auth_limits: AuthLimits,
     /// Proxies whose `X-Forwarded-For` is believed (see `client_address`).
     pub trusted_proxies: TrustedProxies,
+    /// The bearer token `/metrics` and `/health`'s detail require; `None` leaves `/metrics` open.
+    pub metrics_token: Option<String>,
     /// This node's name, recorded on the executions it runs.
     pub node: String,
     /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
@@ -85,6 +87,7 @@ pub struct AppState {
     address_limiter: RateLimiter,
     login_failures: RateLimiter,
     trusted_proxies: TrustedProxies,
+    metrics_token_digest: Option<[u8; 32]>,
     api_key_touches: caller::KeyTouches,
     functions: function_cache::FunctionCache,
     node: String,
@@ -122,6 +125,10 @@ impl AppState {
                 config.auth_limits.max_tracked_keys,
             ),
             trusted_proxies: config.trusted_proxies,
+            metrics_token_digest: config
+                .metrics_token
+                .as_deref()
+                .map(caller::metrics_token_digest),
             api_key_touches: caller::KeyTouches::default(),
             functions: function_cache::FunctionCache::default(),
             node: config.node,

@@ -64,6 +64,9 @@ pub struct RawSettings {
     /// Milliseconds a register or login waits for a password-hashing turn before it is answered 503 [default: 5000]
     #[arg(long, env = "AUTH_HASHING_QUEUE_TIMEOUT_MS")]
     pub auth_hashing_queue_timeout_ms: Option<String>,
+    /// Bearer token that GET /metrics and the operator view of GET /health require, at least 16 characters [default: none; /metrics is open]
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Replaced by TRUSTED_PROXIES; true is refused, with a message saying so.
     #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
     pub trust_forwarded_for: Option<String>,
@@ -217,6 +220,7 @@ pub struct Settings {
     pub auth_hashing_concurrency: usize,
     pub auth_hashing_queue_timeout_ms: u64,
     pub trusted_proxies: voltrun_api::TrustedProxies,
+    pub metrics_token: Option<Secret<String>>,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
     pub engine: EngineSettings,
@@ -280,6 +284,23 @@ fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigErro
 }
 
 const MIN_JWT_SECRET_BYTES: usize = 32;
+
+const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+fn metrics_token(raw: Option<String>) -> Result<Option<Secret<String>>, ConfigError> {
+    match raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(token) if token.chars().count() >= MIN_METRICS_TOKEN_CHARS => {
+            Ok(Some(Secret::new(token)))
+        }
+        Some(_) => Err(bad(
+            "METRICS_TOKEN",
+            format!(
+                "must be at least {MIN_METRICS_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+            ),
+        )),
+    }
+}
 
 /// `TRUSTED_PROXIES`. Its predecessor, `TRUST_FORWARDED_FOR=true`, believed the first
 /// `X-Forwarded-For` entry from any sender, which the client writes: it stops the server rather than
@@ -464,6 +485,7 @@ impl Settings {
                 0,
                 60_000,
             )?,
+            metrics_token: metrics_token(raw.metrics_token)?,
             trusted_proxies: trusted_proxies(
                 raw.trust_forwarded_for.as_deref(),
                 raw.trusted_proxies.as_deref(),
@@ -875,6 +897,13 @@ mod tests {
                 "TRUST_FORWARDED_FOR",
                 RawSettings {
                     trust_forwarded_for: Some("maybe".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "METRICS_TOKEN",
+                RawSettings {
+                    metrics_token: Some("short".into()),
                     ..dev(&dir)
                 },
             ),

@@ -18,7 +18,7 @@ use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::doctor::{self, DoctorConfig};
 use voltrun_vm::jailer::JailerConfig;
 
-use crate::config::{EngineBackend, SecretSource, Settings};
+use crate::config::{EngineBackend, Environment, SecretSource, Settings};
 
 #[derive(Debug)]
 pub struct Application {
@@ -240,6 +240,11 @@ impl Application {
                 "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
             );
         }
+        if settings.metrics_token.is_none() && settings.environment == Environment::Production {
+            tracing::warn!(
+                "METRICS_TOKEN is not set: GET /metrics is open to anyone who can reach this port"
+            );
+        }
         // The data directory holds the database, secrets and unpacked code: private by default.
         crate::config::create_private_dir(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
@@ -313,6 +318,7 @@ impl Application {
                 ),
             },
             trusted_proxies: settings.trusted_proxies.clone(),
+            metrics_token: settings.metrics_token.as_ref().map(|t| t.expose().clone()),
             node: node_name(),
             dispatcher_wake,
         };

@@ -175,10 +175,7 @@ async fn login_timing_does_not_reveal_whether_an_email_exists() {
 
 /// The value of `voltrun_auth_limiter_keys{limiter="…"}` in this server's /metrics.
 async fn tracked_keys(app: &TestApp, limiter: &str) -> u64 {
-    let metrics = app
-        .send(Method::GET, "/metrics", None, None)
-        .await
-        .expect(200);
+    let metrics = app.operator_get("/metrics").await.expect(200);
     let prefix = format!("voltrun_auth_limiter_keys{{limiter=\"{limiter}\"}} ");
     metrics
         .text
