@@ -126,6 +126,20 @@ async fn authenticate(parts: &Parts, state: &SharedState) -> Result<Caller, ApiE
             ApiError::Unauthorized("access token is not valid".into())
         }
     })?;
+    // A signed token outlives a logout unless its session is checked: logging out, or a refresh
+    // token presented twice, revokes the session and with it every access token issued for it.
+    if !state.sessions.is_fresh(claims.sid) {
+        if !state
+            .store
+            .session_is_active(claims.sid, voltrun_storage::now())
+            .await?
+        {
+            return Err(ApiError::Unauthorized(
+                "the session has ended (logged out, revoked or expired); log in again".into(),
+            ));
+        }
+        state.sessions.found_active(claims.sid);
+    }
     Ok(Caller {
         user_id: claims.sub,
         credential: Credential::AccessToken,

@@ -14,6 +14,7 @@ mod openapi;
 mod pagination;
 mod password_work;
 mod routes;
+mod session_cache;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub struct ApiConfig {
     pub jwt_secret: Vec<u8>,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
+    /// A session's absolute lifetime: refreshing never extends it past this many seconds after login.
+    pub session_max_age_s: i64,
     pub env_encryption_key: [u8; 32],
     pub auth_limits: AuthLimits,
     /// Proxies whose `X-Forwarded-For` is believed (see `client_address`).
@@ -84,6 +87,8 @@ pub struct AppState {
     password_work: password_work::PasswordWork,
     secret_box: SecretBox,
     refresh_token_ttl_s: i64,
+    session_max_age_s: i64,
+    sessions: session_cache::SessionCache,
     address_limiter: RateLimiter,
     login_failures: RateLimiter,
     trusted_proxies: TrustedProxies,
@@ -114,6 +119,8 @@ impl AppState {
             ),
             secret_box: SecretBox::new(&config.env_encryption_key),
             refresh_token_ttl_s: config.refresh_token_ttl_s,
+            session_max_age_s: config.session_max_age_s,
+            sessions: session_cache::SessionCache::default(),
             address_limiter: RateLimiter::new(
                 config.auth_limits.attempts_per_address_per_minute,
                 Duration::from_secs(60),

@@ -46,6 +46,9 @@ pub struct RawSettings {
     /// Lifetime of refresh tokens in seconds [default: 2592000, 30 days]
     #[arg(long, env = "REFRESH_TOKEN_TTL_S")]
     pub refresh_token_ttl_s: Option<String>,
+    /// A session's absolute lifetime in seconds: refresh tokens stop rotating this long after the login that started it [default: 2592000, 30 days]
+    #[arg(long, env = "SESSION_MAX_AGE_S")]
+    pub session_max_age_s: Option<String>,
     /// Login and register attempts allowed per client address per minute [default: 30]
     #[arg(long, env = "AUTH_ATTEMPTS_PER_MINUTE")]
     pub auth_attempts_per_minute: Option<String>,
@@ -214,6 +217,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
+    pub session_max_age_s: i64,
     pub auth_attempts_per_minute: u32,
     pub login_failures_per_account: u32,
     pub auth_limiter_max_keys: usize,
@@ -449,6 +453,14 @@ impl Settings {
                 30 * 86_400,
                 60,
                 365 * 86_400,
+            )?,
+            // Seconds are allowed (down to 1) so that the expiry can be tested end to end.
+            session_max_age_s: number(
+                "SESSION_MAX_AGE_S",
+                raw.session_max_age_s.as_deref(),
+                30 * 86_400,
+                1,
+                10 * 365 * 86_400,
             )?,
             auth_attempts_per_minute: number(
                 "AUTH_ATTEMPTS_PER_MINUTE",

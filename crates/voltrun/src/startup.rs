@@ -307,6 +307,7 @@ impl Application {
             jwt_secret: settings.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
             refresh_token_ttl_s: settings.refresh_token_ttl_s,
+            session_max_age_s: settings.session_max_age_s,
             env_encryption_key: *settings.encryption_key.expose(),
             auth_limits: AuthLimits {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,

@@ -15,6 +15,16 @@ fn forge(secret: &str, claims: serde_json::Value) -> String {
     .unwrap()
 }
 
+/// The claims of a JWT, read without checking it.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -88,13 +98,15 @@ both_databases! {
         assert_ne!(second_token, user.refresh_token);
         app.get("/api/auth/me", first.body["access_token"].as_str().unwrap()).await.expect(200);
 
-        // The spent token comes back: someone has a copy. The whole family dies, the live token too.
+        // The spent token comes back: someone has a copy. The whole session dies, the live refresh
+        // token and the access tokens too.
         app.send(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": user.refresh_token})))
             .await
             .expect_error(401, "unauthorized");
         app.send(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": second_token})))
             .await
             .expect_error(401, "unauthorized");
+        app.get("/api/auth/me", first.body["access_token"].as_str().unwrap()).await.expect_error(401, "unauthorized");
 
         // Other sessions of the same user are unaffected.
         let other = app
@@ -106,34 +118,56 @@ both_databases! {
             .expect(200);
     }
 
-    async fn concurrent_refreshes_with_one_token_succeed_at_most_once(app) {
+    async fn concurrent_refreshes_with_one_token_succeed_once_and_revoke_the_session(app) {
         let user = app.register().await;
         let mut tasks = Vec::new();
         for _ in 0..6 {
-            let client = app.client.clone();
-            let url = format!("{}/api/auth/refresh", app.base);
-            let token = user.refresh_token.clone();
-            tasks.push(tokio::spawn(async move {
-                client.post(url).json(&json!({"refresh_token": token})).send().await.unwrap().status().as_u16()
-            }));
+            let request = app.client.post(format!("{}/api/auth/refresh", app.base)).json(&json!({"refresh_token": user.refresh_token}));
+            tasks.push(tokio::spawn(async move { TestApp::read(request.send().await.unwrap()).await }));
         }
-        let mut ok = 0;
-        for t in tasks {
-            if t.await.unwrap() == 200 {
-                ok += 1;
+        let mut winners = Vec::new();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            let reply = task.await.unwrap();
+            statuses.push(reply.status.as_u16());
+            if reply.status == 200 {
+                winners.push(reply);
+            } else {
+                // Every other one presented a spent token.
+                reply.expect_error(401, "unauthorized");
             }
         }
-        assert!(ok <= 1, "{ok} refreshes succeeded with one token");
+        assert_eq!(winners.len(), 1, "exactly one refresh succeeds: {statuses:?}");
+        // A spent token came back, so someone holds a copy: the whole session is revoked, the
+        // winner's new tokens included.
+        let winner = &winners[0].body;
+        app.send(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": winner["refresh_token"]})))
+            .await
+            .expect_error(401, "unauthorized");
+        app.get("/api/auth/me", winner["access_token"].as_str().unwrap()).await.expect_error(401, "unauthorized");
+        app.get("/api/auth/me", &user.access_token).await.expect_error(401, "unauthorized");
     }
 
-    async fn logout_revokes_the_session(app) {
+    async fn logout_revokes_the_session_and_its_access_tokens(app) {
         let user = app.register().await;
+        let other_session = app
+            .send(Method::POST, "/api/auth/login", None, Some(json!({"email": user.email, "password": user.password})))
+            .await
+            .expect(200);
+        app.get("/api/auth/me", &user.access_token).await.expect(200);
         let reply = app.send(Method::POST, "/api/auth/logout", None, Some(json!({"refresh_token": user.refresh_token}))).await.expect(204);
         assert!(reply.text.is_empty());
         app.send(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": user.refresh_token})))
             .await
             .expect_error(401, "unauthorized");
+        // The access token is still signed and unexpired, but its session is over.
+        let reply = app.get("/api/auth/me", &user.access_token).await.expect_error(401, "unauthorized");
+        assert!(reply.body["error"]["message"].as_str().unwrap().contains("session has ended"), "{}", reply.text);
+        app.get("/api/keys", &user.access_token).await.expect_error(401, "unauthorized");
+        // The user's other session is untouched.
+        app.get("/api/auth/me", other_session.body["access_token"].as_str().unwrap()).await.expect(200);
         // Logging out twice, or with garbage, is harmless.
+        app.send(Method::POST, "/api/auth/logout", None, Some(json!({"refresh_token": user.refresh_token}))).await.expect(204);
         app.send(Method::POST, "/api/auth/logout", None, Some(json!({"refresh_token": "garbage"}))).await.expect(204);
     }
 
@@ -189,7 +223,8 @@ mod known_secret {
 
     async fn expired_and_misaddressed_tokens_are_refused(app: TestApp) {
         let user = app.register().await;
-        let base = json!({"sub": user.id, "iss": "voltrun", "aud": "voltrun-api", "iat": now(), "exp": now() + 600, "jti": "x"});
+        let sid = claims_of(&user.access_token)["sid"].clone();
+        let base = json!({"sub": user.id, "iss": "voltrun", "aud": "voltrun-api", "iat": now(), "exp": now() + 600, "jti": "x", "sid": sid});
         // Control: a token we forge with the right secret and claims works, so the failures below are
         // about the claim each one breaks.
         app.get("/api/auth/me", &forge(SECRET, base.clone()))
@@ -217,6 +252,17 @@ mod known_secret {
                 .await
                 .expect_error(401, "unauthorized");
         }
+        // Claims that are all right but for the session: one that does not exist, or none at all.
+        let mut other_session = base.clone();
+        other_session["sid"] = json!(uuid::Uuid::now_v7());
+        app.get("/api/auth/me", &forge(SECRET, other_session))
+            .await
+            .expect_error(401, "unauthorized");
+        let mut no_session = base.clone();
+        no_session.as_object_mut().unwrap().remove("sid");
+        app.get("/api/auth/me", &forge(SECRET, no_session))
+            .await
+            .expect_error(401, "unauthorized");
         let mut no_exp = base.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
         app.get("/api/auth/me", &forge(SECRET, no_exp))
@@ -242,5 +288,79 @@ mod known_secret {
     #[tokio::test]
     async fn postgres_expired_and_misaddressed_tokens_are_refused() {
         expired_and_misaddressed_tokens_are_refused(spawn(Backend::Postgres).await).await;
+    }
+}
+
+/// A session ends SESSION_MAX_AGE_S after its login however often it is refreshed: here 2 s.
+mod session_max_age {
+    use super::*;
+
+    async fn a_session_stops_rotating_at_its_maximum_age(backend: Backend) {
+        let app =
+            TestApp::spawn_with(backend, |raw| raw.session_max_age_s = Some("2".into())).await;
+        let user = app.register().await;
+        // The access token does not outlive the session either.
+        let claims = claims_of(&user.access_token);
+        assert!(
+            claims["exp"].as_i64().unwrap() <= claims["iat"].as_i64().unwrap() + 2,
+            "{claims}"
+        );
+        let refreshed = app
+            .send(
+                Method::POST,
+                "/api/auth/refresh",
+                None,
+                Some(json!({"refresh_token": user.refresh_token})),
+            )
+            .await
+            .expect(200);
+        assert!(
+            refreshed.body["expires_in"].as_i64().unwrap() <= 2,
+            "{}",
+            refreshed.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let reply = app
+            .send(
+                Method::POST,
+                "/api/auth/refresh",
+                None,
+                Some(json!({"refresh_token": refreshed.body["refresh_token"]})),
+            )
+            .await
+            .expect_error(401, "unauthorized");
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("maximum age"),
+            "{}",
+            reply.text
+        );
+        app.get(
+            "/api/auth/me",
+            refreshed.body["access_token"].as_str().unwrap(),
+        )
+        .await
+        .expect_error(401, "unauthorized");
+        // Logging in again starts a new session.
+        app.send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(json!({"email": user.email, "password": user.password})),
+        )
+        .await
+        .expect(200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_session_stops_rotating_at_its_maximum_age() {
+        a_session_stops_rotating_at_its_maximum_age(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_session_stops_rotating_at_its_maximum_age() {
+        a_session_stops_rotating_at_its_maximum_age(Backend::Postgres).await;
     }
 }
