@@ -26,7 +26,7 @@ use voltrun_auth::{JwtKeys, PasswordHasher, RateLimiter, SecretBox};
 use voltrun_engine::Engine;
 use voltrun_storage::Store;
 
-pub use client_address::{IpNet, TrustedProxies};
+pub use client_address::TrustedProxies;
 pub use error::{ApiError, ErrorBody};
 pub use openapi::openapi_document;
 
