@@ -3,6 +3,9 @@
 //! - [`SessionUser`]: an access token only (auth and key-management routes);
 //! - [`FullAccess`]: an access token or a `full` API key (everything else that changes or reads config);
 //! - [`ExecuteAccess`]: an access token or any API key (invoking functions, reading executions).
+//!
+//! [`Operator`] is apart from these: the operator's `METRICS_TOKEN`, for `/metrics` and the detail of
+//! `/health`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 use voltrun_auth::JwtError;
 use voltrun_auth::secrets::{looks_like_api_key, sha256_hex};
@@ -66,6 +71,10 @@ fn presented_secret(parts: &Parts) -> Result<Option<String>, ApiError> {
             .map_err(|_| ApiError::Unauthorized("X-API-Key is not valid text".into()))?;
         return Ok(Some(key.trim().to_string()));
     }
+    bearer_token(parts)
+}
+
+fn bearer_token(parts: &Parts) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -117,6 +126,20 @@ async fn authenticate(parts: &Parts, state: &SharedState) -> Result<Caller, ApiE
             ApiError::Unauthorized("access token is not valid".into())
         }
     })?;
+    // A signed token outlives a logout unless its session is checked: logging out, or a refresh
+    // token presented twice, revokes the session and with it every access token issued for it.
+    if !state.sessions.is_fresh(claims.sid) {
+        if !state
+            .store
+            .session_is_active(claims.sid, voltrun_storage::now())
+            .await?
+        {
+            return Err(ApiError::Unauthorized(
+                "the session has ended (logged out, revoked or expired); log in again".into(),
+            ));
+        }
+        state.sessions.found_active(claims.sid);
+    }
     Ok(Caller {
         user_id: claims.sub,
         credential: Credential::AccessToken,
@@ -189,37 +212,44 @@ impl FromRequestParts<SharedState> for ExecuteAccess {
     }
 }
 
-/// The client's address for rate limiting: the peer address, or the first `X-Forwarded-For` hop when
-/// the server is configured to trust a proxy in front of it.
-pub fn client_address(parts: &Parts, trust_forwarded_for: bool) -> String {
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|v| trust_forwarded_for && !v.is_empty());
-    if let Some(first) = forwarded {
-        return first.to_string();
-    }
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|ci| ci.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
+/// Whether the caller is the operator, proven by presenting `METRICS_TOKEN` as a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// No `METRICS_TOKEN` is configured: `/metrics` is open, and `/health`'s detail is shown to no one.
+    NoTokenConfigured,
+    /// A token is configured and the request presented none.
+    Anonymous,
+    Proven,
 }
 
-/// The client address as an extractor, for the auth routes' rate limits.
-#[derive(Debug, Clone)]
-pub struct ClientAddress(pub String);
+/// The SHA-256 of the metrics token, which is what the server keeps.
+pub fn metrics_token_digest(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
 
-impl FromRequestParts<SharedState> for ClientAddress {
+impl FromRequestParts<SharedState> for Operator {
     type Rejection = ApiError;
 
+    /// A wrong token is a 401 rather than the anonymous view, so a misconfigured scraper finds out.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(client_address(parts, state.trust_forwarded_for)))
+        let Some(expected) = &state.metrics_token_digest else {
+            return Ok(Self::NoTokenConfigured);
+        };
+        let Some(presented) = bearer_token(parts)? else {
+            return Ok(Self::Anonymous);
+        };
+        // Digests of equal length compared in constant time: the time taken says nothing about how
+        // much of the token was right, nor how long it is.
+        let matches: bool = metrics_token_digest(&presented).ct_eq(expected).into();
+        if matches {
+            Ok(Self::Proven)
+        } else {
+            Err(ApiError::Unauthorized(
+                "the metrics token is not valid".into(),
+            ))
+        }
     }
 }

@@ -42,6 +42,8 @@ pub enum ApiError {
     /// The database did not answer; the cause is logged, not shown.
     #[error("the database is unavailable; retry shortly")]
     DatabaseUnavailable(String),
+    #[error("too many passwords are being checked at once; retry in {} s", .0.0)]
+    AuthBusy(RetryAfter),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -90,6 +92,7 @@ impl ApiError {
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
+            Self::AuthBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "auth_busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -127,7 +130,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
-        if let Self::RateLimited(RetryAfter(secs)) = self {
+        if let Self::RateLimited(RetryAfter(secs)) | Self::AuthBusy(RetryAfter(secs)) = self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -3,6 +3,7 @@
 //! storage crate, credentials logic in the auth crate, execution behind the engine trait.
 
 mod caller;
+mod client_address;
 mod code;
 mod error;
 mod extract;
@@ -12,7 +13,9 @@ mod metrics;
 mod middleware;
 mod openapi;
 mod pagination;
+mod password_work;
 mod routes;
+mod session_cache;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use voltrun_auth::{JwtKeys, PasswordHasher, RateLimiter, SecretBox};
 use voltrun_engine::Engine;
 use voltrun_storage::Store;
 
+pub use client_address::TrustedProxies;
 pub use error::{ApiError, ErrorBody};
 pub use openapi::openapi_document;
 
@@ -32,8 +36,15 @@ pub use openapi::openapi_document;
 pub struct AuthLimits {
     /// Login and register attempts per client address per minute.
     pub attempts_per_address_per_minute: u32,
-    /// Failed logins per account per 15 minutes before the account is locked for the rest of the window.
+    /// Failed logins per account from one client address per 15 minutes, before the account is locked
+    /// for that address for the rest of the window.
     pub failed_logins_per_account: u32,
+    /// Keys (addresses, accounts) each limiter tracks at most; the least recently seen goes first.
+    pub max_tracked_keys: usize,
+    /// Password hashes (register, login) computed at once.
+    pub hashing_concurrency: usize,
+    /// How long a password hash waits for its turn before the request is answered 503.
+    pub hashing_queue_timeout: Duration,
 }
 
 impl Default for AuthLimits {
@@ -41,6 +52,9 @@ impl Default for AuthLimits {
         Self {
             attempts_per_address_per_minute: 30,
             failed_logins_per_account: 10,
+            max_tracked_keys: 100_000,
+            hashing_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            hashing_queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -51,10 +65,14 @@ pub struct ApiConfig {
     pub jwt_secret: Vec<u8>,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
+    /// A session's absolute lifetime: refreshing never extends it past this many seconds after login.
+    pub session_max_age_s: i64,
     pub env_encryption_key: [u8; 32],
     pub auth_limits: AuthLimits,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (see `client_address`).
+    pub trusted_proxies: TrustedProxies,
+    /// The bearer token `/metrics` and `/health`'s detail require; `None` leaves `/metrics` open.
+    pub metrics_token: Option<String>,
     /// This node's name, recorded on the executions it runs.
     pub node: String,
     /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
@@ -68,11 +86,15 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     jwt: JwtKeys,
     hasher: PasswordHasher,
+    password_work: password_work::PasswordWork,
     secret_box: SecretBox,
     refresh_token_ttl_s: i64,
+    session_max_age_s: i64,
+    sessions: session_cache::SessionCache,
     address_limiter: RateLimiter,
-    account_failures: RateLimiter,
-    trust_forwarded_for: bool,
+    login_failures: RateLimiter,
+    trusted_proxies: TrustedProxies,
+    metrics_token_digest: Option<[u8; 32]>,
     api_key_touches: caller::KeyTouches,
     functions: function_cache::FunctionCache,
     node: String,
@@ -94,17 +116,29 @@ impl AppState {
             engine,
             jwt: JwtKeys::new(&config.jwt_secret, config.access_token_ttl_s),
             hasher: PasswordHasher::new().map_err(ApiError::internal)?,
+            password_work: password_work::PasswordWork::new(
+                config.auth_limits.hashing_concurrency,
+                config.auth_limits.hashing_queue_timeout,
+            ),
             secret_box: SecretBox::new(&config.env_encryption_key),
             refresh_token_ttl_s: config.refresh_token_ttl_s,
+            session_max_age_s: config.session_max_age_s,
+            sessions: session_cache::SessionCache::default(),
             address_limiter: RateLimiter::new(
                 config.auth_limits.attempts_per_address_per_minute,
                 Duration::from_secs(60),
+                config.auth_limits.max_tracked_keys,
             ),
-            account_failures: RateLimiter::new(
+            login_failures: RateLimiter::new(
                 config.auth_limits.failed_logins_per_account,
                 Duration::from_secs(15 * 60),
+                config.auth_limits.max_tracked_keys,
             ),
-            trust_forwarded_for: config.trust_forwarded_for,
+            trusted_proxies: config.trusted_proxies,
+            metrics_token_digest: config
+                .metrics_token
+                .as_deref()
+                .map(caller::metrics_token_digest),
             api_key_touches: caller::KeyTouches::default(),
             functions: function_cache::FunctionCache::default(),
             node: config.node,

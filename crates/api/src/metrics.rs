@@ -37,6 +37,25 @@ pub fn render(pool_size: u32, pool_idle: u32) -> Option<String> {
     HANDLE.get()?.as_ref().map(PrometheusHandle::render)
 }
 
+/// Appends how many keys each brute-force limiter tracks. These belong to one server's state, not to
+/// the process, so they are written here rather than kept in the process-wide recorder, where
+/// servers sharing a process (the tests) would overwrite each other's value.
+pub fn render_limiters(text: &mut String, limiters: &[(&str, &voltrun_auth::RateLimiter)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "# HELP voltrun_auth_limiter_keys Keys (addresses, accounts) a brute-force limiter tracks.\n\
+         # TYPE voltrun_auth_limiter_keys gauge"
+    );
+    for (name, limiter) in limiters {
+        let _ = writeln!(
+            text,
+            "voltrun_auth_limiter_keys{{limiter=\"{name}\"}} {}",
+            limiter.tracked_keys()
+        );
+    }
+}
+
 pub fn record_request(method: &str, route: &str, status: u16, latency: Duration) {
     let labels = [
         ("method", method.to_string()),

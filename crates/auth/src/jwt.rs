@@ -1,5 +1,7 @@
 //! Access tokens: short-lived HS256 JWTs. Only HS256 is accepted (so `alg: none` and algorithm
-//! confusion fail), and signature, expiry, issuer and audience are all checked.
+//! confusion fail), and signature, expiry, issuer and audience are all checked. Each carries the id of
+//! the session (refresh-token family) it was issued for, so that revoking the session ends it too,
+//! and it never outlives that session.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,8 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// The session this token belongs to.
+    pub sid: Uuid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +67,27 @@ impl JwtKeys {
         self.ttl_s
     }
 
-    pub fn issue(&self, user_id: Uuid, now_unix: i64) -> Result<String, JwtError> {
+    /// A token for `user_id` in session `session_id`, valid for the TTL or until the session ends
+    /// (`session_ends_unix`), whichever comes first. Returns the token and its lifetime in seconds.
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now_unix: i64,
+        session_ends_unix: i64,
+    ) -> Result<(String, i64), JwtError> {
+        let exp = (now_unix + self.ttl_s).min(session_ends_unix);
         let claims = AccessClaims {
             sub: user_id,
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now_unix,
-            exp: now_unix + self.ttl_s,
+            exp,
             jti: crate::secrets::random_token(12),
+            sid: session_id,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map(|token| (token, exp - now_unix))
             .map_err(|e| JwtError::Signing(e.to_string()))
     }
 
@@ -97,22 +112,41 @@ mod tests {
         chrono::Utc::now().timestamp()
     }
 
+    fn issue(keys: &JwtKeys, at: i64) -> String {
+        keys.issue(Uuid::new_v4(), Uuid::new_v4(), at, i64::MAX)
+            .unwrap()
+            .0
+    }
+
     #[test]
     fn round_trip() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 900);
-        let id = Uuid::new_v4();
-        let claims = keys.verify(&keys.issue(id, now()).unwrap()).unwrap();
-        assert_eq!(claims.sub, id);
+        let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, lifetime) = keys.issue(id, session, now(), i64::MAX).unwrap();
+        assert_eq!(lifetime, 900);
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!((claims.sub, claims.sid), (id, session));
+    }
+
+    #[test]
+    fn a_token_does_not_outlive_its_session() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 900);
+        let now = now();
+        let (token, lifetime) = keys
+            .issue(Uuid::new_v4(), Uuid::new_v4(), now, now + 60)
+            .unwrap();
+        assert_eq!(lifetime, 60);
+        assert_eq!(keys.verify(&token).unwrap().exp, now + 60);
     }
 
     #[test]
     fn expired_and_foreign_tokens_fail() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 900);
-        let old = keys.issue(Uuid::new_v4(), now() - 3600).unwrap();
+        let old = issue(&keys, now() - 3600);
         assert!(matches!(keys.verify(&old), Err(JwtError::Expired)));
         let other = JwtKeys::new(b"another-secret-another-secret-xx", 900);
         assert!(matches!(
-            keys.verify(&other.issue(Uuid::new_v4(), now()).unwrap()),
+            keys.verify(&issue(&other, now())),
             Err(JwtError::Invalid)
         ));
     }

@@ -52,17 +52,18 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A session: one login, and the family of refresh tokens it rotates through.
 #[derive(Debug, Clone)]
-pub struct NewRefreshToken {
+pub struct NewSession {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub family_id: Uuid,
-    pub token_hash: String,
     pub created_at: DateTime<Utc>,
+    /// The session's absolute end: no refresh extends it.
     pub expires_at: DateTime<Utc>,
 }
 
-/// The successor of a refresh token: it inherits the user and family of the token it replaces.
+/// A refresh token to store: the first of a new session, or the successor of one presented (which
+/// it inherits the user and session from). Its `expires_at` is cut to the session's end.
 #[derive(Debug, Clone)]
 pub struct NextRefreshToken {
     pub id: Uuid,
@@ -73,11 +74,17 @@ pub struct NextRefreshToken {
 /// What presenting a refresh token found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
-    /// The token was live and is now spent; the new token of the same family was stored.
-    Rotated { user_id: Uuid },
-    /// The token had already been used: the whole family is now revoked.
-    Reused,
-    /// Unknown, expired or revoked.
+    /// The token was live and is now spent; its successor was stored in the same session.
+    Rotated {
+        user_id: Uuid,
+        session_id: Uuid,
+        session_expires_at: DateTime<Utc>,
+    },
+    /// The token had already been used: its session is now revoked.
+    Reused { session_id: Uuid },
+    /// The token's session reached its absolute lifetime.
+    SessionExpired,
+    /// Unknown, expired, or of a revoked session.
     Invalid,
 }
 
@@ -126,20 +133,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
 
-    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
-    /// Spends `presented_hash` and stores `next` (a new token of the same user and family), atomically.
+    /// Starts `session` with its first refresh token, atomically.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        first: &NextRefreshToken,
+    ) -> StoreResult<()>;
+    /// Spends `presented_hash` and stores `next` in the same session, atomically. Presenting a
+    /// spent token revokes its session; a session past its `expires_at` rotates no more.
     async fn rotate_refresh_token(
         &self,
         presented_hash: &str,
         next: &NextRefreshToken,
         now: DateTime<Utc>,
     ) -> StoreResult<RefreshOutcome>;
-    /// Revokes the family of the presented token; false when no such live token exists.
-    async fn revoke_refresh_family(
+    /// Revokes the session of the presented (live) refresh token; its id, or `None` when there is
+    /// no such live token.
+    async fn revoke_session(
         &self,
         presented_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Option<Uuid>>;
+    /// Whether a session is neither revoked nor past its end (for access tokens, which carry its id).
+    async fn session_is_active(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
     async fn list_api_keys(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<ApiKeyRecord>>;

@@ -14,8 +14,8 @@ use voltrun_domain::user::User;
 
 use crate::migrations::{Flavour, migrator};
 use crate::{
-    ApiKeyRecord, ExecutionFilter, NewRefreshToken, NextRefreshToken, Page, PoolStats,
-    RefreshOutcome, Store, StoreError, StoreResult,
+    ApiKeyRecord, ExecutionFilter, NewSession, NextRefreshToken, Page, PoolStats, RefreshOutcome,
+    Store, StoreError, StoreResult,
 };
 
 /// UUID encoding per driver: native on PostgreSQL.
@@ -276,20 +276,29 @@ macro_rules! store_impl {
                 row.as_ref().map(Self::user_from_row).transpose()
             }
 
-            async fn insert_refresh_token(&self, t: &NewRefreshToken) -> StoreResult<()> {
+            async fn create_session(&self, session: &NewSession, first: &NextRefreshToken) -> StoreResult<()> {
                 let _turn = self.write_turn().await;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                sqlx::query("INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                    .bind($ids::id(session.id))
+                    .bind($ids::id(session.user_id))
+                    .bind(session.created_at)
+                    .bind(session.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
-                .bind($ids::id(t.id))
-                .bind($ids::id(t.user_id))
-                .bind($ids::id(t.family_id))
-                .bind(&t.token_hash)
-                .bind(t.created_at)
-                .bind(t.expires_at)
-                .execute(&self.pool)
+                .bind($ids::id(first.id))
+                .bind($ids::id(session.user_id))
+                .bind($ids::id(session.id))
+                .bind(&first.token_hash)
+                .bind(session.created_at)
+                .bind(first.expires_at.min(session.expires_at))
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -302,10 +311,11 @@ macro_rules! store_impl {
                 let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 // Spending is one conditional UPDATE, so two concurrent refreshes with the same token
-                // cannot both succeed: the loser sees it used and revokes the family.
+                // cannot both succeed: the loser finds it used and revokes the session.
                 let spent = sqlx::query(
                     "UPDATE refresh_tokens SET used_at = $1 \
-                     WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+                       AND family_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL AND expires_at > $1) \
                      RETURNING user_id, family_id",
                 )
                 .bind(now)
@@ -314,55 +324,75 @@ macro_rules! store_impl {
                 .await?;
                 if let Some(row) = spent {
                     let user_id = $ids::get(&row, "user_id")?;
-                    let family_id = $ids::get(&row, "family_id")?;
+                    let session_id = $ids::get(&row, "family_id")?;
+                    let session_expires_at: DateTime<Utc> =
+                        sqlx::query_scalar("SELECT expires_at FROM sessions WHERE id = $1")
+                            .bind($ids::id(session_id))
+                            .fetch_one(&mut *tx)
+                            .await?;
                     sqlx::query(
                         "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at) \
                          VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind($ids::id(next.id))
                     .bind($ids::id(user_id))
-                    .bind($ids::id(family_id))
+                    .bind($ids::id(session_id))
                     .bind(&next.token_hash)
                     .bind(now)
-                    .bind(next.expires_at)
+                    .bind(next.expires_at.min(session_expires_at))
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
-                    return Ok(RefreshOutcome::Rotated { user_id });
+                    return Ok(RefreshOutcome::Rotated { user_id, session_id, session_expires_at });
                 }
-                let reused = sqlx::query(
-                    "UPDATE refresh_tokens SET revoked_at = $1 \
-                     WHERE revoked_at IS NULL AND family_id IN \
-                       (SELECT family_id FROM refresh_tokens WHERE token_hash = $2 AND used_at IS NOT NULL)",
+                let found = sqlx::query(
+                    "SELECT t.family_id, t.used_at, s.expires_at AS session_expires_at \
+                     FROM refresh_tokens t JOIN sessions s ON s.id = t.family_id WHERE t.token_hash = $1",
                 )
-                .bind(now)
                 .bind(presented_hash)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let was_used = sqlx::query("SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL")
-                    .bind(presented_hash)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                tx.commit().await?;
-                Ok(if was_used || reused > 0 { RefreshOutcome::Reused } else { RefreshOutcome::Invalid })
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = found else {
+                    return Ok(RefreshOutcome::Invalid);
+                };
+                let session_id = $ids::get(&row, "family_id")?;
+                let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
+                let session_expires_at: DateTime<Utc> = row.try_get("session_expires_at")?;
+                if used_at.is_some() {
+                    // A spent token came back: someone holds a copy. The session ends, for both.
+                    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                        .bind(now)
+                        .bind($ids::id(session_id))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(RefreshOutcome::Reused { session_id });
+                }
+                Ok(if session_expires_at <= now { RefreshOutcome::SessionExpired } else { RefreshOutcome::Invalid })
             }
 
-            async fn revoke_refresh_family(&self, presented_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+            async fn revoke_session(&self, presented_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<Uuid>> {
                 let _turn = self.write_turn().await;
-                let affected = sqlx::query(
-                    "UPDATE refresh_tokens SET revoked_at = $1 \
-                     WHERE revoked_at IS NULL AND family_id IN \
-                       (SELECT family_id FROM refresh_tokens \
-                        WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL)",
+                let row = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 \
+                     WHERE revoked_at IS NULL AND id IN \
+                       (SELECT family_id FROM refresh_tokens WHERE token_hash = $2 AND used_at IS NULL) \
+                     RETURNING id",
                 )
                 .bind(now)
                 .bind(presented_hash)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-                Ok(affected > 0)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|row| $ids::get(&row, "id")).transpose().map_err(Into::into)
+            }
+
+            async fn session_is_active(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2")
+                    .bind($ids::id(id))
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.is_some())
             }
 
             async fn create_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {

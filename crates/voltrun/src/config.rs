@@ -46,14 +46,32 @@ pub struct RawSettings {
     /// Lifetime of refresh tokens in seconds [default: 2592000, 30 days]
     #[arg(long, env = "REFRESH_TOKEN_TTL_S")]
     pub refresh_token_ttl_s: Option<String>,
+    /// A session's absolute lifetime in seconds: refresh tokens stop rotating this long after the login that started it [default: 2592000, 30 days]
+    #[arg(long, env = "SESSION_MAX_AGE_S")]
+    pub session_max_age_s: Option<String>,
     /// Login and register attempts allowed per client address per minute [default: 30]
     #[arg(long, env = "AUTH_ATTEMPTS_PER_MINUTE")]
     pub auth_attempts_per_minute: Option<String>,
-    /// Failed logins allowed per account per 15 minutes [default: 10]
+    /// Failed logins allowed per account from one client address per 15 minutes [default: 10]
     #[arg(long, env = "LOGIN_FAILURES_PER_ACCOUNT")]
     pub login_failures_per_account: Option<String>,
-    /// Take client addresses from X-Forwarded-For (only behind a trusted proxy) [default: false]
-    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    /// Proxies in front of this server, as addresses or CIDR ranges separated by commas: from them, the client address is the rightmost X-Forwarded-For hop that is not one of them [default: none; X-Forwarded-For is ignored]
+    #[arg(long, env = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Addresses and accounts each brute-force limiter tracks at most; past it the least recently seen is forgotten [default: 100000]
+    #[arg(long, env = "AUTH_LIMITER_MAX_KEYS")]
+    pub auth_limiter_max_keys: Option<String>,
+    /// Password hashes (register, login) computed at once [default: this host's CPU count]
+    #[arg(long, env = "AUTH_HASHING_CONCURRENCY")]
+    pub auth_hashing_concurrency: Option<String>,
+    /// Milliseconds a register or login waits for a password-hashing turn before it is answered 503 [default: 5000]
+    #[arg(long, env = "AUTH_HASHING_QUEUE_TIMEOUT_MS")]
+    pub auth_hashing_queue_timeout_ms: Option<String>,
+    /// Bearer token that GET /metrics and the operator view of GET /health require, at least 16 characters [default: none; /metrics is open]
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Replaced by TRUSTED_PROXIES; true is refused, with a message saying so.
+    #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
     pub trust_forwarded_for: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 30]
     #[arg(long, env = "SHUTDOWN_TIMEOUT_S")]
@@ -215,9 +233,14 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
+    pub session_max_age_s: i64,
     pub auth_attempts_per_minute: u32,
     pub login_failures_per_account: u32,
-    pub trust_forwarded_for: bool,
+    pub auth_limiter_max_keys: usize,
+    pub auth_hashing_concurrency: usize,
+    pub auth_hashing_queue_timeout_ms: u64,
+    pub trusted_proxies: voltrun_api::TrustedProxies,
+    pub metrics_token: Option<Secret<String>>,
     pub shutdown_timeout_s: u64,
     pub db_max_connections: u32,
     pub http: HttpLimits,
@@ -291,6 +314,40 @@ fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigErro
 }
 
 const MIN_JWT_SECRET_BYTES: usize = 32;
+
+const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+fn metrics_token(raw: Option<String>) -> Result<Option<Secret<String>>, ConfigError> {
+    match raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(token) if token.chars().count() >= MIN_METRICS_TOKEN_CHARS => {
+            Ok(Some(Secret::new(token)))
+        }
+        Some(_) => Err(bad(
+            "METRICS_TOKEN",
+            format!(
+                "must be at least {MIN_METRICS_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+            ),
+        )),
+    }
+}
+
+/// `TRUSTED_PROXIES`. Its predecessor, `TRUST_FORWARDED_FOR=true`, believed the first
+/// `X-Forwarded-For` entry from any sender, which the client writes: it stops the server rather than
+/// being mapped to something that either keeps that hole or silently changes who is rate-limited.
+fn trusted_proxies(
+    trust_forwarded_for: Option<&str>,
+    list: Option<&str>,
+) -> Result<voltrun_api::TrustedProxies, ConfigError> {
+    if boolean("TRUST_FORWARDED_FOR", trust_forwarded_for)? {
+        return Err(bad(
+            "TRUST_FORWARDED_FOR",
+            "is replaced by TRUSTED_PROXIES: list the addresses or CIDR ranges of the proxies in front \
+             of this server (e.g. TRUSTED_PROXIES=10.0.0.0/8), and remove TRUST_FORWARDED_FOR",
+        ));
+    }
+    voltrun_api::TrustedProxies::parse(list.unwrap_or("")).map_err(|e| bad("TRUSTED_PROXIES", e))
+}
 
 impl Settings {
     pub fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
@@ -423,6 +480,14 @@ impl Settings {
                 60,
                 365 * 86_400,
             )?,
+            // Seconds are allowed (down to 1) so that the expiry can be tested end to end.
+            session_max_age_s: number(
+                "SESSION_MAX_AGE_S",
+                raw.session_max_age_s.as_deref(),
+                30 * 86_400,
+                1,
+                10 * 365 * 86_400,
+            )?,
             auth_attempts_per_minute: number(
                 "AUTH_ATTEMPTS_PER_MINUTE",
                 raw.auth_attempts_per_minute.as_deref(),
@@ -437,9 +502,31 @@ impl Settings {
                 1,
                 1_000_000,
             )?,
-            trust_forwarded_for: boolean(
-                "TRUST_FORWARDED_FOR",
+            auth_limiter_max_keys: number(
+                "AUTH_LIMITER_MAX_KEYS",
+                raw.auth_limiter_max_keys.as_deref(),
+                100_000,
+                16,
+                100_000_000,
+            )?,
+            auth_hashing_concurrency: number(
+                "AUTH_HASHING_CONCURRENCY",
+                raw.auth_hashing_concurrency.as_deref(),
+                std::thread::available_parallelism().map_or(2, usize::from),
+                1,
+                4096,
+            )?,
+            auth_hashing_queue_timeout_ms: number(
+                "AUTH_HASHING_QUEUE_TIMEOUT_MS",
+                raw.auth_hashing_queue_timeout_ms.as_deref(),
+                5000,
+                0,
+                60_000,
+            )?,
+            metrics_token: metrics_token(raw.metrics_token)?,
+            trusted_proxies: trusted_proxies(
                 raw.trust_forwarded_for.as_deref(),
+                raw.trusted_proxies.as_deref(),
             )?,
             shutdown_timeout_s: number(
                 "SHUTDOWN_TIMEOUT_S",
@@ -754,6 +841,8 @@ mod tests {
         let example = include_str!("../../../.env.example");
         let missing: Vec<String> = Options::command()
             .get_arguments()
+            // Hidden options are retired ones, kept only to explain their replacement.
+            .filter(|arg| !arg.is_hide_set())
             .filter_map(|arg| arg.get_env())
             .map(|env| env.to_string_lossy().into_owned())
             .filter(|env| !example.contains(&format!("{env}=")))
@@ -782,6 +871,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_replace_trust_forwarded_for() {
+        let dir = tmp();
+        let none = Settings::from_raw(dev(&dir)).unwrap();
+        assert!(none.trusted_proxies.is_empty());
+        let listed = Settings::from_raw(RawSettings {
+            trusted_proxies: Some("10.0.0.0/8, 192.0.2.7 ,fd00::/8".into()),
+            ..dev(&dir)
+        })
+        .unwrap();
+        assert!(listed.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(
+            listed
+                .trusted_proxies
+                .contains("192.0.2.7".parse().unwrap())
+        );
+        assert!(
+            !listed
+                .trusted_proxies
+                .contains("192.0.2.8".parse().unwrap())
+        );
+        // The old switch: off is harmless, on stops the server and names the replacement.
+        let off = RawSettings {
+            trust_forwarded_for: Some("false".into()),
+            ..dev(&dir)
+        };
+        assert!(Settings::from_raw(off).unwrap().trusted_proxies.is_empty());
+        let on = RawSettings {
+            trust_forwarded_for: Some("true".into()),
+            ..dev(&dir)
+        };
+        let err = Settings::from_raw(on).unwrap_err();
+        assert_eq!(err.variable, "TRUST_FORWARDED_FOR");
+        assert!(err.to_string().contains("TRUSTED_PROXIES"), "{err}");
+        let bad = RawSettings {
+            trusted_proxies: Some("10.0.0.0/40".into()),
+            ..dev(&dir)
+        };
+        let err = Settings::from_raw(bad).unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
     }
 
     #[test]
@@ -841,6 +972,27 @@ mod tests {
                 "TRUST_FORWARDED_FOR",
                 RawSettings {
                     trust_forwarded_for: Some("maybe".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "METRICS_TOKEN",
+                RawSettings {
+                    metrics_token: Some("short".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "TRUSTED_PROXIES",
+                RawSettings {
+                    trusted_proxies: Some("10.0.0.1/8".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "TRUSTED_PROXIES",
+                RawSettings {
+                    trusted_proxies: Some("proxy.internal".into()),
                     ..dev(&dir)
                 },
             ),

@@ -18,7 +18,7 @@ use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::doctor::{self, DoctorConfig};
 use voltrun_vm::jailer::JailerConfig;
 
-use crate::config::{EngineBackend, SecretSource, Settings};
+use crate::config::{EngineBackend, Environment, SecretSource, Settings};
 
 #[derive(Debug)]
 pub struct Application {
@@ -241,6 +241,11 @@ impl Application {
                 "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
             );
         }
+        if settings.metrics_token.is_none() && settings.environment == Environment::Production {
+            tracing::warn!(
+                "METRICS_TOKEN is not set: GET /metrics is open to anyone who can reach this port"
+            );
+        }
         // The data directory holds the database, secrets and unpacked code: private by default.
         crate::config::create_private_dir(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
@@ -303,12 +308,19 @@ impl Application {
             jwt_secret: settings.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
             refresh_token_ttl_s: settings.refresh_token_ttl_s,
+            session_max_age_s: settings.session_max_age_s,
             env_encryption_key: *settings.encryption_key.expose(),
             auth_limits: AuthLimits {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,
                 failed_logins_per_account: settings.login_failures_per_account,
+                max_tracked_keys: settings.auth_limiter_max_keys,
+                hashing_concurrency: settings.auth_hashing_concurrency,
+                hashing_queue_timeout: Duration::from_millis(
+                    settings.auth_hashing_queue_timeout_ms,
+                ),
             },
-            trust_forwarded_for: settings.trust_forwarded_for,
+            trusted_proxies: settings.trusted_proxies.clone(),
+            metrics_token: settings.metrics_token.as_ref().map(|t| t.expose().clone()),
             node: node_name(),
             dispatcher_wake,
             body_limits: voltrun_api::limits::BodyLimits {

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use voltrun_auth::secrets::{random_token, sha256_hex};
 use voltrun_domain::user::{Email, Password, User, parse_display_name};
-use voltrun_storage::{NewRefreshToken, NextRefreshToken, RefreshOutcome};
+use voltrun_storage::{NewSession, NextRefreshToken, RefreshOutcome};
 
-use super::blocking;
 use crate::SharedState;
-use crate::caller::{ClientAddress, SessionUser};
+use crate::caller::SessionUser;
+use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 
@@ -74,34 +74,61 @@ pub struct AuthResponse {
     pub tokens: TokenPair,
 }
 
-fn issue_access_token(state: &SharedState, user_id: Uuid, now: DateTime<Utc>) -> ApiResult<String> {
-    state
+/// A token pair for `user_id` in session `session_id`, whose refresh token is `refresh_token`.
+fn token_pair(
+    state: &SharedState,
+    user_id: Uuid,
+    session_id: Uuid,
+    session_expires_at: DateTime<Utc>,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenPair> {
+    let (access_token, expires_in) = state
         .jwt
-        .issue(user_id, now.timestamp())
-        .map_err(ApiError::internal)
+        .issue(
+            user_id,
+            session_id,
+            now.timestamp(),
+            session_expires_at.timestamp(),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(TokenPair {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in,
+    })
 }
 
-/// Starts a new refresh-token family for a fresh login.
+/// Starts a new session (a refresh-token family) for a fresh login.
 async fn new_session(state: &SharedState, user_id: Uuid) -> ApiResult<TokenPair> {
     let now = voltrun_storage::now();
     let refresh_token = random_token(32);
+    let session = NewSession {
+        id: Uuid::now_v7(),
+        user_id,
+        created_at: now,
+        expires_at: now + Duration::seconds(state.session_max_age_s),
+    };
     state
         .store
-        .insert_refresh_token(&NewRefreshToken {
-            id: Uuid::now_v7(),
-            user_id,
-            family_id: Uuid::now_v7(),
-            token_hash: sha256_hex(&refresh_token),
-            created_at: now,
-            expires_at: now + Duration::seconds(state.refresh_token_ttl_s),
-        })
+        .create_session(
+            &session,
+            &NextRefreshToken {
+                id: Uuid::now_v7(),
+                token_hash: sha256_hex(&refresh_token),
+                expires_at: now + Duration::seconds(state.refresh_token_ttl_s),
+            },
+        )
         .await?;
-    Ok(TokenPair {
-        access_token: issue_access_token(state, user_id, now)?,
+    token_pair(
+        state,
+        user_id,
+        session.id,
+        session.expires_at,
         refresh_token,
-        token_type: "Bearer",
-        expires_in: state.jwt.ttl_s(),
-    })
+        now,
+    )
 }
 
 fn limit_address(state: &SharedState, address: &str) -> ApiResult<()> {
@@ -114,7 +141,8 @@ fn limit_address(state: &SharedState, address: &str) -> ApiResult<()> {
 /// Register a new user.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = AuthResponse), (status = 409, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
+        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
 pub async fn register(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -125,7 +153,9 @@ pub async fn register(
     let password = Password::parse(req.password, &email)?;
     let name = parse_display_name(req.name)?;
     let hasher = state.hasher.clone();
-    let password_hash = blocking(move || hasher.hash(password.expose()))
+    let password_hash = state
+        .password_work
+        .run(move || hasher.hash(password.expose()))
         .await?
         .map_err(ApiError::internal)?;
     let user = User {
@@ -155,7 +185,8 @@ pub async fn register(
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
+        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
 pub async fn login(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -166,10 +197,16 @@ pub async fn login(
     let email = Email::parse(&req.email)
         .map(|e| e.as_str().to_string())
         .unwrap_or_default();
-    let account_key = format!("login:{email}");
+    // Failures lock an account for the address they come from, not for everyone: were the account
+    // locked everywhere, anyone could keep its owner out by guessing wrong on purpose. The
+    // per-address limit above bounds how many accounts one address can try.
+    let account_key = format!("{address} {email}");
+    // Every attempt is counted before its password is checked, in the same step that refuses it
+    // past the limit: were it counted only once it failed, concurrent guesses would all pass the
+    // check while the first of them was still being verified. A success resets the count.
     state
-        .account_failures
-        .check(&account_key)
+        .login_failures
+        .hit(&account_key)
         .map_err(ApiError::RateLimited)?;
     let user = if email.is_empty() {
         None
@@ -179,12 +216,22 @@ pub async fn login(
     let hasher = state.hasher.clone();
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     // The same Argon2 work runs whether or not the account exists.
-    let ok = blocking(move || hasher.verify(&req.password, stored.as_deref())).await?;
+    let verified = state
+        .password_work
+        .run(move || hasher.verify(&req.password, stored.as_deref()))
+        .await;
+    let ok = match verified {
+        Ok(ok) => ok,
+        Err(busy) => {
+            // Not evaluated, so not a failure: refused attempts must not lock out their sender.
+            state.login_failures.refund(&account_key);
+            return Err(busy);
+        }
+    };
     let Some(user) = user.filter(|_| ok) else {
-        let _ = state.account_failures.hit(&account_key);
         return Err(ApiError::InvalidCredentials);
     };
-    state.account_failures.reset(&account_key);
+    state.login_failures.reset(&account_key);
     let tokens = new_session(&state, user.id).await?;
     Ok(Json(AuthResponse {
         user: user.into(),
@@ -205,7 +252,8 @@ fn parse_refresh_token(raw: &str) -> ApiResult<String> {
 }
 
 /// Exchange a refresh token for a new token pair. Each refresh token works once; presenting a spent
-/// one revokes every token of its family (the session), as a stolen token may have been used.
+/// one revokes its session (every refresh and access token of it), as a stolen token may have been
+/// used. A session rotates until its maximum age after login, then its owner logs in again.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody)))]
 pub async fn refresh(
@@ -225,45 +273,58 @@ pub async fn refresh(
         .rotate_refresh_token(&presented, &next, now)
         .await?
     {
-        RefreshOutcome::Rotated { user_id } => {
+        RefreshOutcome::Rotated {
+            user_id,
+            session_id,
+            session_expires_at,
+        } => {
             let user = state
                 .store
                 .user_by_id(user_id)
                 .await?
                 .ok_or(ApiError::Unauthorized("account no longer exists".into()))?;
-            let tokens = TokenPair {
-                access_token: issue_access_token(&state, user_id, now)?,
-                refresh_token: next_token,
-                token_type: "Bearer",
-                expires_in: state.jwt.ttl_s(),
-            };
+            let tokens = token_pair(
+                &state,
+                user_id,
+                session_id,
+                session_expires_at,
+                next_token,
+                now,
+            )?;
             Ok(Json(AuthResponse {
                 user: user.into(),
                 tokens,
             }))
         }
-        RefreshOutcome::Reused => {
-            tracing::warn!("refresh token reused; its session is revoked");
+        RefreshOutcome::Reused { session_id } => {
+            state.sessions.forget(session_id);
+            tracing::warn!(%session_id, "refresh token reused; its session is revoked");
             Err(ApiError::Unauthorized(
                 "refresh token was already used; the session is revoked, log in again".into(),
             ))
         }
+        RefreshOutcome::SessionExpired => Err(ApiError::Unauthorized(
+            "the session reached its maximum age; log in again".into(),
+        )),
         RefreshOutcome::Invalid => Err(ApiError::Unauthorized("refresh token is not valid".into())),
     }
 }
 
-/// End a session: revokes the refresh token's family.
+/// End a session: revokes the refresh token's session, which ends its refresh tokens and the access
+/// tokens issued for it.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 204, description = "Logged out (also when the token was already invalid)")))]
 pub async fn logout(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
-    if let Ok(presented) = parse_refresh_token(&req.refresh_token) {
-        state
+    if let Ok(presented) = parse_refresh_token(&req.refresh_token)
+        && let Some(session_id) = state
             .store
-            .revoke_refresh_family(&presented, voltrun_storage::now())
-            .await?;
+            .revoke_session(&presented, voltrun_storage::now())
+            .await?
+    {
+        state.sessions.forget(session_id);
     }
     Ok(StatusCode::NO_CONTENT)
 }

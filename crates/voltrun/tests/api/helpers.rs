@@ -47,6 +47,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub backend: Backend,
+    /// The server's `METRICS_TOKEN` (each test server has one unless the test removes it).
+    pub metrics_token: Option<String>,
     data_dir: std::path::PathBuf,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -178,9 +180,11 @@ impl TestApp {
             db_max_connections: Some("5".into()),
             // The API suite tests the API whatever the host can run; the engine suite opts in.
             engine_backend: Some("none".into()),
+            metrics_token: Some(format!("metrics-{}", unique())),
             ..RawSettings::default()
         };
         customise(&mut raw);
+        let metrics_token = raw.metrics_token.clone();
         let settings = Settings::from_raw(raw).expect("test settings");
         let _ = rustls::crypto::ring::default_provider().install_default();
         voltrun::telemetry::init(settings.log_format, &settings.log_level);
@@ -198,6 +202,7 @@ impl TestApp {
                 .unwrap(),
             database_url,
             backend,
+            metrics_token,
             data_dir,
             _shutdown: tx,
         }
@@ -227,6 +232,18 @@ impl TestApp {
         Self::read(request.send().await.expect("request sent")).await
     }
 
+    /// POSTs `body` as a client whose request reached the server through a proxy on 127.0.0.1 that
+    /// wrote `forwarded_for` into `X-Forwarded-For`. Only a server with 127.0.0.1 among its
+    /// `TRUSTED_PROXIES` believes the header.
+    pub async fn post_via_proxy(&self, forwarded_for: &str, path: &str, body: Value) -> Reply {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&body);
+        Self::read(request.send().await.expect("request sent")).await
+    }
+
     pub async fn read(response: reqwest::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
@@ -238,6 +255,15 @@ impl TestApp {
             body,
             text,
         }
+    }
+
+    /// GETs an operational endpoint (`/health`, `/metrics`) as the operator, with the metrics token.
+    pub async fn operator_get(&self, path: &str) -> Reply {
+        let token = self
+            .metrics_token
+            .as_deref()
+            .expect("this test server has no METRICS_TOKEN");
+        self.send(Method::GET, path, Some(token), None).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {

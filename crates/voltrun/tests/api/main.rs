@@ -10,6 +10,7 @@ mod edge;
 mod executions;
 mod functions;
 mod keys;
+mod limits;
 mod queue;
 mod system;
 mod tenancy;

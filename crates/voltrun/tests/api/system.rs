@@ -49,15 +49,41 @@ fn keys(value: &Value) -> BTreeSet<String> {
 }
 
 both_databases! {
-    async fn health_reports_database_and_engine(app) {
+    async fn health_tells_anyone_only_up_or_down_and_the_backends(app) {
         let reply = app.send(Method::GET, "/health", None, None).await.expect(200);
-        assert_eq!(reply.body["database"]["status"], "ok");
-        let expected_backend = if app.backend == Backend::Sqlite { "sqlite" } else { "postgres" };
-        assert_eq!(reply.body["database"]["backend"], expected_backend);
-        assert_eq!(reply.body["status"], "degraded", "no engine yet, so not fully ok");
+        let backend = if app.backend == Backend::Sqlite { "sqlite" } else { "postgres" };
+        // No version, uptime, latency, nor the engine's detail and warnings, which name host paths.
+        assert_eq!(reply.body, json!({
+            "status": "degraded",
+            "database": {"status": "ok", "backend": backend},
+            "engine": {"backend": "none", "ready": false},
+        }), "no engine yet, so not fully ok");
+        // A user's access token is not the operator's.
+        let user = app.register().await;
+        app.get("/health", &user.access_token).await.expect_error(401, "unauthorized");
+    }
+
+    async fn health_tells_the_operator_the_detail(app) {
+        let reply = app.operator_get("/health").await.expect(200);
+        assert_eq!(reply.body["status"], "degraded");
         assert!(reply.body["version"].is_string());
         assert!(reply.body["uptime_s"].is_u64());
+        assert!(reply.body["database"]["latency_ms"].is_f64());
         assert_eq!(reply.body["engine"]["backend"], "none");
+        assert!(reply.body["engine"]["detail"].as_str().unwrap().contains("ENGINE_BACKEND=none"));
+        assert_eq!(reply.body["engine"]["warnings"], json!([]));
+    }
+
+    async fn metrics_need_the_metrics_token(app) {
+        app.send(Method::GET, "/metrics", None, None).await.expect_error(401, "unauthorized");
+        let user = app.register().await;
+        app.get("/metrics", &user.access_token).await.expect_error(401, "unauthorized");
+        let mut wrong = app.metrics_token.clone().unwrap();
+        wrong.push('x');
+        let reply = app.get("/metrics", &wrong).await.expect_error(401, "unauthorized");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        let reply = app.operator_get("/metrics").await.expect(200);
+        assert!(reply.text.contains("voltrun_http_requests_total"));
     }
 
     async fn request_ids_are_generated_or_propagated(app) {
@@ -79,7 +105,7 @@ both_databases! {
 
     async fn metrics_expose_requests_executions_and_pool(app) {
         app.send(Method::GET, "/health", None, None).await.expect(200);
-        let reply = app.send(Method::GET, "/metrics", None, None).await.expect(200);
+        let reply = app.operator_get("/metrics").await.expect(200);
         for needle in [
             "voltrun_http_requests_total{",
             "route=\"/health\"",
@@ -126,8 +152,10 @@ both_databases! {
         assert_eq!(schema_properties(&doc, "ExecutionResponse"), keys(&execution));
         let error = app.get("/api/functions/x", &user.access_token).await.body;
         assert_eq!(schema_properties(&doc, "ErrorBody"), keys(&error));
-        let health = app.send(Method::GET, "/health", None, None).await.body;
+        let health = app.operator_get("/health").await.body;
         assert_eq!(schema_properties(&doc, "HealthResponse"), keys(&health));
+        assert_eq!(schema_properties(&doc, "EngineHealth"), keys(&health["engine"]));
+        assert_eq!(schema_properties(&doc, "DatabaseHealth"), keys(&health["database"]));
     }
 
     async fn docs_page_points_at_the_document(app) {
@@ -135,6 +163,26 @@ both_databases! {
         assert_eq!(reply.status(), 200);
         assert!(reply.text().await.unwrap().contains("/api/openapi.json"));
     }
+}
+
+/// A server without a METRICS_TOKEN keeps /metrics open (as before the token existed), and shows
+/// /health's detail to no one: there is no operator to prove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_metrics_token_metrics_are_open_and_health_detail_is_shown_to_none() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| raw.metrics_token = None).await;
+    app.send(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200);
+    let health = app
+        .send(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    assert_eq!(
+        keys(&health.body),
+        keys(&json!({"status": 0, "database": 0, "engine": 0}))
+    );
+    let with_some_token = app.get("/health", "anything-at-all").await.expect(200);
+    assert!(with_some_token.body["engine"].get("detail").is_none());
 }
 
 /// With the database gone, /health says so with a 503 (PostgreSQL: the database is dropped under the

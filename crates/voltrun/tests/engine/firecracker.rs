@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::json;
 use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::images::{FORMAT, ImageFile, Manifest, RootImage};
@@ -166,10 +165,7 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
         raw.vm_jailer = Some(jailed.to_string());
     })
     .await;
-    let health = app
-        .send(Method::GET, "/health", None, None)
-        .await
-        .expect(200);
+    let health = app.operator_get("/health").await.expect(200);
     let engine = &health.body["engine"];
     assert_eq!(engine["backend"], "firecracker", "{health:?}");
     let detail = engine["detail"].as_str().unwrap();
@@ -305,10 +301,7 @@ async fn auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why(
     else {
         return;
     };
-    let health = app
-        .send(Method::GET, "/health", None, None)
-        .await
-        .expect(200);
+    let health = app.operator_get("/health").await.expect(200);
     let engine = &health.body["engine"];
     assert_eq!(engine["backend"], "namespace", "{engine}");
     let detail = engine["detail"].as_str().unwrap();
@@ -421,10 +414,7 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
 
 /// How many snapshots the backend says it has ready (`/health`).
 async fn snapshots_ready(app: &TestApp) -> usize {
-    let health = app
-        .send(Method::GET, "/health", None, None)
-        .await
-        .expect(200);
+    let health = app.operator_get("/health").await.expect(200);
     let detail = health.body["engine"]["detail"]
         .as_str()
         .unwrap_or("")

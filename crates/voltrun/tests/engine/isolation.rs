@@ -174,11 +174,7 @@ async fn escapes_fail_from_inside_a_function() {
         assert_eq!(r[key], 1, "{key} must fail with EPERM: {r}");
     }
     assert_ne!(r["setuid0"], 0, "cannot become root");
-    let health = app
-        .send(Method::GET, "/health", None, None)
-        .await
-        .expect(200)
-        .body;
+    let health = app.operator_get("/health").await.expect(200).body;
     assert_eq!(health["engine"]["backend"], "namespace");
     assert_eq!(health["engine"]["ready"], true);
     // This host has writable cgroups, so nothing is degraded; elsewhere the warning says why.
