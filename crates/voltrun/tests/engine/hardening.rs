@@ -91,6 +91,8 @@ def probe():
         "io_uring_setup": errno_of(425, 4, ctypes.addressof(params)),
         "x32_getpid": errno_of(39 | 0x40000000),
         "keyctl": errno_of(250, 0, -3, 0),
+        "ptrace_traceme": errno_of(101, 0, 0, 0, 0),
+        "unshare_user_and_net": errno_of(272, 0x10000000 | 0x40000000),
     }
 
 def handler(event, context):
@@ -138,7 +140,14 @@ async fn seccomp_refuses_calls_the_kernel_would_otherwise_allow() {
     let run = invoke(&app, &user.access_token, &id, json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     const EPERM: i64 = 1;
-    for call in ["personality", "io_uring_setup", "x32_getpid", "keyctl"] {
+    for call in [
+        "personality",
+        "io_uring_setup",
+        "x32_getpid",
+        "keyctl",
+        "ptrace_traceme",
+        "unshare_user_and_net",
+    ] {
         assert_eq!(
             run["output"][call], EPERM,
             "{call} must be refused by the filter: sandbox {} (host {})",
@@ -149,6 +158,8 @@ async fn seccomp_refuses_calls_the_kernel_would_otherwise_allow() {
     assert_eq!(control["personality"], 0, "host: {control}");
     assert_eq!(control["io_uring_setup"], 0, "host: {control}");
     assert_ne!(control["x32_getpid"], EPERM, "host: {control}");
+    assert_eq!(control["ptrace_traceme"], 0, "host: {control}");
+    assert_eq!(control["unshare_user_and_net"], 0, "host: {control}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
