@@ -1,7 +1,7 @@
 //! Attacks from inside real functions. Each must fail while the server stays healthy.
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{deploy, engine_app, invoke};
 
