@@ -160,3 +160,20 @@ async fn large_uploads_past_the_cap_get_503_with_retry_after() {
         .expect(200);
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
+    let app = edge_app(|raw| raw.http_header_timeout_s = Some("1".into())).await;
+    let mut idle = TcpStream::connect(address(&app)).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer arrives and the connection stays open for the next request...
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // ...but a client that sends nothing more does not keep its slot past the header timeout.
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    let closed = closed.expect("the idle connection was kept open for 5 s");
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+}
