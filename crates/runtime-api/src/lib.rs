@@ -24,6 +24,9 @@ pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 pub const MAX_ERROR_TYPE_BYTES: usize = 256;
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4 * 1024;
 
+/// An error document's size at most (its stack trace included): what is kept of it is far smaller.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// Connections one instance's Runtime API serves at once. A runtime needs one or two; the rest wait
 /// in the kernel's accept queue, holding no descriptor or memory of the server's.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -192,8 +195,14 @@ pub fn router(
             "/2018-06-01/runtime/invocation/{id}/response",
             post(response),
         )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-        .route("/2018-06-01/runtime/init/error", post(init_error))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/error",
+            post(error).layer(DefaultBodyLimit::max(MAX_ERROR_BODY_BYTES)),
+        )
+        .route(
+            "/2018-06-01/runtime/init/error",
+            post(init_error).layer(DefaultBodyLimit::max(MAX_ERROR_BODY_BYTES)),
+        )
         // Error documents are read whole; `response` reads its body itself, within the same limit.
         .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES + 1))
         .with_state(state)
@@ -349,17 +358,25 @@ async fn response(
 /// Lambda's error document: `{"errorType", "errorMessage", "stackTrace"}`; the type may also come in
 /// the `Lambda-Runtime-Function-Error-Type` header.
 fn parse_error(headers: &HeaderMap, body: &[u8]) -> (String, String) {
-    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    // Only the two fields that are kept are read: a stack trace or any other member is skipped
+    // without being built (a `Value` of a JSON array takes many times the body's size).
+    #[derive(serde::Deserialize, Default)]
+    struct ErrorDoc {
+        #[serde(rename = "errorType")]
+        error_type: Option<String>,
+        #[serde(rename = "errorMessage")]
+        error_message: Option<String>,
+    }
+    let doc: ErrorDoc = serde_json::from_slice(body).unwrap_or_default();
     let header_type = headers
         .get("lambda-runtime-function-error-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let error_type = doc["errorType"]
-        .as_str()
-        .map(str::to_string)
+    let error_type = doc
+        .error_type
         .or(header_type)
         .unwrap_or_else(|| "Unhandled".into());
-    let message = match doc["errorMessage"].as_str() {
+    let message = match doc.error_message.as_deref() {
         Some(message) => cut(message, MAX_ERROR_MESSAGE_BYTES),
         None => cut(
             &String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_MESSAGE_BYTES + 4)]),
@@ -400,6 +417,14 @@ async fn init_error(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    // Initialisation ends once: with the first `next` (ready) or the first init error. Later calls
+    // are refused, as Lambda refuses them, and cost nothing.
+    if state
+        .ready_sent
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return StatusCode::FORBIDDEN;
+    }
     let (error_type, message) = parse_error(&headers, &body);
     let _ = state
         .signals
@@ -426,6 +451,44 @@ mod tests {
         );
         let (t, m) = parse_error(&headers, b"not json");
         assert_eq!((t.as_str(), m.as_str()), ("Runtime.X", "not json"));
+    }
+
+    async fn post(router: &Router, path: &str, body: Vec<u8>) -> StatusCode {
+        use tower::ServiceExt as _;
+        let request = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn init_errors_are_taken_once_and_error_documents_are_small() {
+        let (_next_tx, next_rx) = mpsc::channel(1);
+        let (signal_tx, mut signals) = signal_channel();
+        let router = router(next_rx, signal_tx);
+        let init = "/2018-06-01/runtime/init/error";
+        let doc = br#"{"errorType": "Boom", "errorMessage": "init failed"}"#.to_vec();
+        assert_eq!(post(&router, init, doc.clone()).await, StatusCode::ACCEPTED);
+        for _ in 0..100 {
+            assert_eq!(
+                post(&router, init, doc.clone()).await,
+                StatusCode::FORBIDDEN
+            );
+        }
+        assert!(matches!(
+            signals.try_recv(),
+            Ok(RuntimeSignal::InitError(_))
+        ));
+        assert!(signals.try_recv().is_err(), "only the first was queued");
+        let huge = format!("[{}0]", "0,".repeat(MAX_ERROR_BODY_BYTES));
+        let status = post(
+            &router,
+            "/2018-06-01/runtime/invocation/x/error",
+            huge.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
