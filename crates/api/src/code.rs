@@ -161,6 +161,19 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Runs a code check (inflating and walking an archive: CPU-bound, up to a fraction of a second for
+/// a hostile one) on a blocking thread, at most one per CPU at a time: requests that would check
+/// more wait their turn instead of taking every core.
+pub async fn checking<T: Send + 'static>(
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    static CHECKS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let _turn = CHECKS.acquire().await.map_err(ApiError::internal)?;
+    crate::routes::blocking(check).await
+}
+
 /// Checks an archive with the shared validator and returns its regular files.
 fn check_archive(bytes: &[u8]) -> Result<Vec<String>, ApiError> {
     match voltrun_bundle::inspect(bytes) {

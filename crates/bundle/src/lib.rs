@@ -30,6 +30,13 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_PATH_BYTES: usize = 1024;
 /// Links followed while resolving one link's target (the kernel's limit is 40).
 const MAX_LINK_HOPS: u32 = 40;
+/// Components in one path: deep enough for any real tree (`node_modules` nesting included), and it
+/// bounds the work each entry's checks take.
+pub const MAX_PATH_DEPTH: usize = 48;
+/// Path components walked while resolving all of an archive's links together: a hostile archive of
+/// thousands of long links cannot make a check (which runs at upload and again before extraction)
+/// take more than a fraction of a second.
+const MAX_RESOLVE_STEPS: usize = 200_000;
 
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
@@ -50,6 +57,8 @@ pub enum BundleError {
     Corrupt { entry: String, reason: String },
     #[error("symbolic link {0:?} points outside the archive")]
     LinkEscapes(String),
+    #[error("its links are too many or too deep to resolve (more than {MAX_RESOLVE_STEPS} steps)")]
+    TooComplex,
     #[error("code unzips to more than {} MiB", MAX_UNZIPPED_BYTES >> 20)]
     TooLarge,
     #[error("writing {path:?}: {source}")]
@@ -117,6 +126,11 @@ pub fn normalise_path(path: &str) -> Result<String, String> {
     }
     if parts.is_empty() {
         return Err(format!("{path:?} names no file"));
+    }
+    if parts.len() > MAX_PATH_DEPTH {
+        return Err(format!(
+            "{path:?} is more than {MAX_PATH_DEPTH} directories deep"
+        ));
     }
     Ok(parts.join("/"))
 }
@@ -234,51 +248,104 @@ fn check_tree(entries: &[Entry]) -> Result<(), BundleError> {
             links.insert(&entry.path, target);
         }
     }
+    let mut walk = Walk {
+        links: &links,
+        steps: 0,
+    };
     for entry in entries {
         if let EntryKind::Link { target } = &entry.kind {
-            let mut at: Vec<&str> = entry.path.split('/').collect();
-            at.pop();
-            let mut hops = 0;
-            if resolve(&mut at, target, &links, &mut hops).is_err() {
-                return Err(BundleError::LinkEscapes(entry.path.clone()));
+            let mut at = CurrentPath::default();
+            let (parent, _) = split(&entry.path);
+            for name in parent.split('/').filter(|p| !p.is_empty()) {
+                at.push(name);
+            }
+            match walk.resolve(&mut at, target, 0) {
+                Ok(()) => {}
+                Err(Stop::TooComplex) => return Err(BundleError::TooComplex),
+                Err(Stop::Escapes) => return Err(BundleError::LinkEscapes(entry.path.clone())),
             }
         }
     }
     Ok(())
 }
 
-/// Walks `target` from the directory `at` the way the kernel resolves a path, following the
-/// bundle's own links; fails if any step leaves the root (absolute, `..` above it, or a loop).
-/// Conservative: a name that does not exist is walked as if it were a directory.
-fn resolve<'a>(
-    at: &mut Vec<&'a str>,
-    target: &'a str,
-    links: &HashMap<&str, &'a str>,
-    hops: &mut u32,
-) -> Result<(), ()> {
-    if target.is_empty() || target.starts_with('/') {
-        return Err(());
+/// Why a resolution stopped.
+enum Stop {
+    Escapes,
+    TooComplex,
+}
+
+/// A path being walked, kept as one string (and the lengths to pop back to), so that looking up
+/// each step costs one hash of the path rather than joining its components again.
+#[derive(Default)]
+struct CurrentPath {
+    text: String,
+    lengths: Vec<usize>,
+}
+
+impl CurrentPath {
+    fn push(&mut self, name: &str) {
+        self.lengths.push(self.text.len());
+        if !self.text.is_empty() {
+            self.text.push('/');
+        }
+        self.text.push_str(name);
     }
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                at.pop().ok_or(())?;
+
+    fn pop(&mut self) -> bool {
+        match self.lengths.pop() {
+            Some(length) => {
+                self.text.truncate(length);
+                true
             }
-            name => {
-                at.push(name);
-                if let Some(next) = links.get(at.join("/").as_str()) {
-                    *hops += 1;
-                    if *hops > MAX_LINK_HOPS {
-                        return Err(());
+            None => false,
+        }
+    }
+}
+
+struct Walk<'a> {
+    links: &'a HashMap<&'a str, &'a str>,
+    /// Components walked so far, for all links together (see [`MAX_RESOLVE_STEPS`]).
+    steps: usize,
+}
+
+impl Walk<'_> {
+    /// Walks `target` from the directory `at` the way the kernel resolves a path, following the
+    /// bundle's own links; fails if any step leaves the root (absolute, `..` above it, or a loop).
+    /// Conservative: a name that does not exist is walked as if it were a directory.
+    fn resolve(&mut self, at: &mut CurrentPath, target: &str, hops: u32) -> Result<(), Stop> {
+        if target.is_empty() || target.starts_with('/') {
+            return Err(Stop::Escapes);
+        }
+        for part in target.split('/') {
+            self.steps += 1;
+            if self.steps > MAX_RESOLVE_STEPS {
+                return Err(Stop::TooComplex);
+            }
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if !at.pop() {
+                        return Err(Stop::Escapes);
                     }
-                    at.pop();
-                    resolve(at, next, links, hops)?;
+                }
+                name => {
+                    at.push(name);
+                    if at.lengths.len() > MAX_PATH_DEPTH * 2 {
+                        return Err(Stop::TooComplex);
+                    }
+                    if let Some(next) = self.links.get(at.text.as_str()) {
+                        if hops >= MAX_LINK_HOPS {
+                            return Err(Stop::Escapes);
+                        }
+                        at.pop();
+                        self.resolve(at, next, hops + 1)?;
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Checks `bytes` with [`inspect`] and writes the bundle into `dest`, an existing directory the
@@ -421,6 +488,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_costly_archive_is_refused_quickly() {
+        // Thousands of deep links with long targets: before the step budget, checking one took
+        // 18 s in a release build.
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        let deep = "d/".repeat(MAX_PATH_DEPTH - 1);
+        let target = format!("{}x", "e/".repeat(500));
+        for i in 0..2_000 {
+            writer
+                .add_symlink(format!("{deep}l{i}"), target.as_str(), options)
+                .unwrap();
+        }
+        let bytes = writer.finish().unwrap().into_inner();
+        let started = std::time::Instant::now();
+        assert!(matches!(inspect(&bytes), Err(BundleError::TooComplex)));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(normalise_path(&"d/".repeat(MAX_PATH_DEPTH + 1)).is_err());
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(normalise_path("./src//app.py").unwrap(), "src/app.py");
         for bad in [
@@ -440,9 +531,15 @@ mod tests {
     fn resolves(link: &str, target: &str, others: &[(&str, &str)]) -> bool {
         let mut links: HashMap<&str, &str> = others.iter().copied().collect();
         links.insert(link, target);
-        let mut at: Vec<&str> = link.split('/').collect();
-        at.pop();
-        resolve(&mut at, target, &links, &mut 0).is_ok()
+        let mut at = CurrentPath::default();
+        for name in split(link).0.split('/').filter(|p| !p.is_empty()) {
+            at.push(name);
+        }
+        let mut walk = Walk {
+            links: &links,
+            steps: 0,
+        };
+        walk.resolve(&mut at, target, 0).is_ok()
     }
 
     #[test]

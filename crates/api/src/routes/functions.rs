@@ -15,7 +15,6 @@ use voltrun_domain::function::{
     parse_max_retries, parse_memory_mb, parse_min_instances, parse_timeout_s, validate_env,
 };
 
-use super::blocking;
 use crate::SharedState;
 use crate::caller::FullAccess;
 use crate::code::{CodeBundle, CodeInput};
@@ -255,7 +254,8 @@ pub async fn create(
     let code_input = req.code;
     let checked_handler = handler.clone();
     let bundle =
-        blocking(move || CodeBundle::parse(code_input, family, &checked_handler)).await??;
+        crate::code::checking(move || CodeBundle::parse(code_input, family, &checked_handler))
+            .await??;
 
     let now = voltrun_storage::now();
     let record = FunctionRecord {
@@ -421,7 +421,7 @@ pub async fn update(
     let new_bundle = match req.code {
         Some(input) => {
             let h = handler.clone();
-            Some(blocking(move || CodeBundle::parse(input, family, &h)).await??)
+            Some(crate::code::checking(move || CodeBundle::parse(input, family, &h)).await??)
         }
         None if req.runtime.is_some() || req.handler.is_some() => {
             let bytes = state
@@ -434,7 +434,7 @@ pub async fn update(
                 current.code_filename.clone(),
                 handler.clone(),
             );
-            blocking(move || {
+            crate::code::checking(move || {
                 CodeBundle::from_stored(kind, bytes, filename)?.check_handler(family, &h)
             })
             .await??;
