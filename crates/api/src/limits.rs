@@ -1,8 +1,10 @@
 //! Limits on request bodies, enforced before any handler reads one: a deadline for the whole body
 //! (a client that drips a byte at a time would otherwise hold a connection and a growing buffer for
 //! as long as it likes; it gets a 408), and a cap on large uploads in flight (each can buffer up to
-//! ~67 MiB of function code; past the cap a 503 with `Retry-After`). Header timeouts and the
-//! connection cap are the server's (the binary's `edge`).
+//! ~67 MiB of function code; past the cap a 503 with `Retry-After`). Upload slots are taken only on
+//! the routes that accept code, after the caller is authenticated, and at most
+//! [`UPLOADS_PER_USER`] by one user: otherwise anyone could hold every slot with a few slow
+//! connections. Header timeouts and the connection cap are the server's (the binary's `edge`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use crate::caller::FullAccess;
 use crate::{ApiError, SharedState};
 
 /// Bodies larger than this (declared, or of unknown length) count as uploads.
@@ -30,11 +37,15 @@ pub struct BodyLimits {
     pub max_uploads: usize,
 }
 
+/// Uploads one user may have in flight at once.
+pub const UPLOADS_PER_USER: usize = 2;
+
 /// The limits and the upload permits, kept in the app state.
 #[derive(Debug)]
 pub struct BodyGate {
     deadline: Duration,
     uploads: Arc<Semaphore>,
+    per_user: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
 }
 
 impl BodyGate {
@@ -42,34 +53,109 @@ impl BodyGate {
         Self {
             deadline: limits.deadline,
             uploads: Arc::new(Semaphore::new(limits.max_uploads)),
+            per_user: std::sync::Mutex::default(),
+        }
+    }
+
+    fn per_user(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, usize>> {
+        // The map is consistent after every change, so a poisoned lock is still usable.
+        self.per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The caller of a route that accepts code (an access token or a `full` API key), holding an upload
+/// slot when its body is an upload.
+#[derive(Debug)]
+pub struct Uploader {
+    pub user_id: Uuid,
+    _slot: Option<UploadSlot>,
+}
+
+#[derive(Debug)]
+struct UploadSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    user_id: Uuid,
+    state: SharedState,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut per_user = self.state.bodies.per_user();
+        if let Some(n) = per_user.get_mut(&self.user_id) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user_id);
+            }
         }
     }
 }
 
-fn is_upload(req: &Request) -> bool {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE) {
+impl FromRequestParts<SharedState> for Uploader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let FullAccess(user_id) = FullAccess::from_request_parts(parts, state).await?;
+        if !is_upload(&parts.method, &parts.headers) {
+            return Ok(Self {
+                user_id,
+                _slot: None,
+            });
+        }
+        let gate = &state.bodies;
+        {
+            let mut per_user = gate.per_user();
+            let held = per_user.entry(user_id).or_default();
+            if *held >= UPLOADS_PER_USER {
+                return Err(ApiError::TooManyUploads);
+            }
+            *held += 1;
+        }
+        // From here the count is the slot's to give back, whatever happens.
+        let global = gate.uploads.clone().try_acquire_owned();
+        let slot = |permit| UploadSlot {
+            _global: permit,
+            user_id,
+            state: state.clone(),
+        };
+        match global {
+            Ok(permit) => Ok(Self {
+                user_id,
+                _slot: Some(slot(permit)),
+            }),
+            Err(_) => {
+                let mut per_user = gate.per_user();
+                if let Some(n) = per_user.get_mut(&user_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_user.remove(&user_id);
+                    }
+                }
+                Err(ApiError::TooManyUploads)
+            }
+        }
+    }
+}
+
+fn is_upload(method: &Method, headers: &axum::http::HeaderMap) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) {
         return false;
     }
-    match req
-        .headers()
+    match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
         Some(length) => length > UPLOAD_BYTES,
-        None => req.headers().contains_key(header::TRANSFER_ENCODING),
+        None => headers.contains_key(header::TRANSFER_ENCODING),
     }
 }
 
 pub async fn limit_bodies(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let gate = &state.bodies;
-    let _upload = if is_upload(&req) {
-        match gate.uploads.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return ApiError::TooManyUploads.into_response(),
-        }
-    } else {
-        None
-    };
     let expired = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| {
         Body::new(DeadlineBody {

@@ -20,6 +20,7 @@ use crate::caller::FullAccess;
 use crate::code::{CodeBundle, CodeInput};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, IdPath};
+use crate::limits::Uploader;
 use crate::pagination::{PageParams, Paginated};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -221,9 +222,10 @@ async fn stored_function(
         (status = 413, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
 pub async fn create(
     State(state): State<SharedState>,
-    FullAccess(user_id): FullAccess,
+    uploader: Uploader,
     ApiJson(req): ApiJson<CreateFunctionRequest>,
 ) -> ApiResult<(StatusCode, Json<FunctionResponse>)> {
+    let user_id = uploader.user_id;
     let name = FunctionName::parse(&req.name)?.into_inner();
     let description = parse_description(req.description.as_deref().unwrap_or_default())?;
     let family = parse_runtime(&state, &req.runtime)?;
@@ -373,10 +375,11 @@ pub async fn code(
         (status = 409, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
 pub async fn update(
     State(state): State<SharedState>,
-    FullAccess(user_id): FullAccess,
+    uploader: Uploader,
     IdPath(id): IdPath,
     ApiJson(req): ApiJson<UpdateFunctionRequest>,
 ) -> ApiResult<Json<FunctionResponse>> {
+    let user_id = uploader.user_id;
     // Parse everything before touching storage: bad input changes nothing.
     let name = req
         .name

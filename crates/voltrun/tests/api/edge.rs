@@ -177,3 +177,58 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     let closed = closed.expect("the idle connection was kept open for 5 s");
     assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
 }
+
+/// Starts an upload of `declared` bytes to `path` and sends only its first half, holding it open.
+async fn half_upload(app: &TestApp, path: &str, token: Option<&str>, declared: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(address(app)).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; declared / 2]).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_slots_go_only_to_authenticated_uploaders_and_a_few_per_user() {
+    let app = edge_app(|raw| raw.http_max_uploads = Some("4".into())).await;
+    let (hog, other) = (app.register().await, app.register().await);
+    // Anonymous clients stalling large bodies on any route hold no upload slot...
+    let mut anonymous = Vec::new();
+    for path in [
+        "/api/auth/login",
+        "/api/functions",
+        "/api/auth/register",
+        "/api/functions",
+    ] {
+        anonymous.push(half_upload(&app, path, None, 2 << 20).await);
+    }
+    // ...and one user holds at most two.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(half_upload(&app, "/api/functions", Some(&hog.access_token), 2 << 20).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let big = || vec![b' '; 2 << 20];
+    app.raw(
+        reqwest::Method::POST,
+        "/api/functions",
+        Some(&hog.access_token),
+        "application/json",
+        big(),
+    )
+    .await
+    .expect_error(503, "too_many_uploads");
+    // Another user still uploads (a body of spaces is then refused as empty JSON, after the read).
+    app.raw(
+        reqwest::Method::POST,
+        "/api/functions",
+        Some(&other.access_token),
+        "application/json",
+        big(),
+    )
+    .await
+    .expect(400);
+    drop((anonymous, held));
+}
