@@ -88,6 +88,12 @@ pub struct RawSettings {
     /// Client connections served at once; more wait to be accepted [default: 512]
     #[arg(long, env = "HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<String>,
+    /// Connections one client address may hold at once; more are closed at once (0: no cap, e.g. behind a proxy) [default: 64]
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<String>,
+    /// Seconds a response write may stay stuck on a client that does not read, before the connection is closed [default: 30]
+    #[arg(long, env = "HTTP_WRITE_TIMEOUT_S")]
+    pub http_write_timeout_s: Option<String>,
     /// Uploads over 1 MiB (function code) read at once; more get a 503 with Retry-After [default: 4]
     #[arg(long, env = "HTTP_MAX_UPLOADS")]
     pub http_max_uploads: Option<String>,
@@ -251,6 +257,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub header_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
+    /// 0: no cap.
+    pub max_connections_per_address: usize,
     pub body_timeout: std::time::Duration,
     pub max_connections: usize,
     pub max_uploads: usize,
@@ -557,6 +566,20 @@ impl Settings {
                     1,
                     3600,
                 )?),
+                write_timeout: std::time::Duration::from_secs(number(
+                    "HTTP_WRITE_TIMEOUT_S",
+                    raw.http_write_timeout_s.as_deref(),
+                    30,
+                    1,
+                    3600,
+                )?),
+                max_connections_per_address: number(
+                    "HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+                    raw.http_max_connections_per_address.as_deref(),
+                    64,
+                    0,
+                    1_000_000,
+                )?,
                 max_connections: number(
                     "HTTP_MAX_CONNECTIONS",
                     raw.http_max_connections.as_deref(),

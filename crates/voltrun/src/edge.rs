@@ -1,9 +1,11 @@
 //! The HTTP edge: accepts the API's connections and holds each client to what a public server can
 //! give it. A request's line and headers must arrive within the header timeout (a slowloris client
-//! that drips them is cut off), and at most `max_connections` are served at once; further clients
-//! wait in the kernel's accept queue, holding no descriptor or memory of the server's. Body deadlines
-//! and the upload cap live in the API's router (`voltrun_api::limits`), where errors get the API's
-//! format.
+//! that drips them is cut off, and so is an idle keep-alive connection); a response write that a
+//! client stops reading fails after the write timeout; at most `max_connections` are served at once
+//! (further clients wait in the kernel's accept queue, holding no descriptor or memory of the
+//! server's), and at most `max_connections_per_address` from one address (more are closed at once),
+//! so one client cannot take every slot. Body deadlines and the upload cap live in the API's router
+//! (`voltrun_api::limits`), where errors get the API's format.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -53,7 +56,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = per_address.take(peer.ip(), limits.max_connections_per_address)
+        else {
+            tracing::debug!(peer = %peer.ip(), "closing a connection past the per-address cap");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request
@@ -70,9 +79,138 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, address_slot));
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Connections held per client address.
+#[derive(Debug, Default)]
+struct PerAddress {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection counted against its address until dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    address: std::net::IpAddr,
+    of: Arc<PerAddress>,
+}
+
+impl PerAddress {
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        // The map is consistent after every change, so a poisoned lock is still usable.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more connection from `address`, or `None` at the cap (0: no cap).
+    fn take(self: &Arc<Self>, address: std::net::IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut held = self.held();
+        let count = held.entry(address).or_default();
+        if cap > 0 && *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            address,
+            of: self.clone(),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.of.held();
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// A connection whose writes fail once one has been stuck (the client not reading) for the timeout;
+/// progress resets the clock.
+#[derive(Debug)]
+struct WriteDeadline {
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    stuck_since: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: tokio::net::TcpStream, timeout: Duration) -> Self {
+        Self {
+            stream,
+            timeout,
+            stuck_since: None,
+        }
+    }
+
+    /// Turns a pending write into a timeout error once it has been pending for too long.
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        if polled.is_ready() {
+            self.stuck_since = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let deadline = self
+            .stuck_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.stream).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

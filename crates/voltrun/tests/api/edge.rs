@@ -143,17 +143,14 @@ async fn large_uploads_past_the_cap_get_503_with_retry_after() {
     first.write_all(head.as_bytes()).await.unwrap();
     first.write_all(&vec![b' '; 1 << 20]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = app
-        .raw(
-            reqwest::Method::POST,
-            "/api/functions",
-            Some(&user.access_token),
-            "application/json",
-            vec![b' '; 2 << 20],
-        )
-        .await
-        .expect_error(503, "too_many_uploads");
-    assert_eq!(second.headers["retry-after"], "1");
+    // The second is answered before its body is sent (reading it would be the work refused).
+    let second = upload_head(&app, &user.access_token).await;
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("retry-after: 1"),
+        "{second}"
+    );
+    assert!(second.contains("too_many_uploads"), "{second}");
     // Small requests are not uploads and go through meanwhile.
     app.get("/api/functions", &user.access_token)
         .await
@@ -178,57 +175,130 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
 }
 
-/// Starts an upload of `declared` bytes to `path` and sends only its first half, holding it open.
-async fn half_upload(app: &TestApp, path: &str, token: Option<&str>, declared: usize) -> TcpStream {
+/// Starts a chunked upload to `path` and sends only a first chunk, holding the connection open.
+async fn stalled_upload(app: &TestApp, path: &str, token: Option<&str>) -> TcpStream {
     let mut stream = TcpStream::connect(address(app)).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{{\"a\"\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&vec![b' '; declared / 2]).await.unwrap();
     stream
+}
+
+/// What the server answers a declared 2 MiB upload with before any of its body is sent (empty
+/// when it waits for the body).
+async fn upload_head(app: &TestApp, token: &str) -> String {
+    let mut stream = TcpStream::connect(address(app)).await.unwrap();
+    let head = format!(
+        "POST /api/functions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2 << 20
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .map_or(0, |r| r.unwrap_or(0));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The status line of [`upload_head`].
+async fn upload_status(app: &TestApp, token: &str) -> String {
+    let head = upload_head(app, token).await;
+    head.lines()
+        .next()
+        .unwrap_or("(no answer: waiting for the body)")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_slots_go_only_to_authenticated_uploaders_and_a_few_per_user() {
     let app = edge_app(|raw| raw.http_max_uploads = Some("4".into())).await;
     let (hog, other) = (app.register().await, app.register().await);
-    // Anonymous clients stalling large bodies on any route hold no upload slot...
-    let mut anonymous = Vec::new();
+    // Anonymous clients stalling chunked bodies on any route hold no upload slot...
+    let mut stalled = Vec::new();
     for path in [
         "/api/auth/login",
         "/api/functions",
         "/api/auth/register",
         "/api/functions",
     ] {
-        anonymous.push(half_upload(&app, path, None, 2 << 20).await);
+        stalled.push(stalled_upload(&app, path, None).await);
     }
     // ...and one user holds at most two.
-    let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(half_upload(&app, "/api/functions", Some(&hog.access_token), 2 << 20).await);
+        stalled.push(stalled_upload(&app, "/api/functions", Some(&hog.access_token)).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let big = || vec![b' '; 2 << 20];
-    app.raw(
-        reqwest::Method::POST,
-        "/api/functions",
-        Some(&hog.access_token),
-        "application/json",
-        big(),
+    assert!(
+        upload_status(&app, &hog.access_token)
+            .await
+            .starts_with("HTTP/1.1 503"),
+        "a third upload of one user is refused"
+    );
+    // Another user's upload is let in: the server waits for its body.
+    assert_eq!(
+        upload_status(&app, &other.access_token).await,
+        "(no answer: waiting for the body)"
+    );
+    drop(stalled);
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection_at_the_write_timeout() {
+    let app = edge_app(|raw| {
+        raw.http_max_connections = Some("1".into());
+        raw.http_write_timeout_s = Some("1".into());
+    })
+    .await;
+    // One connection, a tiny receive buffer, and many requests for a large document it never reads:
+    // the server's writes stall on it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket
+        .connect(address(&app).parse().unwrap())
+        .await
+        .unwrap();
+    let requests = "GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let _ = tokio::time::timeout(Duration::from_secs(2), hog.write_all(requests.as_bytes())).await;
+    // The only slot is freed once the stuck write times out.
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(8),
+        reqwest::get(format!("{}/health", app.base)),
     )
     .await
-    .expect_error(503, "too_many_uploads");
-    // Another user still uploads (a body of spaces is then refused as empty JSON, after the read).
-    app.raw(
-        reqwest::Method::POST,
-        "/api/functions",
-        Some(&other.access_token),
-        "application/json",
-        big(),
-    )
-    .await
-    .expect(400);
-    drop((anonymous, held));
+    .expect("served once the stuck connection was closed")
+    .unwrap()
+    .status();
+    assert_eq!(status, 200, "after {:?}", started.elapsed());
+    drop(hog);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    let app = edge_app(|raw| raw.http_max_connections_per_address = Some("2".into())).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(address(&app)).await.unwrap();
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (reply, closed) = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(
+        reply.is_empty() && closed.is_some(),
+        "a third connection was served: {reply:?}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.send(reqwest::Method::GET, "/health", None, None)
+        .await
+        .expect(200);
 }
