@@ -661,12 +661,16 @@ macro_rules! store_impl {
 
             async fn claim_async(&self, node: &str, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<ExecutionRecord>> {
                 let _turn = self.write_turn().await;
-                // Rank each due execution within its user's (oldest first), then take the first of
-                // every user before anyone's second.
+                // Users with fewer executions running now go first (so a backlog cannot keep the
+                // slots as they free one at a time); then each due execution is ranked within its
+                // user's (oldest first), and the first of every user comes before anyone's second.
                 let due = sqlx::query(
-                    "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS turn \
+                    "SELECT due.id FROM (SELECT id, user_id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS turn \
                      FROM executions WHERE status = 'queued' AND invocation_type = 'async' \
-                     AND (not_before IS NULL OR not_before <= $1)) AS due ORDER BY turn, id LIMIT $2",
+                     AND (not_before IS NULL OR not_before <= $1)) AS due \
+                     LEFT JOIN (SELECT user_id, COUNT(*) AS running FROM executions WHERE status = 'running' \
+                     GROUP BY user_id) AS busy ON busy.user_id = due.user_id \
+                     ORDER BY COALESCE(busy.running, 0), due.turn, due.id LIMIT $2",
                 )
                 .bind(now)
                 .bind(i64::from(limit))

@@ -55,6 +55,21 @@ both_databases! {
         store.close().await;
     }
 
+    async fn a_tenant_with_work_running_waits_behind_one_with_none(app) {
+        // Slots free one at a time: each claim takes one. The backlogged tenant's oldest would win
+        // every time on age alone.
+        let (busy, quiet) = (app.register().await, app.register().await);
+        let f = app.create_function(&busy.access_token, "backlog").await["id"].as_str().unwrap().to_string();
+        let g = app.create_function(&quiet.access_token, "single").await["id"].as_str().unwrap().to_string();
+        queue(&app, &busy.id, &f, 10).await;
+        let store = app.store().await;
+        assert_eq!(store.claim_async("node-a", voltrun_storage::now(), 1).await.unwrap().len(), 1);
+        let single = queue(&app, &quiet.id, &g, 1).await;
+        let next = store.claim_async("node-a", voltrun_storage::now(), 1).await.unwrap();
+        assert_eq!(next[0].id, single[0], "the tenant with nothing running goes next");
+        store.close().await;
+    }
+
     async fn a_claim_released_for_capacity_gives_its_attempt_back(app) {
         let user = app.register().await;
         let f = app.create_function(&user.access_token, "busy").await["id"].as_str().unwrap().to_string();
