@@ -147,6 +147,9 @@ fn visible_source(shared: &Path, source: &Path) -> PathBuf {
 /// runs outside every namespace and filter.
 pub const LAUNCHER_ENV: &[(&str, &str)] = &[("PATH", "/usr/bin:/bin")];
 
+/// The size of a sandbox's `/dev/shm` (POSIX shared memory, semaphores), or of its `/tmp` if smaller.
+const SHM_SIZE_BYTES: u64 = 64 << 20;
+
 /// bubblewrap reads its options from a pipe filled before it starts; more would block the spawner.
 const MAX_ARGS_BYTES: usize = 60 * 1024;
 
@@ -295,6 +298,15 @@ fn bwrap_options(spec: &SandboxSpec, shared: &Path, seccomp_fds: &[i32]) -> Vec<
         "--proc".into(),
         "/proc".into(),
         "--dev".into(),
+        "/dev".into(),
+        // bubblewrap's /dev is a tmpfs without a size, and `--remount-ro /` leaves it writable:
+        // /dev/shm gets a size-limited tmpfs of its own and the rest of /dev is read-only (device
+        // nodes stay usable: writing to /dev/null modifies no file system).
+        "--size".into(),
+        SHM_SIZE_BYTES.min(spec.tmp_size_bytes).to_string(),
+        "--tmpfs".into(),
+        "/dev/shm".into(),
+        "--remount-ro".into(),
         "/dev".into(),
         "--remount-ro".into(),
         "/".into(),

@@ -40,6 +40,13 @@ def status_field(name):
         if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
 
+def fill_shm():
+    chunk = b"x" * (1 << 20)
+    with open("/dev/shm/big", "wb") as f:
+        for _ in range(100):
+            f.write(chunk)
+            f.flush()
+
 def find_marker(marker, roots):
     # Every readable file under these roots that contains the other tenant's marker.
     found = []
@@ -80,6 +87,9 @@ def handler(event, context):
         "write_usr": attempt(lambda: open("/usr/evil", "w").write("x")),
         "write_root": attempt(lambda: open("/evil", "w").write("x")),
         "write_tmp": attempt(lambda: open("/tmp/fine", "w").write("x")),
+        "write_dev": attempt(lambda: open("/dev/evil", "w").write("x")),
+        "dev_null": attempt(lambda: open("/dev/null", "w").write("x")),
+        "fill_shm": attempt(fill_shm),
         "mount": syscall_errno("mount", b"none", b"/tmp", b"tmpfs", 0, None),
         "unshare_user": syscall_errno("unshare", 0x10000000),
         "unshare_net": syscall_errno("unshare", 0x40000000),
@@ -238,6 +248,10 @@ async fn escapes_fail_from_inside_a_function() {
         assert_eq!(r[key], EROFS, "{key} fails as a read-only file system: {r}");
     }
     assert_eq!(r["write_tmp"], 0, "/tmp is writable: {r}");
+    const ENOSPC: i64 = 28;
+    assert_eq!(r["write_dev"], EROFS, "/dev is read-only: {r}");
+    assert_eq!(r["dev_null"], 0, "/dev/null still takes writes: {r}");
+    assert_eq!(r["fill_shm"], ENOSPC, "/dev/shm is size-limited: {r}");
     // Without capabilities (not the seccomp filter, whose refusals hardening.rs checks against a
     // host control run).
     for key in ["mount", "unshare_user", "unshare_net", "ptrace"] {
