@@ -317,6 +317,20 @@ fn stage_skeleton(staging: &Path, agent: &[u8], runtime: &str) -> Result<(), Bui
     Ok(())
 }
 
+/// Files, directories and links below `dir`, links not followed.
+fn tree_entries(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => 1 + tree_entries(&entry.path()),
+            _ => 1,
+        })
+        .sum()
+}
+
 fn tree_bytes(dir: &Path) -> u64 {
     let mut files = Vec::new();
     let _ = walk(dir, &mut files, &|_| false);
@@ -332,6 +346,9 @@ fn tree_bytes(dir: &Path) -> u64 {
 pub fn make_ext4(staging: &Path, image: &Path, label: &str) -> Result<(), BuildError> {
     // Room for metadata and per-file block rounding: 25% plus 16 MiB.
     let mib = ((tree_bytes(staging) / 4 * 5) >> 20) + 16;
+    // An inode for every entry, with room: the default ratio gives a small image about a thousand,
+    // which a tree of many empty files (a bundle can hold 10,000 entries) would run out of.
+    let inodes = tree_entries(staging) * 5 / 4 + 64;
     let _ = std::fs::remove_file(image);
     output(
         Command::new("mkfs.ext4")
@@ -342,6 +359,8 @@ pub fn make_ext4(staging: &Path, image: &Path, label: &str) -> Result<(), BuildE
                 "0",
                 "-O",
                 "^has_journal",
+                "-N",
+                &inodes.to_string(),
                 "-E",
                 "root_owner=0:0",
                 "-L",

@@ -297,3 +297,22 @@ async fn run_function_in_tree(tree: &Path) {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_code_drive_holds_thousands_of_empty_files() {
+    // A bundle may hold up to 10,000 entries of no size: the image needs an inode for each, which a
+    // size-based image of 16 MiB does not have by default (about a thousand).
+    let dir = TempDir::new("many-files");
+    let tree = dir.0.join("tree");
+    for d in 0..10 {
+        let sub = tree.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..500 {
+            std::fs::write(sub.join(format!("f{f}")), b"").unwrap();
+        }
+    }
+    let image = dir.0.join("code.ext4");
+    voltrun_vm::image_build::make_ext4(&tree, &image, "code").expect("the image is made");
+    let listing = debugfs(&image, "ls -l /d9");
+    assert!(listing.contains("f499"), "{listing}");
+}
