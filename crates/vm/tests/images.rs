@@ -312,7 +312,7 @@ fn a_code_drive_holds_thousands_of_empty_files() {
         }
     }
     let image = dir.0.join("code.ext4");
-    make_ext4(&tree, &image, "code").expect("the image is made");
+    image_build::make_ext4(&tree, &image, "code").expect("the image is made");
     let listing = debugfs(&image, "ls -l /d9");
     assert!(listing.contains("f499"), "{listing}");
 }
