@@ -369,7 +369,11 @@ impl Setup {
             updated_at: now,
         };
         self.store
-            .create_function(&function, source.as_bytes())
+            .create_function(
+                &function,
+                source.as_bytes(),
+                &voltrun_storage::UserQuotas::UNLIMITED,
+            )
             .await
             .unwrap();
         function

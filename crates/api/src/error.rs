@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use voltrun_auth::RetryAfter;
 use voltrun_domain::ValidationError;
-use voltrun_storage::StoreError;
+use voltrun_storage::{Quota, QuotaExceeded, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -39,6 +39,12 @@ pub enum ApiError {
     EngineUnavailable(String),
     #[error("the server is overloaded; retry later")]
     Overloaded,
+    /// A per-user limit on what is stored (functions, code): 403, as retrying will not help.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The user's queue of asynchronous executions is full: 429, as it drains by itself.
+    #[error("{0}")]
+    QueueFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -84,6 +90,8 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            Self::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -93,6 +101,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::QuotaExceeded(q) => Self::from(q),
             StoreError::Corrupt(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)
@@ -100,6 +109,37 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+/// The refusal, in words naming the limit, the use and the setting that raises it.
+impl From<QuotaExceeded> for ApiError {
+    fn from(q: QuotaExceeded) -> Self {
+        let QuotaExceeded {
+            quota,
+            limit,
+            used,
+            requested,
+        } = q;
+        match quota {
+            Quota::Functions => Self::QuotaExceeded(format!(
+                "function quota exceeded: you have {used} functions and the limit is {limit} per user \
+                 (QUOTA_FUNCTIONS_PER_USER); delete one first"
+            )),
+            Quota::CodeBytes => Self::QuotaExceeded(format!(
+                "code storage quota exceeded: your functions' code takes {used} bytes, this code \
+                 would add {requested}, and the limit is {limit} bytes per user \
+                 (QUOTA_CODE_MB_PER_USER, each function's code counted whole)"
+            )),
+            Quota::QueuedExecutions => Self::QueueFull(format!(
+                "your queue of asynchronous executions is full: {used} queued and the limit is \
+                 {limit} per user (QUOTA_QUEUED_EXECUTIONS_PER_USER); retry once some have run"
+            )),
+        }
+    }
+}
+
+/// How long a client whose queue is full is asked to wait: the dispatcher works through queues in
+/// seconds, not minutes.
+const QUEUE_FULL_RETRY_AFTER_S: u64 = 5;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -125,6 +165,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::QueueFull(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(QUEUE_FULL_RETRY_AFTER_S),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// A unique constraint refused the write; the payload names the constraint's subject.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// A per-user quota refused the write; nothing was written.
+    #[error(transparent)]
+    QuotaExceeded(QuotaExceeded),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -33,6 +36,48 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A per-user limit (see [`UserQuotas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Functions a user has.
+    Functions,
+    /// Bytes of code over a user's functions, each function's code counted whole (two functions
+    /// with identical code count it twice, though it is stored once).
+    CodeBytes,
+    /// A user's asynchronous executions waiting in the queue (status `queued`, retries included).
+    QueuedExecutions,
+}
+
+/// What a refused write would have taken past its quota.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{quota:?} quota exceeded: {used} in use, {requested} more asked for, limit {limit}")]
+pub struct QuotaExceeded {
+    pub quota: Quota,
+    pub limit: u64,
+    /// What the user holds now.
+    pub used: u64,
+    /// What the refused write would have added (1 function, the upload's bytes, 1 execution).
+    pub requested: u64,
+}
+
+/// Per-user limits checked by the writes that add to them; `None` is unlimited. Each check runs in
+/// the transaction of the write it guards, after locking the user's row, so concurrent requests of
+/// one user (through any server sharing the database) take turns and cannot overshoot together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserQuotas {
+    pub max_functions: Option<u64>,
+    pub max_code_bytes: Option<u64>,
+    pub max_queued_executions: Option<u64>,
+}
+
+impl UserQuotas {
+    pub const UNLIMITED: Self = Self {
+        max_functions: None,
+        max_code_bytes: None,
+        max_queued_executions: None,
+    };
+}
 
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
@@ -131,17 +176,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn get_code(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
 
-    /// Stores the function and its code (content-addressed: identical code is stored once).
-    async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()>;
+    /// Stores the function and its code (content-addressed: identical code is stored once), unless
+    /// that would take the user past `quotas` (functions, code bytes): then
+    /// [`StoreError::QuotaExceeded`] and nothing is written.
+    async fn create_function(
+        &self,
+        f: &FunctionRecord,
+        code: &[u8],
+        quotas: &UserQuotas,
+    ) -> StoreResult<()>;
     async fn get_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<FunctionRecord>>;
     async fn list_functions(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<FunctionRecord>>;
     /// Writes `f` (and `new_code`, when the code changed) if the stored version is still
     /// `expected_version`; false when a concurrent update won. Code no function uses any more is removed.
+    /// New code larger than the old is checked against the code-bytes quota
+    /// ([`StoreError::QuotaExceeded`], nothing written); code that does not grow always passes.
     async fn update_function(
         &self,
         f: &FunctionRecord,
         expected_version: i64,
         new_code: Option<&[u8]>,
+        quotas: &UserQuotas,
     ) -> StoreResult<bool>;
     /// Deletes the function and, when no other function uses it, its code.
     async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
@@ -149,6 +204,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts a new execution as given: queued, or already running (a synchronous call starts at
     /// once, so it is recorded running in one write: `started_at`, `node` and `attempts` are stored).
     async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
+    /// Inserts a queued asynchronous execution unless its user already has
+    /// `quotas.max_queued_executions` queued ([`StoreError::QuotaExceeded`], nothing written).
+    async fn enqueue_execution(&self, e: &ExecutionRecord, quotas: &UserQuotas) -> StoreResult<()>;
     async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>>;
     async fn list_executions(
         &self,

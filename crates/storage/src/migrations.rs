@@ -20,12 +20,14 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "async retries", include_str!("../migrations/postgres/0002_async_retries.sql")),
     (3, "capacity", include_str!("../migrations/postgres/0003_capacity.sql")),
+    (4, "retention and quotas", include_str!("../migrations/postgres/0004_retention_quotas.sql")),
 ];
 #[rustfmt::skip]
 const SQLITE: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "async retries", include_str!("../migrations/sqlite/0002_async_retries.sql")),
     (3, "capacity", include_str!("../migrations/sqlite/0003_capacity.sql")),
+    (4, "retention and quotas", include_str!("../migrations/sqlite/0004_retention_quotas.sql")),
 ];
 
 pub(crate) fn migrator(flavour: Flavour) -> Migrator {
@@ -102,7 +104,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -140,6 +142,6 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
     }
 }

@@ -73,6 +73,15 @@ pub struct RawSettings {
     /// Uploads over 1 MiB (function code) read at once; more get a 503 with Retry-After [default: 4]
     #[arg(long, env = "HTTP_MAX_UPLOADS")]
     pub http_max_uploads: Option<String>,
+    /// Functions one user may have; 0 for no limit [default: 100]
+    #[arg(long, env = "QUOTA_FUNCTIONS_PER_USER")]
+    pub quota_functions_per_user: Option<String>,
+    /// MiB of code one user's functions may hold together, each function's code counted whole; 0 for no limit [default: 1024]
+    #[arg(long, env = "QUOTA_CODE_MB_PER_USER")]
+    pub quota_code_mb_per_user: Option<String>,
+    /// Asynchronous executions one user may have queued; past it, 429 queue_full; 0 for no limit [default: 1000]
+    #[arg(long, env = "QUOTA_QUEUED_EXECUTIONS_PER_USER")]
+    pub quota_queued_executions_per_user: Option<String>,
     /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
@@ -167,6 +176,14 @@ pub struct EngineSettings {
     pub retry_backoff_ms: u64,
 }
 
+/// Per-user limits (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub functions: Option<u64>,
+    pub code_bytes: Option<u64>,
+    pub queued_executions: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -222,6 +239,7 @@ pub struct Settings {
     pub db_max_connections: u32,
     pub http: HttpLimits,
     pub engine: EngineSettings,
+    pub quotas: Quotas,
 }
 
 /// What one client may hold of the HTTP server (see `edge`).
@@ -280,6 +298,17 @@ fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
         return Err(bad(variable, format!("{value} is outside {min}..={max}")));
     }
     Ok(value)
+}
+
+/// A limit where 0 means none.
+fn limit(
+    variable: &'static str,
+    raw: Option<&str>,
+    default: u64,
+    max: u64,
+) -> Result<Option<u64>, ConfigError> {
+    let value = number(variable, raw, default, 0, max)?;
+    Ok((value > 0).then_some(value))
 }
 
 fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigError> {
@@ -591,6 +620,27 @@ impl Settings {
                     3_600_000,
                 )?,
             },
+            quotas: Quotas {
+                functions: limit(
+                    "QUOTA_FUNCTIONS_PER_USER",
+                    raw.quota_functions_per_user.as_deref(),
+                    100,
+                    1_000_000,
+                )?,
+                code_bytes: limit(
+                    "QUOTA_CODE_MB_PER_USER",
+                    raw.quota_code_mb_per_user.as_deref(),
+                    1024,
+                    1 << 20,
+                )?
+                .map(|mib| mib << 20),
+                queued_executions: limit(
+                    "QUOTA_QUEUED_EXECUTIONS_PER_USER",
+                    raw.quota_queued_executions_per_user.as_deref(),
+                    1000,
+                    100_000_000,
+                )?,
+            },
         })
     }
 }
@@ -785,6 +835,42 @@ mod tests {
     }
 
     #[test]
+    fn quotas_default_on_and_zero_lifts_each() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(
+            defaults.quotas,
+            Quotas {
+                functions: Some(100),
+                code_bytes: Some(1024 << 20),
+                queued_executions: Some(1000),
+            }
+        );
+        let off = RawSettings {
+            quota_functions_per_user: Some("0".into()),
+            quota_code_mb_per_user: Some("0".into()),
+            quota_queued_executions_per_user: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(
+            Settings::from_raw(off).unwrap().quotas,
+            Quotas {
+                functions: None,
+                code_bytes: None,
+                queued_executions: None,
+            }
+        );
+        let custom = RawSettings {
+            quota_code_mb_per_user: Some("2".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(
+            Settings::from_raw(custom).unwrap().quotas.code_bytes,
+            Some(2 << 20)
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let dir = tmp();
         let cases: Vec<(&str, RawSettings)> = vec![
@@ -841,6 +927,27 @@ mod tests {
                 "TRUST_FORWARDED_FOR",
                 RawSettings {
                     trust_forwarded_for: Some("maybe".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "QUOTA_FUNCTIONS_PER_USER",
+                RawSettings {
+                    quota_functions_per_user: Some("-1".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "QUOTA_CODE_MB_PER_USER",
+                RawSettings {
+                    quota_code_mb_per_user: Some("1GB".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "QUOTA_QUEUED_EXECUTIONS_PER_USER",
+                RawSettings {
+                    quota_queued_executions_per_user: Some("lots".into()),
                     ..dev(&dir)
                 },
             ),

@@ -315,6 +315,11 @@ impl Application {
                 deadline: settings.http.body_timeout,
                 max_uploads: settings.http.max_uploads,
             },
+            quotas: voltrun_storage::UserQuotas {
+                max_functions: settings.quotas.functions,
+                max_code_bytes: settings.quotas.code_bytes,
+                max_queued_executions: settings.quotas.queued_executions,
+            },
         };
         let state = Arc::new(AppState::new(store.clone(), engine, config)?);
         let router = voltrun_api::router(state);

@@ -10,5 +10,6 @@ mod edge;
 mod executions;
 mod functions;
 mod keys;
+mod quotas;
 mod system;
 mod tenancy;
