@@ -79,6 +79,13 @@ impl UserQuotas {
     };
 }
 
+/// What one step of retention deleted (see [`Store::prune_executions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub log_lines: u64,
+    pub executions: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
     pub id: Uuid,
@@ -260,6 +267,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         user_id: Uuid,
         id: Uuid,
     ) -> StoreResult<Option<(Vec<LogLine>, bool)>>;
+
+    /// One bounded step of retention over executions that finished before `before` (queued and
+    /// running ones are never touched): deletes up to `limit` of their log lines or, once they have
+    /// none left, up to `limit` of the executions themselves (their attempts go with them, at most a
+    /// few each). Each step is one statement; all zero means nothing is left to prune.
+    async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned>;
 }
 
 /// Opens the database a `DATABASE_URL` names and runs the migrations.

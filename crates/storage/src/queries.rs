@@ -14,8 +14,8 @@ use voltrun_domain::user::User;
 
 use crate::migrations::{Flavour, migrator};
 use crate::{
-    ApiKeyRecord, ExecutionFilter, NewRefreshToken, NextRefreshToken, Page, PoolStats, Quota,
-    QuotaExceeded, RefreshOutcome, Store, StoreError, StoreResult, UserQuotas,
+    ApiKeyRecord, ExecutionFilter, NewRefreshToken, NextRefreshToken, Page, PoolStats, Pruned,
+    Quota, QuotaExceeded, RefreshOutcome, Store, StoreError, StoreResult, UserQuotas,
 };
 
 /// UUID encoding per driver: native on PostgreSQL.
@@ -927,6 +927,36 @@ macro_rules! store_impl {
                     })
                     .collect::<StoreResult<Vec<_>>>()?;
                 Ok(Some((lines, truncated)))
+            }
+
+            async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned> {
+                let _turn = self.write_turn().await;
+                // Log lines first, a bounded number per statement: an execution may have thousands,
+                // and deleting it would take them all in one statement (ON DELETE CASCADE).
+                let log_lines = sqlx::query(
+                    "DELETE FROM execution_logs WHERE (execution_id, seq) IN \
+                     (SELECT l.execution_id, l.seq FROM execution_logs l JOIN executions e ON e.id = l.execution_id \
+                      WHERE e.finished_at < $1 AND e.status NOT IN ('queued', 'running') LIMIT $2)",
+                )
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if log_lines > 0 {
+                    return Ok(Pruned { log_lines, executions: 0 });
+                }
+                // No log lines left among them: the cascade takes only their attempts (a few each).
+                let executions = sqlx::query(
+                    "DELETE FROM executions WHERE id IN \
+                     (SELECT id FROM executions WHERE finished_at < $1 AND status NOT IN ('queued', 'running') LIMIT $2)",
+                )
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(Pruned { log_lines: 0, executions })
             }
         }
 

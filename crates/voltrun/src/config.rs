@@ -82,6 +82,12 @@ pub struct RawSettings {
     /// Asynchronous executions one user may have queued; past it, 429 queue_full; 0 for no limit [default: 1000]
     #[arg(long, env = "QUOTA_QUEUED_EXECUTIONS_PER_USER")]
     pub quota_queued_executions_per_user: Option<String>,
+    /// Days finished executions and their logs are kept; 0 keeps them forever [default: 30]
+    #[arg(long, env = "EXECUTION_RETENTION_DAYS")]
+    pub execution_retention_days: Option<String>,
+    /// Seconds between looks for executions past retention [default: 3600]
+    #[arg(long, env = "EXECUTION_RETENTION_INTERVAL_S")]
+    pub execution_retention_interval_s: Option<String>,
     /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
@@ -184,6 +190,14 @@ pub struct Quotas {
     pub queued_executions: Option<u64>,
 }
 
+/// How long execution records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// `None` keeps them forever.
+    pub keep_days: Option<u32>,
+    pub interval: std::time::Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -240,6 +254,7 @@ pub struct Settings {
     pub http: HttpLimits,
     pub engine: EngineSettings,
     pub quotas: Quotas,
+    pub retention: RetentionSettings,
 }
 
 /// What one client may hold of the HTTP server (see `edge`).
@@ -641,6 +656,22 @@ impl Settings {
                     100_000_000,
                 )?,
             },
+            retention: RetentionSettings {
+                keep_days: limit(
+                    "EXECUTION_RETENTION_DAYS",
+                    raw.execution_retention_days.as_deref(),
+                    30,
+                    36_500,
+                )?
+                .map(|days| u32::try_from(days).unwrap_or(u32::MAX)),
+                interval: std::time::Duration::from_secs(number(
+                    "EXECUTION_RETENTION_INTERVAL_S",
+                    raw.execution_retention_interval_s.as_deref(),
+                    3600,
+                    1,
+                    7 * 86_400,
+                )?),
+            },
         })
     }
 }
@@ -871,6 +902,22 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_to_thirty_days_and_zero_keeps_executions_forever() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(defaults.retention.keep_days, Some(30));
+        assert_eq!(
+            defaults.retention.interval,
+            std::time::Duration::from_secs(3600)
+        );
+        let off = RawSettings {
+            execution_retention_days: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(Settings::from_raw(off).unwrap().retention.keep_days, None);
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let dir = tmp();
         let cases: Vec<(&str, RawSettings)> = vec![
@@ -948,6 +995,20 @@ mod tests {
                 "QUOTA_QUEUED_EXECUTIONS_PER_USER",
                 RawSettings {
                     quota_queued_executions_per_user: Some("lots".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "EXECUTION_RETENTION_DAYS",
+                RawSettings {
+                    execution_retention_days: Some("100000".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "EXECUTION_RETENTION_INTERVAL_S",
+                RawSettings {
+                    execution_retention_interval_s: Some("0".into()),
                     ..dev(&dir)
                 },
             ),

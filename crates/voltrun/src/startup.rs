@@ -28,6 +28,7 @@ pub struct Application {
     local_engine: Option<Arc<LocalEngine>>,
     shutdown_timeout: Duration,
     http: crate::config::HttpLimits,
+    retention: crate::config::RetentionSettings,
 }
 
 /// Starts the instances functions keep warm (`min_instances`), without delaying start-up.
@@ -334,6 +335,7 @@ impl Application {
             local_engine,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_s),
             http: settings.http,
+            retention: settings.retention,
         })
     }
 
@@ -352,6 +354,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
+        let retention = crate::retention::start(self.store.clone(), self.retention);
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
         let server = crate::edge::serve(self.listener, self.router, self.http, async move {
             shutdown.await;
@@ -374,6 +377,10 @@ impl Application {
         }
         if let Some(engine) = &self.local_engine {
             engine.shutdown().await;
+        }
+        // A pruning step in flight is one statement: stopping between them loses nothing.
+        if let Some(retention) = retention {
+            retention.abort();
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -11,5 +11,6 @@ mod executions;
 mod functions;
 mod keys;
 mod quotas;
+mod retention;
 mod system;
 mod tenancy;
