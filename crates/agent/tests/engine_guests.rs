@@ -308,6 +308,7 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         max_processes: 64,
         node: "test".into(),
         selection: None,
+        code_gc_after: None,
     };
     let engine = LocalEngine::with_guests(
         config,

@@ -273,6 +273,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// none left, up to `limit` of the executions themselves (their attempts go with them, at most a
     /// few each). Each step is one statement; all zero means nothing is left to prune.
     async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned>;
+    /// Whether any function (of any user) runs the code `sha256`: the engine's code cache keeps
+    /// what is referenced.
+    async fn code_referenced(&self, sha256: &str) -> StoreResult<bool>;
 }
 
 /// Opens the database a `DATABASE_URL` names and runs the migrations.

@@ -958,6 +958,14 @@ macro_rules! store_impl {
                 .rows_affected();
                 Ok(Pruned { log_lines: 0, executions })
             }
+
+            async fn code_referenced(&self, sha256: &str) -> StoreResult<bool> {
+                Ok(sqlx::query("SELECT 1 FROM functions WHERE code_sha256 = $1 LIMIT 1")
+                    .bind(sha256)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .is_some())
+            }
         }
 
         impl $store {

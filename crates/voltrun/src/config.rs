@@ -88,6 +88,9 @@ pub struct RawSettings {
     /// Seconds between looks for executions past retention [default: 3600]
     #[arg(long, env = "EXECUTION_RETENTION_INTERVAL_S")]
     pub execution_retention_interval_s: Option<String>,
+    /// Seconds unpacked code no function references stays on disk after its last use; 0 keeps it forever [default: 3600]
+    #[arg(long, env = "ENGINE_CODE_GC_AFTER_S")]
+    pub engine_code_gc_after_s: Option<String>,
     /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
@@ -180,6 +183,8 @@ pub struct EngineSettings {
     pub max_processes: u64,
     pub async_parallelism: usize,
     pub retry_backoff_ms: u64,
+    /// Unreferenced code is removed this long after its last use; `None` keeps it.
+    pub code_gc_after: Option<std::time::Duration>,
 }
 
 /// Per-user limits (`None`: unlimited).
@@ -634,6 +639,13 @@ impl Settings {
                     0,
                     3_600_000,
                 )?,
+                code_gc_after: limit(
+                    "ENGINE_CODE_GC_AFTER_S",
+                    raw.engine_code_gc_after_s.as_deref(),
+                    3600,
+                    30 * 86_400,
+                )?
+                .map(std::time::Duration::from_secs),
             },
             quotas: Quotas {
                 functions: limit(
@@ -918,6 +930,21 @@ mod tests {
     }
 
     #[test]
+    fn code_collection_defaults_to_an_hour_and_zero_keeps_code_forever() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(
+            defaults.engine.code_gc_after,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let off = RawSettings {
+            engine_code_gc_after_s: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(Settings::from_raw(off).unwrap().engine.code_gc_after, None);
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let dir = tmp();
         let cases: Vec<(&str, RawSettings)> = vec![
@@ -1009,6 +1036,13 @@ mod tests {
                 "EXECUTION_RETENTION_INTERVAL_S",
                 RawSettings {
                     execution_retention_interval_s: Some("0".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "ENGINE_CODE_GC_AFTER_S",
+                RawSettings {
+                    engine_code_gc_after_s: Some("soon".into()),
                     ..dev(&dir)
                 },
             ),

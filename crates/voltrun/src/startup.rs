@@ -158,6 +158,7 @@ fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineCo
         max_processes: e.max_processes,
         node: node_name(),
         selection,
+        code_gc_after: e.code_gc_after,
     }
 }
 

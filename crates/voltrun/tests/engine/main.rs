@@ -8,6 +8,7 @@
 mod helpers;
 
 mod asynchronous;
+mod disk;
 mod errors;
 mod firecracker;
 mod hardening;
