@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The user's queue of asynchronous executions is full: 429, as it drains by itself.
     #[error("{0}")]
     QueueFull(String),
+    /// A write failed for want of disk space; the cause is logged, the client told only that.
+    #[error("the server is out of storage space; retry later")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -92,6 +95,7 @@ impl ApiError {
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
             Self::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            Self::StorageFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_full"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -102,6 +106,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::QuotaExceeded(q) => Self::from(q),
+            StoreError::StorageFull(cause) => Self::StorageFull(cause.to_string()),
             StoreError::Corrupt(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)
@@ -148,6 +153,10 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 "internal server error".to_string()
+            }
+            Self::StorageFull(cause) => {
+                tracing::error!(error = %cause, "a write failed: storage is full");
+                self.to_string()
             }
             other => other.to_string(),
         };

@@ -106,7 +106,12 @@ impl CodeCache {
         let bytes = store
             .get_code(&function.code_sha256)
             .await
-            .map_err(|e| EngineError::Internal(format!("reading code: {e}")))?
+            .map_err(|e| match e {
+                voltrun_storage::StoreError::StorageFull(cause) => {
+                    EngineError::StorageFull(format!("reading code: {cause}"))
+                }
+                other => EngineError::Internal(format!("reading code: {other}")),
+            })?
             .ok_or_else(|| {
                 EngineError::Internal(format!(
                     "code {} is missing from storage",
@@ -124,7 +129,13 @@ impl CodeCache {
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| EngineError::Internal(format!("unpacking code: {e}")))?;
+        .map_err(|e| {
+            if is_storage_full(&e) {
+                EngineError::StorageFull(format!("unpacking code: {e}"))
+            } else {
+                EngineError::Internal(format!("unpacking code: {e}"))
+            }
+        })?;
         Ok((dir, lease))
     }
 
@@ -249,6 +260,14 @@ fn is_sha256(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Whether a write failed for want of space (or of the user's disk quota).
+pub(crate) fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn materialise(
     root: &Path,
     kind: CodeKind,
@@ -269,7 +288,11 @@ fn materialise(
         }
         CodeKind::Zip => voltrun_bundle::extract(bytes, &staging).map(drop),
     }
-    .map_err(std::io::Error::other);
+    // Keeps the kind of a failed write (a full disk) for the caller to report as such.
+    .map_err(|e| match &e {
+        voltrun_bundle::BundleError::Write { source, .. } => std::io::Error::new(source.kind(), e),
+        _ => std::io::Error::other(e),
+    });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);

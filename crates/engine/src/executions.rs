@@ -19,7 +19,10 @@ use voltrun_storage::{Store, StoreError};
 use crate::{Engine, EngineError, Invocation, InvocationResult};
 
 fn storage(e: StoreError) -> EngineError {
-    EngineError::Internal(format!("storage: {e}"))
+    match e {
+        StoreError::StorageFull(cause) => EngineError::StorageFull(format!("storage: {cause}")),
+        other => EngineError::Internal(format!("storage: {other}")),
+    }
 }
 
 /// An outcome for a run the platform could not carry out.
@@ -47,6 +50,7 @@ fn engine_failure(e: &EngineError) -> ExecutionOutcome {
     let error_type = match e {
         EngineError::Unavailable(_) => "Platform.EngineUnavailable",
         EngineError::Overloaded => "Platform.Overloaded",
+        EngineError::StorageFull(_) => "Platform.StorageFull",
         EngineError::Internal(_) => "Platform.Internal",
     };
     platform_failure(error_type, e.to_string())
@@ -82,10 +86,22 @@ pub async fn run_sync(
     let id = invocation.execution_id;
     match engine.invoke(invocation).await {
         Ok(InvocationResult { outcome, logs }) => {
-            let logs_truncated = store
+            let logs_truncated = match store
                 .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
                 .await
-                .map_err(storage)?;
+            {
+                Ok(truncated) => truncated,
+                Err(e) => {
+                    // The outcome and logs could not be stored (a full disk, say): record at least
+                    // that the execution ended, a smaller write that may still fit, rather than
+                    // leave it running until the next start's recovery.
+                    let e = storage(e);
+                    if let Err(also) = finish(store, id, &engine_failure(&e)).await {
+                        tracing::warn!(execution_id = %id, error = %also, "could not record the execution's end either");
+                    }
+                    return Err(e);
+                }
+            };
             crate::metrics::record_execution(outcome.status);
             Ok(SyncCompletion {
                 outcome,

@@ -25,14 +25,47 @@ pub enum StoreError {
     /// A per-user quota refused the write; nothing was written.
     #[error(transparent)]
     QuotaExceeded(QuotaExceeded),
+    /// The database could not write for want of disk space (SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `disk_full`). The statement or transaction was rolled back: what was committed before stays.
+    #[error("the database's storage is full: {0}")]
+    StorageFull(sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_storage_full(&e) {
+            Self::StorageFull(e)
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+/// Whether the database refused a write for want of disk space. SQLite reports `SQLITE_FULL` (13,
+/// also the low byte of its extended codes) when a write to the database or its WAL fails with
+/// ENOSPC; PostgreSQL reports SQLSTATE 53100 (`disk_full`) when it cannot extend a table or index
+/// file. A PostgreSQL server that cannot write its own WAL stops altogether instead: that reaches
+/// us as lost connections, not as this.
+fn is_storage_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: i64 = 13;
+    const PG_DISK_FULL: &str = "53100";
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        code.parse::<i64>().is_ok_and(|c| c & 0xff == SQLITE_FULL)
+    } else {
+        code == PG_DISK_FULL
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

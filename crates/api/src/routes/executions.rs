@@ -210,6 +210,7 @@ pub async fn execute(
                 .map_err(|e| match e {
                     EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
                     EngineError::Overloaded => ApiError::Overloaded,
+                    EngineError::StorageFull(cause) => ApiError::StorageFull(cause),
                     EngineError::Internal(cause) => ApiError::internal(cause),
                 })?;
             // The answer is the record as just stored, built in memory rather than read back; a
