@@ -308,6 +308,7 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         max_processes: 64,
         node: "test".into(),
         selection: None,
+        code_gc_after: None,
     };
     let engine = LocalEngine::with_guests(
         config,
@@ -369,7 +370,11 @@ impl Setup {
             updated_at: now,
         };
         self.store
-            .create_function(&function, source.as_bytes())
+            .create_function(
+                &function,
+                source.as_bytes(),
+                &voltrun_storage::UserQuotas::UNLIMITED,
+            )
             .await
             .unwrap();
         function

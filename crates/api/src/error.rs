@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use voltrun_auth::RetryAfter;
 use voltrun_domain::ValidationError;
-use voltrun_storage::StoreError;
+use voltrun_storage::{Quota, QuotaExceeded, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -44,6 +44,15 @@ pub enum ApiError {
     DatabaseUnavailable(String),
     #[error("too many passwords are being checked at once; retry in {} s", .0.0)]
     AuthBusy(RetryAfter),
+    /// A per-user limit on what is stored (functions, code): 403, as retrying will not help.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The user's queue of asynchronous executions is full: 429, as it drains by itself.
+    #[error("{0}")]
+    QueueFull(String),
+    /// A write failed for want of disk space; the cause is logged, the client told only that.
+    #[error("the server is out of storage space; retry later")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -93,6 +102,9 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             Self::AuthBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "auth_busy"),
+            Self::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            Self::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            Self::StorageFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_full"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -103,6 +115,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             _ if e.is_unavailable() => Self::DatabaseUnavailable(e.to_string()),
+            StoreError::QuotaExceeded(q) => Self::from(q),
+            StoreError::StorageFull(cause) => Self::StorageFull(cause.to_string()),
             StoreError::Corrupt(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)
@@ -110,6 +124,37 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+/// The refusal, in words naming the limit, the use and the setting that raises it.
+impl From<QuotaExceeded> for ApiError {
+    fn from(q: QuotaExceeded) -> Self {
+        let QuotaExceeded {
+            quota,
+            limit,
+            used,
+            requested,
+        } = q;
+        match quota {
+            Quota::Functions => Self::QuotaExceeded(format!(
+                "function quota exceeded: you have {used} functions and the limit is {limit} per user \
+                 (QUOTA_FUNCTIONS_PER_USER); delete one first"
+            )),
+            Quota::CodeBytes => Self::QuotaExceeded(format!(
+                "code storage quota exceeded: your functions' code takes {used} bytes, this code \
+                 would add {requested}, and the limit is {limit} bytes per user \
+                 (QUOTA_CODE_MB_PER_USER, each function's code counted whole)"
+            )),
+            Quota::QueuedExecutions => Self::QueueFull(format!(
+                "your queue of asynchronous executions is full: {used} queued and the limit is \
+                 {limit} per user (QUOTA_QUEUED_EXECUTIONS_PER_USER); retry once some have run"
+            )),
+        }
+    }
+}
+
+/// How long a client whose queue is full is asked to wait: the dispatcher works through queues in
+/// seconds, not minutes.
+const QUEUE_FULL_RETRY_AFTER_S: u64 = 5;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -121,6 +166,10 @@ impl IntoResponse for ApiError {
             }
             Self::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "the database is unavailable");
+                self.to_string()
+            }
+            Self::StorageFull(cause) => {
+                tracing::error!(error = %cause, "a write failed: storage is full");
                 self.to_string()
             }
             other => other.to_string(),
@@ -139,6 +188,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::QueueFull(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(QUEUE_FULL_RETRY_AFTER_S),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response

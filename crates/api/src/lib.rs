@@ -78,6 +78,8 @@ pub struct ApiConfig {
     /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
     pub dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     pub body_limits: limits::BodyLimits,
+    /// Per-user limits on functions, code and queued executions.
+    pub quotas: voltrun_storage::UserQuotas,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,7 @@ pub struct AppState {
     dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     started: Instant,
     bodies: limits::BodyGate,
+    quotas: voltrun_storage::UserQuotas,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -145,6 +148,7 @@ impl AppState {
             dispatcher_wake: config.dispatcher_wake,
             started: Instant::now(),
             bodies: limits::BodyGate::new(config.body_limits),
+            quotas: config.quotas,
         })
     }
 }

@@ -1,42 +1,117 @@
-//! Function code on disk, where sandboxes mount it read-only at `/var/task`. One directory per code
-//! sha256, shared by every version and instance with that code; written once (extracted to a
-//! temporary directory, then renamed into place) and never modified.
+//! Function code on disk, where sandboxes mount it read-only at `/var/task`. This module owns the
+//! code directory: one directory per code sha256 (`<sha256>/`), shared by every version and
+//! instance with that code, written once (extracted to a temporary directory, then renamed into
+//! place) and never modified; the microVM code images `microvm` makes beside them
+//! (`<sha256>.ext4`); which entries live instances are using; and the removal of entries no
+//! function references any more.
+//!
+//! Collection is safe against instances because each instance holds a [`CodeLease`] on its entry
+//! from before the entry is looked up until the instance has stopped, and an entry is only
+//! removed, under the same lock that takes leases, while nobody holds one. (A sandbox bind-mounts
+//! the directory: removing the files under a running one would remove them inside it too.)
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_storage::Store;
 
 use crate::EngineError;
 
+/// Staging directories and images older than this were left by a server that stopped mid-unpack
+/// (an unpack in progress takes seconds).
+const ABANDONED_STAGING: Duration = Duration::from_secs(3600);
+
+/// Per sha256: how many leases are out, and when the last one ended.
+type Uses = Arc<Mutex<HashMap<String, Use>>>;
+
+#[derive(Debug)]
+struct Use {
+    holders: usize,
+    last_used: SystemTime,
+}
+
+fn lock(uses: &Uses) -> MutexGuard<'_, HashMap<String, Use>> {
+    uses.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[derive(Debug, Clone)]
 pub struct CodeCache {
     root: PathBuf,
+    uses: Uses,
+}
+
+/// An instance's hold on its code entry: while one is out, the entry is not collected.
+#[derive(Debug)]
+pub struct CodeLease {
+    sha256: String,
+    uses: Uses,
+}
+
+impl Drop for CodeLease {
+    fn drop(&mut self) {
+        if let Some(entry) = lock(&self.uses).get_mut(&self.sha256) {
+            entry.holders = entry.holders.saturating_sub(1);
+            entry.last_used = SystemTime::now();
+        }
+    }
 }
 
 impl CodeCache {
     pub fn new(root: PathBuf) -> std::io::Result<Self> {
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            uses: Uses::default(),
+        })
     }
 
-    /// The directory holding `function`'s code, materialised from storage on first use.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lease(&self, sha256: &str) -> CodeLease {
+        let mut uses = lock(&self.uses);
+        let entry = uses.entry(sha256.to_string()).or_insert(Use {
+            holders: 0,
+            last_used: SystemTime::now(),
+        });
+        entry.holders += 1;
+        entry.last_used = SystemTime::now();
+        CodeLease {
+            sha256: sha256.to_string(),
+            uses: self.uses.clone(),
+        }
+    }
+
+    /// The directory holding `function`'s code, materialised from storage on first use, and a
+    /// lease that keeps it there until dropped.
     pub async fn ensure(
         &self,
         store: &dyn Store,
         function: &FunctionRecord,
-    ) -> Result<PathBuf, EngineError> {
+    ) -> Result<(PathBuf, CodeLease), EngineError> {
+        // Leased before looking: a collection that has not removed the entry yet now skips it, and
+        // one that already has makes this unpack it again.
+        let lease = self.lease(&function.code_sha256);
         let dir = self.root.join(&function.code_sha256);
         if dir.is_dir() {
-            return Ok(dir);
+            return Ok((dir, lease));
         }
         let bytes = store
             .get_code(&function.code_sha256)
             .await
-            .map_err(|e| EngineError::Internal(format!("reading code: {e}")))?
+            .map_err(|e| match e {
+                voltrun_storage::StoreError::StorageFull(cause) => {
+                    EngineError::StorageFull(format!("reading code: {cause}"))
+                }
+                other => EngineError::Internal(format!("reading code: {other}")),
+            })?
             .ok_or_else(|| {
                 EngineError::Internal(format!(
                     "code {} is missing from storage",
@@ -54,9 +129,143 @@ impl CodeCache {
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| EngineError::Internal(format!("unpacking code: {e}")))?;
-        Ok(dir)
+        .map_err(|e| {
+            if is_storage_full(&e) {
+                EngineError::StorageFull(format!("unpacking code: {e}"))
+            } else {
+                EngineError::Internal(format!("unpacking code: {e}"))
+            }
+        })?;
+        Ok((dir, lease))
     }
+
+    /// Removes the entries (directory and code image) that no function in `store` references and
+    /// that no instance has used for `unused_for`, and staging leftovers of unpacks a stopped server
+    /// abandoned. Returns the sha256 of each entry removed.
+    pub async fn collect(&self, store: &dyn Store, unused_for: Duration) -> Vec<String> {
+        let root = self.root.clone();
+        let listing = tokio::task::spawn_blocking(move || list_entries(&root))
+            .await
+            .unwrap_or_default();
+        let now = SystemTime::now();
+        let idle =
+            |sha: &str, modified: SystemTime, uses: &HashMap<String, Use>| match uses.get(sha) {
+                Some(u) => u.holders == 0 && older_than(u.last_used, now, unused_for),
+                // Not used since this server started: the entry's own age stands for its last use.
+                None => older_than(modified, now, unused_for),
+            };
+        let candidates: Vec<String> = {
+            let uses = lock(&self.uses);
+            listing
+                .entries
+                .iter()
+                .filter(|(sha, modified)| idle(sha, **modified, &uses))
+                .map(|(sha, _)| sha.clone())
+                .collect()
+        };
+        let mut unreferenced = Vec::new();
+        for sha in candidates {
+            match store.code_referenced(&sha).await {
+                Ok(false) => unreferenced.push(sha),
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "code cache collection: cannot read which code is in use");
+                    return Vec::new();
+                }
+            }
+        }
+        let mut trash = listing.abandoned;
+        let mut removed = Vec::new();
+        {
+            let mut uses = lock(&self.uses);
+            for sha in unreferenced {
+                let modified = listing
+                    .entries
+                    .get(&sha)
+                    .copied()
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                // Checked again under the lock that leases take: an instance may have started since.
+                if !idle(&sha, modified, &uses) {
+                    continue;
+                }
+                for path in [self.root.join(&sha), self.root.join(format!("{sha}.ext4"))] {
+                    let away = self
+                        .root
+                        .join(format!(".trash-{}", uuid::Uuid::new_v4().simple()));
+                    // Renamed away under the lock (a rename is atomic), deleted after it.
+                    if fs::rename(&path, &away).is_ok() {
+                        trash.push(away);
+                    }
+                }
+                uses.remove(&sha);
+                removed.push(sha);
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for path in trash {
+                let gone = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                if let Err(e) = gone {
+                    tracing::warn!(path = %path.display(), error = %e, "removing unused code failed");
+                }
+            }
+        })
+        .await;
+        removed
+    }
+}
+
+fn older_than(t: SystemTime, now: SystemTime, age: Duration) -> bool {
+    now.duration_since(t).is_ok_and(|d| d >= age)
+}
+
+/// What the code directory holds.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Each code entry (a directory, an image or both) and its newest modification time.
+    entries: HashMap<String, SystemTime>,
+    /// Staging leftovers and trash a stopped server left behind.
+    abandoned: Vec<PathBuf>,
+}
+
+fn list_entries(root: &Path) -> Listing {
+    let mut listing = Listing::default();
+    let now = SystemTime::now();
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(modified) = entry.metadata().and_then(|m| m.modified()).ok() else {
+            continue;
+        };
+        if name.starts_with(".trash-") {
+            listing.abandoned.push(entry.path());
+            continue;
+        }
+        let sha = name.strip_suffix(".ext4").unwrap_or(&name);
+        if is_sha256(sha) {
+            let newest = listing.entries.entry(sha.to_string()).or_insert(modified);
+            *newest = (*newest).max(modified);
+        } else if (name.starts_with(".staging-") || name.contains(".ext4."))
+            && older_than(modified, now, ABANDONED_STAGING)
+        {
+            listing.abandoned.push(entry.path());
+        }
+    }
+    listing
+}
+
+fn is_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a write failed for want of space (or of the user's disk quota).
+pub(crate) fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn materialise(
@@ -79,7 +288,11 @@ fn materialise(
         }
         CodeKind::Zip => voltrun_bundle::extract(bytes, &staging).map(drop),
     }
-    .map_err(std::io::Error::other);
+    // Keeps the kind of a failed write (a full disk) for the caller to report as such.
+    .map_err(|e| match &e {
+        voltrun_bundle::BundleError::Write { source, .. } => std::io::Error::new(source.kind(), e),
+        _ => std::io::Error::other(e),
+    });
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);

@@ -19,7 +19,11 @@ use voltrun_storage::{Store, StoreError};
 use crate::{Engine, EngineError, Invocation, InvocationResult};
 
 fn storage(e: StoreError) -> EngineError {
-    EngineError::StorageUnavailable(e.to_string())
+    match e {
+        StoreError::StorageFull(cause) => EngineError::StorageFull(format!("storage: {cause}")),
+        other if other.is_unavailable() => EngineError::StorageUnavailable(other.to_string()),
+        other => EngineError::Internal(format!("storage: {other}")),
+    }
 }
 
 /// An outcome for a run the platform could not carry out.
@@ -47,6 +51,7 @@ fn engine_failure(e: &EngineError) -> ExecutionOutcome {
     let error_type = match e {
         EngineError::Unavailable(_) => "Platform.EngineUnavailable",
         EngineError::Overloaded => "Platform.Overloaded",
+        EngineError::StorageFull(_) => "Platform.StorageFull",
         EngineError::Internal(_) | EngineError::StorageUnavailable(_) => "Platform.Internal",
     };
     platform_failure(error_type, e.to_string())
@@ -95,17 +100,33 @@ pub async fn run_sync(
                     })
                 }
                 Err(e) => {
+                    let full = matches!(e, StoreError::StorageFull(_));
+                    let e = storage(e);
                     let store = store.clone();
-                    store_in_background(id, move || {
-                        let (store, outcome, logs) = (store.clone(), outcome.clone(), logs.clone());
-                        async move {
-                            store
-                                .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
-                                .await
-                                .map(drop)
+                    if full {
+                        // The outcome and logs do not fit (a full disk): record at least that the
+                        // execution ended, a smaller write that may still fit, and keep trying that.
+                        let ended = engine_failure(&e);
+                        if finish(store.as_ref(), id, &ended).await.is_err() {
+                            store_in_background(id, move || {
+                                let (store, ended) = (store.clone(), ended.clone());
+                                async move { store.finish_execution(id, &ended).await }
+                            });
                         }
-                    });
-                    Err(EngineError::StorageUnavailable(e.to_string()))
+                    } else {
+                        // The database is away: store the whole record once it answers.
+                        store_in_background(id, move || {
+                            let (store, outcome, logs) =
+                                (store.clone(), outcome.clone(), logs.clone());
+                            async move {
+                                store
+                                    .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
+                                    .await
+                                    .map(drop)
+                            }
+                        });
+                    }
+                    Err(e)
                 }
             }
         }

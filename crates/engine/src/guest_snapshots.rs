@@ -45,6 +45,9 @@ pub struct SnapshotStore {
     /// At most this many snapshots are kept; the least recently used goes first.
     max: usize,
     states: Mutex<HashMap<String, State>>,
+    /// The code image each published snapshot's guest mounted: a restored guest must find that
+    /// very image, so its snapshots go when the code cache removes it (see [`Self::forget_code`]).
+    codes: Mutex<HashMap<String, PathBuf>>,
 }
 
 impl SnapshotStore {
@@ -60,6 +63,7 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             max,
             states: Mutex::new(HashMap::new()),
+            codes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,16 +140,50 @@ impl SnapshotStore {
         Ok(dir)
     }
 
-    /// Publishes a snapshot made in `staging` as `key`'s, then keeps the newest [`Self::max`].
-    pub fn publish(&self, key: &str, staging: &Path) -> std::io::Result<()> {
+    /// Publishes a snapshot made in `staging` as `key`'s, its guest having mounted the code image
+    /// `code`, then keeps the newest [`Self::max`].
+    pub fn publish(&self, key: &str, staging: &Path, code: Option<&Path>) -> std::io::Result<()> {
         let published = std::fs::rename(staging, self.path(key));
         self.states().remove(key);
         if published.is_err() {
             let _ = std::fs::remove_dir_all(staging);
         }
         published?;
+        if let Some(code) = code {
+            self.codes().insert(key.to_string(), code.to_path_buf());
+        }
         self.evict();
         Ok(())
+    }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Removes the snapshots whose guests mounted the code image `image`, which is gone: an image
+    /// made again at that path (the same code deployed again) is a different file system under a
+    /// guest that cached the old one. Their configurations may be snapshotted again. Returns how
+    /// many went.
+    pub fn forget_code(&self, image: &Path) -> usize {
+        let keys: Vec<String> = {
+            let mut codes = self.codes();
+            let keys: Vec<String> = codes
+                .iter()
+                .filter(|(_, code)| code.as_path() == image)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in &keys {
+                codes.remove(key);
+            }
+            keys
+        };
+        for key in &keys {
+            // A restore under way keeps its open files.
+            let _ = std::fs::remove_dir_all(self.path(key));
+        }
+        keys.len()
     }
 
     /// Records that `key` could not be snapshotted (and removes what was staged).
@@ -247,7 +285,9 @@ mod tests {
         for file in ["snapshot.state", "snapshot.mem"] {
             std::fs::write(staging.join(file), b"x").unwrap();
         }
-        store.publish(key, &staging).unwrap();
+        store
+            .publish(key, &staging, Some(Path::new("/code/abc.ext4")))
+            .unwrap();
     }
 
     #[test]
@@ -285,6 +325,34 @@ mod tests {
 
         store.discard("k4", "restore failed".into());
         assert!(store.ready("k4").is_none() && !store.claim("k4"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn snapshots_go_with_the_code_image_their_guests_mounted() {
+        let dir = std::env::temp_dir().join(format!("vs-{}", uuid::Uuid::new_v4().simple()));
+        let store = SnapshotStore::open(&dir, 4).unwrap();
+        fake_snapshot(&store, "abc-1");
+        fake_snapshot(&store, "abc-2");
+        let staging = store.staging("def").unwrap();
+        for file in ["snapshot.state", "snapshot.mem"] {
+            std::fs::write(staging.join(file), b"x").unwrap();
+        }
+        store
+            .publish("def", &staging, Some(Path::new("/code/def.ext4")))
+            .unwrap();
+
+        assert_eq!(store.forget_code(Path::new("/code/abc.ext4")), 2);
+        assert!(store.ready("abc-1").is_none() && store.ready("abc-2").is_none());
+        assert!(
+            store.ready("def").is_some(),
+            "another image's snapshot went too"
+        );
+        assert!(
+            store.claim("abc-1"),
+            "its configuration cannot be snapshotted again"
+        );
+        assert_eq!(store.forget_code(Path::new("/code/abc.ext4")), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

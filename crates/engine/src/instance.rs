@@ -15,6 +15,7 @@ use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_runtime_api::output::LineBudget;
 use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 
+use crate::code_cache::CodeLease;
 use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
 use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 use crate::uids::UidLease;
@@ -76,6 +77,9 @@ pub struct Instance {
     /// The host uid its sandbox runs as, given back when it ends (declared after `body`, so the
     /// sandbox is gone before another instance can get the uid).
     uid: Option<UidLease>,
+    /// Its hold on the code it mounts, given back when it ends (after `body`, for the same reason:
+    /// the code cache may remove the code once nobody holds it).
+    code: Option<CodeLease>,
 }
 
 /// What isolates the runtime.
@@ -126,7 +130,14 @@ impl Instance {
             body,
             _memory: memory,
             uid: None,
+            code: None,
         }
+    }
+
+    /// Keeps `lease` on the instance's code for as long as the instance lives.
+    pub fn holding_code(mut self, lease: CodeLease) -> Self {
+        self.code = Some(lease);
+        self
     }
 
     /// Keeps `lease` for as long as the instance lives.

@@ -65,6 +65,10 @@ pub enum EngineError {
     Unavailable(String),
     #[error("too many concurrent invocations")]
     Overloaded,
+    /// A write the platform needed (unpacking code, storing the outcome) failed for want of disk
+    /// space.
+    #[error("storage full: {0}")]
+    StorageFull(String),
     #[error("engine failure: {0}")]
     Internal(String),
     /// The run ended but the database did not take its record; it is stored once the database

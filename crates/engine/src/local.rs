@@ -49,6 +49,9 @@ pub struct LocalEngineConfig {
     pub node: String,
     /// Why this isolation was chosen (`ENGINE_BACKEND=auto`), for `/health`.
     pub selection: Option<String>,
+    /// Unpacked code that no function references is removed once no instance has used it for this
+    /// long; `None` keeps it forever.
+    pub code_gc_after: Option<Duration>,
 }
 
 /// The port of the Runtime API on each sandbox's own loopback (as on Lambda).
@@ -215,7 +218,45 @@ impl LocalEngine {
             warnings,
         });
         Self::start_reaper(Arc::downgrade(&engine));
+        Self::start_code_collector(Arc::downgrade(&engine));
         Ok(engine)
+    }
+
+    /// Removes unreferenced, unused code from the code cache now and then (see
+    /// [`Self::collect_code`]).
+    fn start_code_collector(engine: std::sync::Weak<Self>) {
+        let Some(after) = engine.upgrade().and_then(|e| e.config.code_gc_after) else {
+            return;
+        };
+        let every = (after / 4).clamp(Duration::from_millis(250), Duration::from_secs(600));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.collect_code(after).await;
+            }
+        });
+    }
+
+    /// Removes the code (unpacked directory and microVM image) that no function references any
+    /// more and that no instance has used for `unused_for`; a snapshot booted from a removed image
+    /// goes with it. Returns how many entries went.
+    async fn collect_code(&self, unused_for: Duration) -> usize {
+        let removed = self.code.collect(self.store.as_ref(), unused_for).await;
+        if let Isolation::Guest(launcher) = &self.isolation {
+            for sha in &removed {
+                launcher.code_removed(&self.code.root().join(sha));
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                entries = removed.len(),
+                "removed unpacked code no function uses any more"
+            );
+        }
+        removed.len()
     }
 
     fn start_reaper(engine: std::sync::Weak<Self>) {
@@ -419,7 +460,7 @@ impl LocalEngine {
         env: &EnvVars,
     ) -> Result<Result<Instance, (Failure, Vec<LogLine>)>, EngineError> {
         let memory = self.reserve_memory(function.memory_mb).await?;
-        let code_dir = self.code.ensure(self.store.as_ref(), function).await?;
+        let (code_dir, code_lease) = self.code.ensure(self.store.as_ref(), function).await?;
         let name = format!("i-{}", Uuid::now_v7().simple());
         let RuntimeProcess { command, env } =
             self.runtime_process(function, runtime, env, &name)?;
@@ -430,7 +471,7 @@ impl LocalEngine {
                 let spec = self.sandbox_spec(function, runtime, code_dir, name, process, uid.uid());
                 Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
                     .await
-                    .map(|instance| instance.holding_uid(uid))
+                    .map(|instance| instance.holding_uid(uid).holding_code(code_lease))
             }
             Isolation::Guest(launcher) => {
                 let spec = GuestSpec {
@@ -445,7 +486,9 @@ impl LocalEngine {
                     max_processes: u32::try_from(self.config.max_processes).unwrap_or(u32::MAX),
                     memory_budget: Some(self.memory.clone()),
                 };
-                Instance::start_guest(launcher.as_ref(), spec, Some(memory)).await
+                Instance::start_guest(launcher.as_ref(), spec, Some(memory))
+                    .await
+                    .map(|instance| instance.holding_code(code_lease))
             }
         })
     }

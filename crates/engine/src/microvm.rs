@@ -73,6 +73,10 @@ pub trait GuestLauncher: Send + Sync + fmt::Debug {
     fn runtimes(&self) -> Vec<String>;
     /// Brings a guest up and connects to its agent. The error names the step that failed.
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String>;
+    /// The code cache removed the code in `code_dir` (and its image, `<code_dir>.ext4`): whatever
+    /// the launcher keeps that was made from it (a snapshot whose guest mounted the image) must not
+    /// be used again, as an image made anew at that path would differ under it.
+    fn code_removed(&self, _code_dir: &Path) {}
     /// The runtime's start request, with paths as this launcher's guests see them: a VM sees the
     /// code at `/var/task` and the bootstraps at `/var/runtime`, as given.
     fn start_spec(&self, spec: &GuestSpec) -> StartSpec {
@@ -302,6 +306,7 @@ impl Machines {
     /// snapshot, and end the VM. Runs beside the cold start that asked for it, which boots as usual.
     async fn make_snapshot(&self, key: String, spec: VmSpec, start: StartSpec) {
         let Some(store) = &self.snapshots else { return };
+        let code = spec.code.clone();
         let mut staging = None;
         let made = async {
             let (mut vm, mut session) = self.boot(spec).await?;
@@ -325,7 +330,7 @@ impl Machines {
         .await;
         let published = made.and_then(|dir| {
             store
-                .publish(&key, &dir)
+                .publish(&key, &dir, code.as_deref())
                 .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))
         });
         match published {
@@ -389,6 +394,18 @@ impl GuestLauncher for FirecrackerLauncher {
             .iter()
             .map(|r| r.runtime.clone())
             .collect()
+    }
+
+    fn code_removed(&self, code_dir: &Path) {
+        if let Some(store) = &self.shared.snapshots {
+            let gone = store.forget_code(&code_dir.with_extension("ext4"));
+            if gone > 0 {
+                tracing::info!(
+                    snapshots = gone,
+                    "removed snapshots of guests that mounted removed code"
+                );
+            }
+        }
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {

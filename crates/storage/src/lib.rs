@@ -22,10 +22,17 @@ pub enum StoreError {
     /// A unique constraint refused the write; the payload names the constraint's subject.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// A per-user quota refused the write; nothing was written.
+    #[error(transparent)]
+    QuotaExceeded(QuotaExceeded),
+    /// The database could not write for want of disk space (SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `disk_full`). The statement or transaction was rolled back: what was committed before stays.
+    #[error("the database's storage is full: {0}")]
+    StorageFull(sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH or postgres://…")]
@@ -50,7 +57,85 @@ impl StoreError {
     }
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_storage_full(&e) {
+            Self::StorageFull(e)
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+/// Whether the database refused a write for want of disk space. SQLite reports `SQLITE_FULL` (13,
+/// also the low byte of its extended codes) when a write to the database or its WAL fails with
+/// ENOSPC; PostgreSQL reports SQLSTATE 53100 (`disk_full`) when it cannot extend a table or index
+/// file. A PostgreSQL server that cannot write its own WAL stops altogether instead: that reaches
+/// us as lost connections, not as this.
+fn is_storage_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: i64 = 13;
+    const PG_DISK_FULL: &str = "53100";
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        code.parse::<i64>().is_ok_and(|c| c & 0xff == SQLITE_FULL)
+    } else {
+        code == PG_DISK_FULL
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A per-user limit (see [`UserQuotas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Functions a user has.
+    Functions,
+    /// Bytes of code over a user's functions, each function's code counted whole (two functions
+    /// with identical code count it twice, though it is stored once).
+    CodeBytes,
+    /// A user's asynchronous executions waiting in the queue (status `queued`, retries included).
+    QueuedExecutions,
+}
+
+/// What a refused write would have taken past its quota.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{quota:?} quota exceeded: {used} in use, {requested} more asked for, limit {limit}")]
+pub struct QuotaExceeded {
+    pub quota: Quota,
+    pub limit: u64,
+    /// What the user holds now.
+    pub used: u64,
+    /// What the refused write would have added (1 function, the upload's bytes, 1 execution).
+    pub requested: u64,
+}
+
+/// Per-user limits checked by the writes that add to them; `None` is unlimited. Each check runs in
+/// the transaction of the write it guards, after locking the user's row, so concurrent requests of
+/// one user (through any server sharing the database) take turns and cannot overshoot together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserQuotas {
+    pub max_functions: Option<u64>,
+    pub max_code_bytes: Option<u64>,
+    pub max_queued_executions: Option<u64>,
+}
+
+impl UserQuotas {
+    pub const UNLIMITED: Self = Self {
+        max_functions: None,
+        max_code_bytes: None,
+        max_queued_executions: None,
+    };
+}
+
+/// What one step of retention deleted (see [`Store::prune_executions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub log_lines: u64,
+    pub executions: u64,
+}
 
 /// A session: one login, and the family of refresh tokens it rotates through.
 #[derive(Debug, Clone)]
@@ -165,17 +250,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn get_code(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
 
-    /// Stores the function and its code (content-addressed: identical code is stored once).
-    async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()>;
+    /// Stores the function and its code (content-addressed: identical code is stored once), unless
+    /// that would take the user past `quotas` (functions, code bytes): then
+    /// [`StoreError::QuotaExceeded`] and nothing is written.
+    async fn create_function(
+        &self,
+        f: &FunctionRecord,
+        code: &[u8],
+        quotas: &UserQuotas,
+    ) -> StoreResult<()>;
     async fn get_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<FunctionRecord>>;
     async fn list_functions(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<FunctionRecord>>;
     /// Writes `f` (and `new_code`, when the code changed) if the stored version is still
     /// `expected_version`; false when a concurrent update won. Code no function uses any more is removed.
+    /// New code larger than the old is checked against the code-bytes quota
+    /// ([`StoreError::QuotaExceeded`], nothing written); code that does not grow always passes.
     async fn update_function(
         &self,
         f: &FunctionRecord,
         expected_version: i64,
         new_code: Option<&[u8]>,
+        quotas: &UserQuotas,
     ) -> StoreResult<bool>;
     /// Deletes the function and, when no other function uses it, its code.
     async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
@@ -183,6 +278,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts a new execution as given: queued, or already running (a synchronous call starts at
     /// once, so it is recorded running in one write: `started_at`, `node` and `attempts` are stored).
     async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
+    /// Inserts a queued asynchronous execution unless its user already has
+    /// `quotas.max_queued_executions` queued ([`StoreError::QuotaExceeded`], nothing written).
+    async fn enqueue_execution(&self, e: &ExecutionRecord, quotas: &UserQuotas) -> StoreResult<()>;
     async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>>;
     async fn list_executions(
         &self,
@@ -244,6 +342,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         user_id: Uuid,
         id: Uuid,
     ) -> StoreResult<Option<(Vec<LogLine>, bool)>>;
+
+    /// One bounded step of retention over executions that finished before `before` (queued and
+    /// running ones are never touched): deletes up to `limit` of their log lines or, once they have
+    /// none left, up to `limit` of the executions themselves (their attempts go with them, at most a
+    /// few each). Each step is one statement; all zero means nothing is left to prune.
+    async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned>;
+    /// Whether any function (of any user) runs the code `sha256`: the engine's code cache keeps
+    /// what is referenced.
+    async fn code_referenced(&self, sha256: &str) -> StoreResult<bool>;
 }
 
 /// Opens the database a `DATABASE_URL` names and runs the migrations.

@@ -21,6 +21,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (2, "async retries", include_str!("../migrations/postgres/0002_async_retries.sql")),
     (3, "capacity", include_str!("../migrations/postgres/0003_capacity.sql")),
     (4, "sessions", include_str!("../migrations/postgres/0004_sessions.sql")),
+    (5, "retention and quotas", include_str!("../migrations/postgres/0005_retention_quotas.sql")),
 ];
 #[rustfmt::skip]
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -28,6 +29,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (2, "async retries", include_str!("../migrations/sqlite/0002_async_retries.sql")),
     (3, "capacity", include_str!("../migrations/sqlite/0003_capacity.sql")),
     (4, "sessions", include_str!("../migrations/sqlite/0004_sessions.sql")),
+    (5, "retention and quotas", include_str!("../migrations/sqlite/0005_retention_quotas.sql")),
 ];
 
 pub(crate) fn migrator(flavour: Flavour) -> Migrator {
@@ -104,7 +106,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -142,7 +144,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
     }
 
     /// The migrations up to `version`.

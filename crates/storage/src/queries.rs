@@ -14,8 +14,8 @@ use voltrun_domain::user::User;
 
 use crate::migrations::{Flavour, migrator};
 use crate::{
-    ApiKeyRecord, ExecutionFilter, NewSession, NextRefreshToken, Page, PoolStats, RefreshOutcome,
-    Store, StoreError, StoreResult,
+    ApiKeyRecord, ExecutionFilter, NewSession, NextRefreshToken, Page, PoolStats, Pruned, Quota,
+    QuotaExceeded, RefreshOutcome, Store, StoreError, StoreResult, UserQuotas,
 };
 
 /// UUID encoding per driver: native on PostgreSQL.
@@ -85,6 +85,9 @@ fn fit_logs(
     (kept, used, truncated)
 }
 
+const INSERT_EXECUTION: &str = "INSERT INTO executions (id, user_id, function_id, function_version, status, \
+     invocation_type, input, created_at, started_at, node, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
 /// The largest UUID: a page with no cursor starts below it, so one statement serves every page.
 const ABOVE_ALL_IDS: Uuid = Uuid::max();
 
@@ -95,6 +98,25 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+/// `Err(QuotaExceeded)` when `used + requested` would pass `limit` (`None`: unlimited).
+fn within(quota: Quota, limit: Option<u64>, used: i64, requested: i64) -> StoreResult<()> {
+    let (used, requested) = (
+        u64::try_from(used).unwrap_or(0),
+        u64::try_from(requested).unwrap_or(0),
+    );
+    match limit {
+        Some(limit) if used.saturating_add(requested) > limit => {
+            Err(StoreError::QuotaExceeded(QuotaExceeded {
+                quota,
+                limit,
+                used,
+                requested,
+            }))
+        }
+        _ => Ok(()),
+    }
 }
 
 // Column lists as macros so `concat!` can build whole statements at compile time.
@@ -458,9 +480,25 @@ macro_rules! store_impl {
                 Ok(row.map(|r| r.try_get("data")).transpose()?)
             }
 
-            async fn create_function(&self, f: &FunctionRecord, code: &[u8]) -> StoreResult<()> {
+            async fn create_function(&self, f: &FunctionRecord, code: &[u8], quotas: &UserQuotas) -> StoreResult<()> {
                 let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
+                if quotas.max_functions.is_some() || quotas.max_code_bytes.is_some() {
+                    Self::lock_user(&mut tx, f.user_id).await?;
+                    let row = sqlx::query(
+                        "SELECT COUNT(*) AS functions, CAST(COALESCE(SUM(code_size_bytes), 0) AS BIGINT) AS code_bytes \
+                         FROM functions WHERE user_id = $1",
+                    )
+                    .bind($ids::id(f.user_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let refused = within(Quota::Functions, quotas.max_functions, row.try_get("functions")?, 1)
+                        .and_then(|()| within(Quota::CodeBytes, quotas.max_code_bytes, row.try_get("code_bytes")?, f.code_size_bytes));
+                    if let Err(e) = refused {
+                        tx.rollback().await?;
+                        return Err(e);
+                    }
+                }
                 Self::put_code(&mut tx, &f.code_sha256, code, f.created_at).await?;
                 sqlx::query(
                     "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
@@ -520,9 +558,31 @@ macro_rules! store_impl {
                 f: &FunctionRecord,
                 expected_version: i64,
                 new_code: Option<&[u8]>,
+                quotas: &UserQuotas,
             ) -> StoreResult<bool> {
                 let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin_with($begin_write).await?;
+                if new_code.is_some() && quotas.max_code_bytes.is_some() {
+                    Self::lock_user(&mut tx, f.user_id).await?;
+                    let row = sqlx::query(
+                        "SELECT CAST(COALESCE(SUM(CASE WHEN id = $2 THEN 0 ELSE code_size_bytes END), 0) AS BIGINT) AS others, \
+                         CAST(COALESCE(SUM(CASE WHEN id = $2 THEN code_size_bytes ELSE 0 END), 0) AS BIGINT) AS own \
+                         FROM functions WHERE user_id = $1",
+                    )
+                    .bind($ids::id(f.user_id))
+                    .bind($ids::id(f.id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let (others, own): (i64, i64) = (row.try_get("others")?, row.try_get("own")?);
+                    // Code that does not grow always passes, so a user over a lowered limit can
+                    // still shrink or fix a function.
+                    if f.code_size_bytes > own {
+                        if let Err(e) = within(Quota::CodeBytes, quotas.max_code_bytes, others + own, f.code_size_bytes - own) {
+                            tx.rollback().await?;
+                            return Err(e);
+                        }
+                    }
+                }
                 if let Some(code) = new_code {
                     Self::put_code(&mut tx, &f.code_sha256, code, f.updated_at).await?;
                 }
@@ -594,23 +654,34 @@ macro_rules! store_impl {
 
             async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()> {
                 let _turn = self.write_turn().await;
-                sqlx::query(
-                    "INSERT INTO executions (id, user_id, function_id, function_version, status, invocation_type, \
-                     input, created_at, started_at, node, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind($ids::id(e.id))
-                .bind($ids::id(e.user_id))
-                .bind($ids::id(e.function_id))
-                .bind(e.function_version)
-                .bind(e.status.as_str())
-                .bind(e.invocation_type.as_str())
-                .bind(Json(&e.input))
-                .bind(e.created_at)
-                .bind(e.started_at)
-                .bind(e.node.as_deref())
-                .bind(e.attempts)
-                .execute(&self.pool)
-                .await?;
+                Self::bind_new_execution(sqlx::query(INSERT_EXECUTION), e)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn enqueue_execution(&self, e: &ExecutionRecord, quotas: &UserQuotas) -> StoreResult<()> {
+                let Some(limit) = quotas.max_queued_executions else {
+                    return self.insert_execution(e).await;
+                };
+                let _turn = self.write_turn().await;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                // With the user's row locked, a concurrent enqueue of the same user waits here and
+                // then counts this one (PostgreSQL's READ COMMITTED takes a new snapshot for each
+                // statement); SQLite's writers take turns anyway.
+                Self::lock_user(&mut tx, e.user_id).await?;
+                let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE user_id = $1 AND status = 'queued'")
+                    .bind($ids::id(e.user_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if let Err(refused) = within(Quota::QueuedExecutions, Some(limit), queued, 1) {
+                    tx.rollback().await?;
+                    return Err(refused);
+                }
+                Self::bind_new_execution(sqlx::query(INSERT_EXECUTION), e)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -945,9 +1016,77 @@ macro_rules! store_impl {
                     .collect::<StoreResult<Vec<_>>>()?;
                 Ok(Some((lines, truncated)))
             }
+
+            async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned> {
+                let _turn = self.write_turn().await;
+                // Log lines first, a bounded number per statement: an execution may have thousands,
+                // and deleting it would take them all in one statement (ON DELETE CASCADE).
+                let log_lines = sqlx::query(
+                    "DELETE FROM execution_logs WHERE (execution_id, seq) IN \
+                     (SELECT l.execution_id, l.seq FROM execution_logs l JOIN executions e ON e.id = l.execution_id \
+                      WHERE e.finished_at < $1 AND e.status NOT IN ('queued', 'running') LIMIT $2)",
+                )
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if log_lines > 0 {
+                    return Ok(Pruned { log_lines, executions: 0 });
+                }
+                // No log lines left among them: the cascade takes only their attempts (a few each).
+                let executions = sqlx::query(
+                    "DELETE FROM executions WHERE id IN \
+                     (SELECT id FROM executions WHERE finished_at < $1 AND status NOT IN ('queued', 'running') LIMIT $2)",
+                )
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(Pruned { log_lines: 0, executions })
+            }
+
+            async fn code_referenced(&self, sha256: &str) -> StoreResult<bool> {
+                Ok(sqlx::query("SELECT 1 FROM functions WHERE code_sha256 = $1 LIMIT 1")
+                    .bind(sha256)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .is_some())
+            }
         }
 
         impl $store {
+            /// Locks the user's row until the transaction ends (a write that changes nothing; on
+            /// PostgreSQL a row lock that other quota-checked writes of this user wait for, and that
+            /// foreign-key checks of unrelated inserts do not). Quota checks run after it.
+            async fn lock_user(tx: &mut sqlx::Transaction<'static, $db>, user_id: Uuid) -> StoreResult<()> {
+                sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
+                    .bind($ids::id(user_id))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Binds a new execution as [`INSERT_EXECUTION`]'s parameters.
+            fn bind_new_execution<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+                e: &'q ExecutionRecord,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+                query
+                    .bind($ids::id(e.id))
+                    .bind($ids::id(e.user_id))
+                    .bind($ids::id(e.function_id))
+                    .bind(e.function_version)
+                    .bind(e.status.as_str())
+                    .bind(e.invocation_type.as_str())
+                    .bind(Json(&e.input))
+                    .bind(e.created_at)
+                    .bind(e.started_at)
+                    .bind(e.node.as_deref())
+                    .bind(e.attempts)
+            }
+
             /// Binds an outcome as the finishing statements' first twelve parameters, `status` ($1)
             /// to `instance_id` ($12).
             fn bind_outcome<'q>(

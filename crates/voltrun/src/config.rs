@@ -97,6 +97,24 @@ pub struct RawSettings {
     /// Uploads over 1 MiB (function code) read at once; more get a 503 with Retry-After [default: 4]
     #[arg(long, env = "HTTP_MAX_UPLOADS")]
     pub http_max_uploads: Option<String>,
+    /// Functions one user may have; 0 for no limit [default: 100]
+    #[arg(long, env = "QUOTA_FUNCTIONS_PER_USER")]
+    pub quota_functions_per_user: Option<String>,
+    /// MiB of code one user's functions may hold together, each function's code counted whole; 0 for no limit [default: 1024]
+    #[arg(long, env = "QUOTA_CODE_MB_PER_USER")]
+    pub quota_code_mb_per_user: Option<String>,
+    /// Asynchronous executions one user may have queued; past it, 429 queue_full; 0 for no limit [default: 1000]
+    #[arg(long, env = "QUOTA_QUEUED_EXECUTIONS_PER_USER")]
+    pub quota_queued_executions_per_user: Option<String>,
+    /// Days finished executions and their logs are kept; 0 keeps them forever [default: 30]
+    #[arg(long, env = "EXECUTION_RETENTION_DAYS")]
+    pub execution_retention_days: Option<String>,
+    /// Seconds between looks for executions past retention [default: 3600]
+    #[arg(long, env = "EXECUTION_RETENTION_INTERVAL_S")]
+    pub execution_retention_interval_s: Option<String>,
+    /// Seconds unpacked code no function references stays on disk after its last use; 0 keeps it forever [default: 3600]
+    #[arg(long, env = "ENGINE_CODE_GC_AFTER_S")]
+    pub engine_code_gc_after_s: Option<String>,
     /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
@@ -189,6 +207,24 @@ pub struct EngineSettings {
     pub max_processes: u64,
     pub async_parallelism: usize,
     pub retry_backoff_ms: u64,
+    /// Unreferenced code is removed this long after its last use; `None` keeps it.
+    pub code_gc_after: Option<std::time::Duration>,
+}
+
+/// Per-user limits (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub functions: Option<u64>,
+    pub code_bytes: Option<u64>,
+    pub queued_executions: Option<u64>,
+}
+
+/// How long execution records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// `None` keeps them forever.
+    pub keep_days: Option<u32>,
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +287,8 @@ pub struct Settings {
     pub db_max_connections: u32,
     pub http: HttpLimits,
     pub engine: EngineSettings,
+    pub quotas: Quotas,
+    pub retention: RetentionSettings,
 }
 
 /// What one client may hold of the HTTP server (see `edge`).
@@ -312,6 +350,17 @@ fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
         return Err(bad(variable, format!("{value} is outside {min}..={max}")));
     }
     Ok(value)
+}
+
+/// A limit where 0 means none.
+fn limit(
+    variable: &'static str,
+    raw: Option<&str>,
+    default: u64,
+    max: u64,
+) -> Result<Option<u64>, ConfigError> {
+    let value = number(variable, raw, default, 0, max)?;
+    Ok((value > 0).then_some(value))
 }
 
 fn boolean(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigError> {
@@ -700,6 +749,50 @@ impl Settings {
                     0,
                     3_600_000,
                 )?,
+                code_gc_after: limit(
+                    "ENGINE_CODE_GC_AFTER_S",
+                    raw.engine_code_gc_after_s.as_deref(),
+                    3600,
+                    30 * 86_400,
+                )?
+                .map(std::time::Duration::from_secs),
+            },
+            quotas: Quotas {
+                functions: limit(
+                    "QUOTA_FUNCTIONS_PER_USER",
+                    raw.quota_functions_per_user.as_deref(),
+                    100,
+                    1_000_000,
+                )?,
+                code_bytes: limit(
+                    "QUOTA_CODE_MB_PER_USER",
+                    raw.quota_code_mb_per_user.as_deref(),
+                    1024,
+                    1 << 20,
+                )?
+                .map(|mib| mib << 20),
+                queued_executions: limit(
+                    "QUOTA_QUEUED_EXECUTIONS_PER_USER",
+                    raw.quota_queued_executions_per_user.as_deref(),
+                    1000,
+                    100_000_000,
+                )?,
+            },
+            retention: RetentionSettings {
+                keep_days: limit(
+                    "EXECUTION_RETENTION_DAYS",
+                    raw.execution_retention_days.as_deref(),
+                    30,
+                    36_500,
+                )?
+                .map(|days| u32::try_from(days).unwrap_or(u32::MAX)),
+                interval: std::time::Duration::from_secs(number(
+                    "EXECUTION_RETENTION_INTERVAL_S",
+                    raw.execution_retention_interval_s.as_deref(),
+                    3600,
+                    1,
+                    7 * 86_400,
+                )?),
             },
         })
     }
@@ -939,6 +1032,73 @@ mod tests {
     }
 
     #[test]
+    fn quotas_default_on_and_zero_lifts_each() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(
+            defaults.quotas,
+            Quotas {
+                functions: Some(100),
+                code_bytes: Some(1024 << 20),
+                queued_executions: Some(1000),
+            }
+        );
+        let off = RawSettings {
+            quota_functions_per_user: Some("0".into()),
+            quota_code_mb_per_user: Some("0".into()),
+            quota_queued_executions_per_user: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(
+            Settings::from_raw(off).unwrap().quotas,
+            Quotas {
+                functions: None,
+                code_bytes: None,
+                queued_executions: None,
+            }
+        );
+        let custom = RawSettings {
+            quota_code_mb_per_user: Some("2".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(
+            Settings::from_raw(custom).unwrap().quotas.code_bytes,
+            Some(2 << 20)
+        );
+    }
+
+    #[test]
+    fn retention_defaults_to_thirty_days_and_zero_keeps_executions_forever() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(defaults.retention.keep_days, Some(30));
+        assert_eq!(
+            defaults.retention.interval,
+            std::time::Duration::from_secs(3600)
+        );
+        let off = RawSettings {
+            execution_retention_days: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(Settings::from_raw(off).unwrap().retention.keep_days, None);
+    }
+
+    #[test]
+    fn code_collection_defaults_to_an_hour_and_zero_keeps_code_forever() {
+        let dir = tmp();
+        let defaults = Settings::from_raw(dev(&dir)).unwrap();
+        assert_eq!(
+            defaults.engine.code_gc_after,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let off = RawSettings {
+            engine_code_gc_after_s: Some("0".into()),
+            ..dev(&dir)
+        };
+        assert_eq!(Settings::from_raw(off).unwrap().engine.code_gc_after, None);
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let dir = tmp();
         let cases: Vec<(&str, RawSettings)> = vec![
@@ -1006,6 +1166,13 @@ mod tests {
                 },
             ),
             (
+                "QUOTA_FUNCTIONS_PER_USER",
+                RawSettings {
+                    quota_functions_per_user: Some("-1".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
                 "TRUSTED_PROXIES",
                 RawSettings {
                     trusted_proxies: Some("10.0.0.1/8".into()),
@@ -1013,9 +1180,44 @@ mod tests {
                 },
             ),
             (
+                "QUOTA_CODE_MB_PER_USER",
+                RawSettings {
+                    quota_code_mb_per_user: Some("1GB".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
                 "TRUSTED_PROXIES",
                 RawSettings {
                     trusted_proxies: Some("proxy.internal".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "QUOTA_QUEUED_EXECUTIONS_PER_USER",
+                RawSettings {
+                    quota_queued_executions_per_user: Some("lots".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "EXECUTION_RETENTION_DAYS",
+                RawSettings {
+                    execution_retention_days: Some("100000".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "EXECUTION_RETENTION_INTERVAL_S",
+                RawSettings {
+                    execution_retention_interval_s: Some("0".into()),
+                    ..dev(&dir)
+                },
+            ),
+            (
+                "ENGINE_CODE_GC_AFTER_S",
+                RawSettings {
+                    engine_code_gc_after_s: Some("soon".into()),
                     ..dev(&dir)
                 },
             ),

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod edge;
+pub mod retention;
 pub mod startup;
 pub mod telemetry;

@@ -28,6 +28,7 @@ pub struct Application {
     local_engine: Option<Arc<LocalEngine>>,
     shutdown_timeout: Duration,
     http: crate::config::HttpLimits,
+    retention: crate::config::RetentionSettings,
 }
 
 /// Starts the instances functions keep warm (`min_instances`), without delaying start-up.
@@ -157,6 +158,7 @@ fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineCo
         max_processes: e.max_processes,
         node: node_name(),
         selection,
+        code_gc_after: e.code_gc_after,
     }
 }
 
@@ -327,6 +329,11 @@ impl Application {
                 deadline: settings.http.body_timeout,
                 max_uploads: settings.http.max_uploads,
             },
+            quotas: voltrun_storage::UserQuotas {
+                max_functions: settings.quotas.functions,
+                max_code_bytes: settings.quotas.code_bytes,
+                max_queued_executions: settings.quotas.queued_executions,
+            },
         };
         let state = Arc::new(AppState::new(store.clone(), engine, config)?);
         let router = voltrun_api::router(state);
@@ -341,6 +348,7 @@ impl Application {
             local_engine,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_s),
             http: settings.http,
+            retention: settings.retention,
         })
     }
 
@@ -359,6 +367,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
+        let retention = crate::retention::start(self.store.clone(), self.retention);
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
         let server = crate::edge::serve(self.listener, self.router, self.http, async move {
             shutdown.await;
@@ -381,6 +390,10 @@ impl Application {
         }
         if let Some(engine) = &self.local_engine {
             engine.shutdown().await;
+        }
+        // A pruning step in flight is one statement: stopping between them loses nothing.
+        if let Some(retention) = retention {
+            retention.abort();
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -137,7 +137,8 @@ fn parse_event(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value>
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = ExecutionResponse), (status = 202, body = QueuedResponse),
         (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
+        (status = 413, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
+        (status = 503, body = crate::ErrorBody)))]
 pub async fn execute(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -180,7 +181,11 @@ pub async fn execute(
     match invocation_type {
         InvocationType::Async => {
             // The queued row is the queue entry: the dispatcher picks it up (also after a restart).
-            state.store.insert_execution(&record).await?;
+            // A full queue (the user's quota) refuses it with a 429, and nothing is queued.
+            state
+                .store
+                .enqueue_execution(&record, &state.quotas)
+                .await?;
             if let Some(wake) = &state.dispatcher_wake {
                 wake.notify_one();
             }
@@ -210,6 +215,7 @@ pub async fn execute(
                     .map_err(|e| match e {
                         EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
                         EngineError::Overloaded => ApiError::Overloaded,
+                        EngineError::StorageFull(cause) => ApiError::StorageFull(cause),
                         EngineError::Internal(cause) => ApiError::internal(cause),
                         EngineError::StorageUnavailable(cause) => {
                             ApiError::DatabaseUnavailable(cause)

@@ -218,8 +218,9 @@ async fn stored_function(
 /// Create a function.
 #[utoipa::path(post, path = "/api/functions", tag = "functions", request_body = CreateFunctionRequest,
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 201, body = FunctionResponse), (status = 409, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 201, body = FunctionResponse), (status = 403, body = crate::ErrorBody),
+        (status = 409, body = crate::ErrorBody), (status = 413, body = crate::ErrorBody),
+        (status = 422, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
 pub async fn create(
     State(state): State<SharedState>,
     uploader: Uploader,
@@ -283,7 +284,7 @@ pub async fn create(
     };
     state
         .store
-        .create_function(&record, &bundle.bytes)
+        .create_function(&record, &bundle.bytes, &state.quotas)
         .await
         .map_err(|e| match e {
             voltrun_storage::StoreError::Conflict(_) => ApiError::Conflict(format!(
@@ -371,8 +372,9 @@ pub async fn code(
 /// Update a function; only the fields given change. Any change increments `version`.
 #[utoipa::path(put, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     request_body = UpdateFunctionRequest, security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody),
-        (status = 409, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 200, body = FunctionResponse), (status = 403, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody),
+        (status = 422, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
 pub async fn update(
     State(state): State<SharedState>,
     uploader: Uploader,
@@ -507,6 +509,7 @@ pub async fn update(
             &next,
             current.version,
             new_bundle.as_ref().map(|b| b.bytes.as_slice()),
+            &state.quotas,
         )
         .await
         .map_err(|e| match e {

@@ -41,6 +41,44 @@ macro_rules! both_databases {
     };
 }
 
+/// [`both_databases!`] for servers with settings of their own:
+/// `both_databases_with! { |raw| { raw.port = …; } async fn name(app) { … } … }`.
+#[allow(unused_macros)] // not every suite that shares these helpers customises its servers
+macro_rules! both_databases_with {
+    (|$raw:ident| $customise:block $(async fn $name:ident($app:ident) $body:block)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $app = $crate::helpers::TestApp::spawn_with(
+                        $crate::helpers::Backend::Sqlite,
+                        |$raw: &mut voltrun::config::RawSettings| $customise,
+                    )
+                    .await;
+                    $body
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $app = $crate::helpers::TestApp::spawn_with(
+                        $crate::helpers::Backend::Postgres,
+                        |$raw: &mut voltrun::config::RawSettings| $customise,
+                    )
+                    .await;
+                    $body
+                }
+            )*
+        }
+    };
+}
+
 #[allow(missing_debug_implementations)]
 pub struct TestApp {
     pub base: String,

@@ -12,5 +12,7 @@ mod functions;
 mod keys;
 mod limits;
 mod queue;
+mod quotas;
+mod retention;
 mod system;
 mod tenancy;

@@ -269,3 +269,154 @@ async fn killing_the_server_mid_burst_loses_no_execution() {
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+const SLEEPER: &str =
+    "import time\ndef handler(e, c):\n    time.sleep(e.get('sleep', 0))\n    return 'slept'\n";
+
+/// Sends an asynchronous invocation.
+async fn enqueue(app: &TestApp, token: &str, id: &str, event: Value) -> crate::helpers::Reply {
+    let reply = app
+        .client
+        .post(format!(
+            "{}/api/functions/{id}/execute?async=true",
+            app.base
+        ))
+        .bearer_auth(token)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    TestApp::read(reply).await
+}
+
+/// With the dispatcher's one slot taken by a long execution, concurrent enqueues of one user stop
+/// at the queue quota: the rest answer 429 `queue_full` with Retry-After, and queue nothing.
+async fn a_full_queue_answers_429_and_queues_nothing(backend: crate::helpers::Backend, test: &str) {
+    let Some(app) = crate::engine_app_on(backend, test, |raw| {
+        raw.quota_queued_executions_per_user = Some("3".into());
+        raw.engine_async_parallelism = Some("1".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let token = user.access_token.as_str();
+    let id = deploy(
+        &app,
+        token,
+        "sleeper",
+        &python,
+        "main.handler",
+        &[("main.py", SLEEPER)],
+        json!({"timeout_s": 120}),
+    )
+    .await;
+    let long = enqueue(&app, token, &id, json!({"sleep": 60}))
+        .await
+        .expect(202);
+    let long = long.body["execution_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    while app
+        .get(&format!("/api/executions/{long}"), token)
+        .await
+        .body["status"]
+        != "running"
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let request = app
+            .client
+            .post(format!(
+                "{}/api/functions/{id}/execute?async=true",
+                app.base
+            ))
+            .bearer_auth(token)
+            .json(&json!({}));
+        tasks.push(tokio::spawn(async move {
+            TestApp::read(request.send().await.unwrap()).await
+        }));
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    let outcomes: Vec<(u16, &Value)> = replies
+        .iter()
+        .map(|r| (r.status.as_u16(), &r.body["error"]["code"]))
+        .collect();
+    assert_eq!(
+        replies.iter().filter(|r| r.status == 202).count(),
+        3,
+        "{outcomes:?}"
+    );
+    for full in replies.into_iter().filter(|r| r.status != 202) {
+        let full = full.expect_error(429, "queue_full");
+        assert!(
+            full.headers.contains_key("retry-after"),
+            "{:?}",
+            full.headers
+        );
+        let message = full.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("3 queued") && message.contains("limit is 3"),
+            "{message}"
+        );
+    }
+    let listed = app
+        .get("/api/executions?limit=100", token)
+        .await
+        .expect(200)
+        .body;
+    let statuses: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.len(),
+        4,
+        "refused invocations were recorded: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == "queued").count(), 3);
+
+    // The queue is per user.
+    let other = app.register().await;
+    let theirs = deploy(
+        &app,
+        &other.access_token,
+        "sleeper",
+        &python,
+        "main.handler",
+        &[("main.py", SLEEPER)],
+        json!({}),
+    )
+    .await;
+    enqueue(&app, &other.access_token, &theirs, json!({}))
+        .await
+        .expect(202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_queues_nothing_on_sqlite() {
+    a_full_queue_answers_429_and_queues_nothing(
+        crate::helpers::Backend::Sqlite,
+        "a_full_queue_answers_429_and_queues_nothing_on_sqlite",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_queues_nothing_on_postgres() {
+    a_full_queue_answers_429_and_queues_nothing(
+        crate::helpers::Backend::Postgres,
+        "a_full_queue_answers_429_and_queues_nothing_on_postgres",
+    )
+    .await;
+}

@@ -8,6 +8,7 @@
 mod helpers;
 
 mod asynchronous;
+mod disk;
 mod durability;
 mod errors;
 mod firecracker;
@@ -50,12 +51,21 @@ pub async fn engine_app(
     test: &str,
     customise: impl FnOnce(&mut voltrun::config::RawSettings),
 ) -> Option<TestApp> {
+    engine_app_on(Backend::Sqlite, test, customise).await
+}
+
+/// [`engine_app`] on the given database.
+pub async fn engine_app_on(
+    backend: Backend,
+    test: &str,
+    customise: impl FnOnce(&mut voltrun::config::RawSettings),
+) -> Option<TestApp> {
     if let Some(why) = unavailable() {
         skip(test, &why);
         return None;
     }
     Some(
-        TestApp::spawn_with(Backend::Sqlite, |raw| {
+        TestApp::spawn_with(backend, |raw| {
             raw.engine_backend = Some("namespace".into());
             raw.engine_keep_alive_s = Some("60".into());
             customise(raw);
