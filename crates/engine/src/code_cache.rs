@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use sha2::Digest as _;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_storage::Store;
 
@@ -98,8 +99,9 @@ impl CodeCache {
     ) -> Result<(PathBuf, CodeLease), EngineError> {
         // Leased before looking: a collection that has not removed the entry yet now skips it, and
         // one that already has makes this unpack it again.
-        let lease = self.lease(&function.code_sha256);
-        let dir = self.root.join(&function.code_sha256);
+        let key = entry_name(function);
+        let lease = self.lease(&key);
+        let dir = self.root.join(&key);
         if dir.is_dir() {
             return Ok((dir, lease));
         }
@@ -165,7 +167,8 @@ impl CodeCache {
         };
         let mut unreferenced = Vec::new();
         for sha in candidates {
-            match store.code_referenced(&sha).await {
+            // Conservative for single files: kept while any function has this code, whatever its name.
+            match store.code_referenced(code_of(&sha)).await {
                 Ok(false) => unreferenced.push(sha),
                 Ok(true) => {}
                 Err(e) => {
@@ -244,7 +247,7 @@ fn list_entries(root: &Path) -> Listing {
             continue;
         }
         let sha = name.strip_suffix(".ext4").unwrap_or(&name);
-        if is_sha256(sha) {
+        if is_entry_name(sha) {
             let newest = listing.entries.entry(sha.to_string()).or_insert(modified);
             *newest = (*newest).max(modified);
         } else if (name.starts_with(".staging-") || name.contains(".ext4."))
@@ -256,8 +259,33 @@ fn list_entries(root: &Path) -> Listing {
     listing
 }
 
-fn is_sha256(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+/// The entry a function's code unpacks to. An archive's bytes fix every name in it, so its entry is
+/// its sha256. A single source file's name is not in its bytes: its entry also carries a hash of the
+/// name, or two tenants uploading the same text under different names would share one directory and
+/// whoever ran first would decide which name it holds.
+pub(crate) fn entry_name(function: &FunctionRecord) -> String {
+    match function.code_kind {
+        CodeKind::Zip => function.code_sha256.clone(),
+        CodeKind::Source => {
+            let name = function.code_filename.as_deref().unwrap_or("main");
+            let named = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+            format!("{}-{}", function.code_sha256, &named[..16])
+        }
+    }
+}
+
+/// `<sha256>` or `<sha256>-<16 hex digits>` (see [`entry_name`]).
+fn is_entry_name(name: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    match name.split_once('-') {
+        None => name.len() == 64 && hex(name),
+        Some((sha, named)) => sha.len() == 64 && hex(sha) && named.len() == 16 && hex(named),
+    }
+}
+
+/// The code sha256 an entry holds (what functions reference).
+fn code_of(entry: &str) -> &str {
+    entry.split_once('-').map_or(entry, |(sha, _)| sha)
 }
 
 /// Whether a write failed for want of space (or of the user's disk quota).

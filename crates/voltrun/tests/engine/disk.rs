@@ -110,9 +110,12 @@ async fn unreferenced_code_is_collected_but_never_from_under_an_instance() {
         json!({"timeout_s": 60}),
     )
     .await;
-    let code = app.data_dir().join("engine").join("code");
-    let kept_dir = code.join(code_sha256(&app, token, &kept).await);
-    let late_dir = code.join(code_sha256(&app, token, &late).await);
+    let kept_dir = crate::code_entry(
+        &app,
+        &code_sha256(&app, token, &kept).await,
+        Some("main.py"),
+    );
+    let late_dir = crate::code_entry(&app, &code_sha256(&app, token, &late).await, None);
     assert_eq!(
         invoke(&app, token, &kept, json!({})).await["output"],
         "kept"

@@ -521,3 +521,47 @@ async fn lowering_or_deleting_releases_the_warm_floor() {
         "deleting the function stopped its warm instance"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_source_under_another_name_is_not_shared_between_tenants() {
+    let Some(app) = engine_app(
+        "the_same_source_under_another_name_is_not_shared_between_tenants",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let source = "def handler(e, c):\n    return 'mine'\n";
+    // The squatter runs the text first, under another file name.
+    let squatter = app.register().await;
+    let first = deploy(
+        &app,
+        &squatter.access_token,
+        "squat",
+        &python,
+        "zzz.handler",
+        &[("zzz.py", source)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        invoke(&app, &squatter.access_token, &first, json!({})).await["output"],
+        "mine"
+    );
+    let victim = app.register().await;
+    let second = deploy(
+        &app,
+        &victim.access_token,
+        "victim",
+        &python,
+        "app.handler",
+        &[("app.py", source)],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, &victim.access_token, &second, json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "mine");
+}

@@ -136,7 +136,7 @@ async fn escapes_fail_from_inside_a_function() {
         .as_str()
         .unwrap()
         .to_string();
-    let other_code = app.data_dir().join("engine").join("code").join(&other_sha);
+    let other_code = crate::code_entry(&app, &other_sha, Some("main.py"));
     assert!(
         other_code.is_dir(),
         "the other tenant's code is on this host's disk"

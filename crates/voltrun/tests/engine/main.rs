@@ -129,3 +129,17 @@ pub async fn logs(app: &TestApp, token: &str, execution_id: &str) -> String {
     .expect(200)
     .text
 }
+
+/// Where this server unpacks code with this sha256: uploaded as an archive (`None`), or as a single
+/// source file of this name, whose directory name also carries a hash of the file name.
+pub fn code_entry(app: &TestApp, sha256: &str, source_name: Option<&str>) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let entry = match source_name {
+        None => sha256.to_string(),
+        Some(name) => format!(
+            "{sha256}-{}",
+            &hex::encode(sha2::Sha256::digest(name.as_bytes()))[..16]
+        ),
+    };
+    app.data_dir().join("engine").join("code").join(entry)
+}
