@@ -19,6 +19,10 @@ use voltrun_storage::ExecutionFilter;
 use super::functions::{open_env, owned_function};
 use crate::caller::ExecuteAccess;
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    InvokeUnavailable, NotFound, Overloaded, RequestTimeout, Unauthenticated, Unavailable,
+    ValidationFailed,
+};
 use crate::extract::{ApiQuery, IdPath};
 use crate::pagination::{PageParams, Paginated};
 use crate::{ASYNC_EVENT_LIMIT, SharedState};
@@ -136,8 +140,13 @@ fn parse_event(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value>
     params(("id" = Uuid, Path), ExecuteParams), request_body(content = Object, description = "Any JSON event"),
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = ExecutionResponse), (status = 202, body = QueuedResponse),
-        (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
+        (status = 400, description = "The event is not valid JSON (`malformed_json`), or could not be read (`bad_request`)", body = crate::ErrorBody),
+        (status = 401, response = Unauthenticated), (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 413, description = "The event is over 6 MiB, or over 1 MiB for an asynchronous invocation (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, description = "The event is sent with a content type other than `application/json` (`unsupported_media_type`)", body = crate::ErrorBody),
+        (status = 422, response = ValidationFailed), (status = 429, response = Overloaded),
+        (status = 503, response = InvokeUnavailable)))]
 pub async fn execute(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -237,7 +246,8 @@ pub struct ExecutionListParams {
 /// List your executions (newest first).
 #[utoipa::path(get, path = "/api/executions", tag = "executions", params(ExecutionListParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = Paginated<ExecutionResponse>), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<ExecutionResponse>), (status = 401, response = Unauthenticated),
+        (status = 422, response = ValidationFailed), (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -287,7 +297,8 @@ pub async fn list(
 /// Get one execution.
 #[utoipa::path(get, path = "/api/executions/{id}", tag = "executions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = ExecutionResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = ExecutionResponse), (status = 401, response = Unauthenticated),
+        (status = 404, response = NotFound), (status = 503, response = Unavailable)))]
 pub async fn get(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -321,7 +332,8 @@ pub struct LogsResponse {
 #[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions", params(("id" = Uuid, Path), LogsParams),
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = LogsResponse), (status = 200, content_type = "text/plain", body = String),
-        (status = 404, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+        (status = 401, response = Unauthenticated), (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed), (status = 503, response = Unavailable)))]
 pub async fn logs(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,

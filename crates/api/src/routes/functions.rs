@@ -20,6 +20,10 @@ use crate::SharedState;
 use crate::caller::FullAccess;
 use crate::code::{CodeBundle, CodeInput};
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    BadRequest, InsufficientScope, NotFound, RequestTimeout, Unauthenticated, Unavailable,
+    UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+};
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::pagination::{PageParams, Paginated};
 
@@ -218,8 +222,13 @@ async fn stored_function(
 /// Create a function.
 #[utoipa::path(post, path = "/api/functions", tag = "functions", request_body = CreateFunctionRequest,
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 201, body = FunctionResponse), (status = 409, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 201, body = FunctionResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = InsufficientScope),
+        (status = 408, response = RequestTimeout),
+        (status = 409, description = "You already have a function of this name (`conflict`)", body = crate::ErrorBody),
+        (status = 413, description = "The body, the code or what it unzips to is larger than allowed (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn create(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -301,7 +310,9 @@ pub async fn create(
 /// List your functions (newest first).
 #[utoipa::path(get, path = "/api/functions", tag = "functions", params(PageParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = Paginated<FunctionResponse>), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<FunctionResponse>), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -320,7 +331,9 @@ pub async fn list(
 /// Get one function (without its code).
 #[utoipa::path(get, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = FunctionResponse), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn get(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -334,7 +347,9 @@ pub async fn get(
 /// Get a function's code.
 #[utoipa::path(get, path = "/api/functions/{id}/code", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = CodeResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = CodeResponse), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn code(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -369,8 +384,13 @@ pub async fn code(
 /// Update a function; only the fields given change. Any change increments `version`.
 #[utoipa::path(put, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     request_body = UpdateFunctionRequest, security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody),
-        (status = 409, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 200, body = FunctionResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = InsufficientScope),
+        (status = 404, response = NotFound), (status = 408, response = RequestTimeout),
+        (status = 409, description = "You already have a function of the new name, or the function changed while this update was applied (`conflict`)", body = crate::ErrorBody),
+        (status = 413, description = "The body, the code or what it unzips to is larger than allowed (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn update(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -527,7 +547,9 @@ pub async fn update(
 /// Delete a function and its code. Its past executions stay readable.
 #[utoipa::path(delete, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 204), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn delete(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,

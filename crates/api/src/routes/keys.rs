@@ -13,6 +13,10 @@ use voltrun_storage::ApiKeyRecord;
 use crate::SharedState;
 use crate::caller::{SCOPE_FULL, SCOPES, SessionUser};
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    ApiKeyNotAllowed, BadRequest, NotFound, PayloadTooLarge, RequestTimeout, Unauthenticated,
+    Unavailable, UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+};
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::pagination::{PageParams, Paginated};
 
@@ -91,7 +95,9 @@ fn parse_scopes(raw: Option<Vec<String>>) -> Result<Vec<String>, ValidationError
 
 /// List your API keys.
 #[utoipa::path(get, path = "/api/keys", tag = "keys", params(PageParams), security(("bearer" = [])),
-    responses((status = 200, body = Paginated<KeyResponse>), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<KeyResponse>), (status = 401, response = Unauthenticated),
+        (status = 403, response = ApiKeyNotAllowed), (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,
@@ -109,7 +115,11 @@ pub async fn list(
 
 /// Create an API key.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest, security(("bearer" = [])),
-    responses((status = 201, body = CreatedKeyResponse), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 201, body = CreatedKeyResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = ApiKeyNotAllowed),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn create(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,
@@ -140,7 +150,9 @@ pub async fn create(
 
 /// Delete an API key; it stops working at once.
 #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, response = Unauthenticated),
+        (status = 403, response = ApiKeyNotAllowed), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn delete(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,
