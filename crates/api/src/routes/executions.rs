@@ -43,9 +43,9 @@ pub struct ExecutionResponse {
     pub function_version: i64,
     pub status: ExecutionStatus,
     pub invocation_type: InvocationType,
-    #[schema(value_type = Object)]
+    /// The event, any JSON value.
     pub input: serde_json::Value,
-    #[schema(value_type = Option<Object>)]
+    /// What the function returned, any JSON value; `null` until it succeeds.
     pub output: Option<serde_json::Value>,
     pub error: Option<ExecutionError>,
     pub created_at: DateTime<Utc>,
@@ -137,7 +137,8 @@ fn parse_event(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value>
 /// (a function error is still a 200 whose status is `failed`). Asynchronous with `?async=true` or
 /// `X-Invocation-Type: async`: answers 202 with the queued execution's id.
 #[utoipa::path(post, path = "/api/functions/{id}/execute", tag = "executions",
-    params(("id" = Uuid, Path), ExecuteParams), request_body(content = Object, description = "Any JSON event"),
+    params(("id" = Uuid, Path), ExecuteParams),
+    request_body(content = Option<serde_json::Value>, description = "Any JSON event; none is `{}`"),
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = ExecutionResponse), (status = 202, body = QueuedResponse),
         (status = 400, description = "The event is not valid JSON (`malformed_json`), or could not be read (`bad_request`)", body = crate::ErrorBody),
@@ -331,7 +332,8 @@ pub struct LogsResponse {
 /// Get an execution's logs: its stdout and stderr lines with timestamps.
 #[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions", params(("id" = Uuid, Path), LogsParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = LogsResponse), (status = 200, content_type = "text/plain", body = String),
+    responses((status = 200, description = "The lines as JSON, or with `format=text` as text",
+            content((LogsResponse = "application/json"), (String = "text/plain"))),
         (status = 401, response = Unauthenticated), (status = 404, response = NotFound),
         (status = 422, response = ValidationFailed), (status = 503, response = Unavailable)))]
 pub async fn logs(

@@ -222,6 +222,121 @@ async fn every_route_documents_exactly_the_statuses_it_can_answer_with_the_error
     );
 }
 
+/// Whether the `type` a schema names, if any, admits the value (the one keyword these checks need).
+fn type_admits(schema: &Value, value: &Value) -> bool {
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    match &schema["type"] {
+        Value::Null => true,
+        Value::String(t) => t == kind || (t == "number" && kind == "integer"),
+        Value::Array(types) => types
+            .iter()
+            .any(|t| t == kind || (t == "number" && kind == "integer")),
+        other => panic!("a type of {other}"),
+    }
+}
+
+/// Regressions in the document's schemas: an event and a function's result are any JSON, not only
+/// objects; an invocation needs no body; the logs route answers JSON unless asked for text (its
+/// text response once replaced the JSON one in the document).
+async fn documented_bodies_admit_what_the_routes_take_and_send(backend: Backend) {
+    use voltrun_domain::execution::{ExecutionRecord, ExecutionStatus, InvocationType};
+    let app = TestApp::spawn(backend).await;
+    let doc = document(&app).await;
+    let user = app.register().await;
+    let function = app.create_function(&user.access_token, "any-json").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let store = app.store().await;
+    let record = ExecutionRecord::new_queued(
+        user.id.parse().unwrap(),
+        function.parse().unwrap(),
+        1,
+        InvocationType::Sync,
+        json!([1, "two"]),
+        voltrun_storage::now(),
+    );
+    store.insert_execution(&record).await.unwrap();
+    let mut outcome = crate::helpers::sample_outcome(ExecutionStatus::Succeeded);
+    outcome.output = Some(json!("a string"));
+    store.finish_execution(record.id, &outcome).await.unwrap();
+    store.close().await;
+    let execution = app
+        .get(
+            &format!("/api/executions/{}", record.id),
+            &user.access_token,
+        )
+        .await
+        .expect(200)
+        .body;
+    let properties = &doc["components"]["schemas"]["ExecutionResponse"]["properties"];
+    for field in ["input", "output"] {
+        assert!(
+            type_admits(&properties[field], &execution[field]),
+            "{field}: {} does not admit {}",
+            properties[field],
+            execution[field]
+        );
+    }
+
+    let execute = &doc["paths"]["/api/functions/{id}/execute"]["post"]["requestBody"];
+    assert_ne!(
+        execute["required"],
+        json!(true),
+        "an invocation without a body is an empty event: {execute}"
+    );
+    assert_eq!(
+        execute["content"]["application/json"]["schema"],
+        json!({}),
+        "any JSON is an event"
+    );
+    for body in [
+        None,
+        Some(json!([1, 2])),
+        Some(json!("text")),
+        Some(json!(7)),
+    ] {
+        // No engine here: 503 engine_unavailable means the event was taken.
+        app.send(
+            Method::POST,
+            &format!("/api/functions/{function}/execute"),
+            Some(&user.access_token),
+            body,
+        )
+        .await
+        .expect_error(503, "engine_unavailable");
+    }
+
+    let logs = &doc["paths"]["/api/executions/{id}/logs"]["get"]["responses"]["200"]["content"];
+    assert_eq!(
+        logs["application/json"]["schema"]["$ref"], "#/components/schemas/LogsResponse",
+        "{logs}"
+    );
+    assert_eq!(logs["text/plain"]["schema"]["type"], "string", "{logs}");
+    let json_logs = app
+        .get(
+            &format!("/api/executions/{}/logs", record.id),
+            &user.access_token,
+        )
+        .await
+        .expect(200);
+    assert!(
+        json_logs.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+}
+
 /// What the probes saw: route → statuses.
 type Seen = BTreeMap<(&'static str, &'static str), BTreeSet<u16>>;
 
@@ -495,6 +610,11 @@ macro_rules! on_each_database {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn every_route_documents_exactly_the_statuses_it_can_answer_with_the_error_body() {
                 super::every_route_documents_exactly_the_statuses_it_can_answer_with_the_error_body(Backend::$backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn documented_bodies_admit_what_the_routes_take_and_send() {
+                super::documented_bodies_admit_what_the_routes_take_and_send(Backend::$backend).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
