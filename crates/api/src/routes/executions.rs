@@ -237,10 +237,16 @@ pub async fn execute(
 #[into_params(parameter_in = Query)]
 pub struct ExecutionListParams {
     /// Only executions of this function.
+    #[param(value_type = Option<Uuid>)]
     pub function_id: Option<String>,
     /// Only executions in this status.
+    #[param(value_type = Option<ExecutionStatus>)]
     pub status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub cursor: Option<String>,
 }
 
@@ -318,6 +324,7 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct LogsParams {
     /// `json` (default) or `text`.
+    #[param(pattern = "^(json|text)$")]
     pub format: Option<String>,
 }
 

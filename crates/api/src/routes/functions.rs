@@ -29,44 +29,72 @@ use crate::pagination::{PageParams, Paginated};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "hello", "runtime": "provided", "handler": "function.handler",
+    "code": {"source": "#!/bin/sh\necho hello\n", "filename": "bootstrap"},
+}))]
 pub struct CreateFunctionRequest {
-    /// Unique among your functions: lower-case letters, digits and hyphens, 1–64.
+    /// Unique among your functions: lower-case letters, digits and hyphens, 1–64, starting and
+    /// ending with a letter or digit.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub name: String,
+    #[schema(max_length = 256)]
     pub description: Option<String>,
     /// One of `GET /api/runtimes`.
     pub runtime: String,
     /// `module.function`, e.g. `main.handler`.
+    #[schema(
+        pattern = "^[A-Za-z0-9_./-]+\\.[A-Za-z_$][A-Za-z0-9_$]*$",
+        max_length = 128
+    )]
     pub handler: String,
     pub code: CodeInput,
     /// 128–10240 (default 128).
+    #[schema(minimum = 128, maximum = 10240)]
     pub memory_mb: Option<i64>,
     /// 1–900 (default 30).
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout_s: Option<i64>,
     /// Encrypted at rest; keys and values together at most 4 KiB.
     pub env: Option<EnvVars>,
     /// Retries of a failed asynchronous invocation, 0–2 (default 2).
+    #[schema(minimum = 0, maximum = 2)]
     pub max_retries: Option<i64>,
     /// Reserved concurrency, 1–1000; 0 or absent: the server's default.
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i64>,
     /// Instances kept warm, 0–10 (default 0).
+    #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
 }
 
 /// A partial update: only the fields present change.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"description": "says hello", "timeout_s": 10}))]
 pub struct UpdateFunctionRequest {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub name: Option<String>,
+    #[schema(max_length = 256)]
     pub description: Option<String>,
     pub runtime: Option<String>,
+    #[schema(
+        pattern = "^[A-Za-z0-9_./-]+\\.[A-Za-z_$][A-Za-z0-9_$]*$",
+        max_length = 128
+    )]
     pub handler: Option<String>,
     pub code: Option<CodeInput>,
+    #[schema(minimum = 128, maximum = 10240)]
     pub memory_mb: Option<i64>,
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout_s: Option<i64>,
     pub env: Option<EnvVars>,
+    #[schema(minimum = 0, maximum = 2)]
     pub max_retries: Option<i64>,
     /// 0 resets to the server's default.
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i64>,
+    #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
 }
 

@@ -22,10 +22,24 @@ use crate::pagination::{PageParams, Paginated};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci", "scopes": ["execute"]}))]
 pub struct CreateKeyRequest {
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// `full` (default) or `execute` (may only invoke functions and read executions).
+    #[schema(min_items = 1, value_type = Option<Vec<KeyScope>>)]
     pub scopes: Option<Vec<String>>,
+}
+
+/// What an API key may do (documentation only: scopes are parsed as strings, to name a bad one).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // named in the schema of `CreateKeyRequest`, never built
+enum KeyScope {
+    /// Everything an access token may, except managing keys and sessions.
+    Full,
+    /// Invoke functions and read executions.
+    Execute,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
