@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs VoltRun's whole test suite: unit tests, the HTTP API suite against SQLite and PostgreSQL, the
-# CLI suite, and the execution-engine suite (real functions in the namespace sandbox).
+# CLI suite, the execution-engine suite (real functions in the namespace sandbox), and then the
+# contract run (scripts/contract-test.sh: the real server fuzzed against its own OpenAPI document
+# for about a minute).
 #
 # The engine suite needs root and bubblewrap; where they are missing its tests print
 # "SKIPPED <test>: <why>" and this script repeats why at the end. It never counts them as run.
@@ -10,7 +12,8 @@
 # temporary directory, a random port on 127.0.0.1) and removes it afterwards. It never skips the
 # PostgreSQL half: without binaries it stops and prints the command that installs them.
 #
-# Extra arguments go to `cargo test` (e.g. scripts/test.sh auth:: to run a subset).
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh auth:: to run a subset); a subset skips
+# the contract run, which says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +30,12 @@ fi
 
 # What the suites run besides our own code, installed once into target/ (each script skips what is
 # already there): the pinned Firecracker + jailer (crates/vm tests), the static guest agent (image
-# builder tests), and AWS's official runtime interface clients (engine suite).
+# builder tests), AWS's official runtime interface clients (engine suite), and Schemathesis (the
+# contract run).
 ./scripts/install-firecracker.sh
 ./scripts/build-agent.sh >/dev/null
 ./scripts/install-rics.sh
+./scripts/install-schemathesis.sh
 
 sandbox_missing=""
 if [ "$(id -u)" != 0 ]; then
@@ -52,4 +57,13 @@ fi
 if [ -n "$sandbox_missing" ]; then
   echo "test.sh: NOTE: the execution-engine tests (crates/voltrun/tests/engine) did not run: $sandbox_missing." >&2
   echo "test.sh: they need root and bubblewrap; run this script as root to include them." >&2
+fi
+
+# The contract run fails the suite on any response that breaks the OpenAPI document; it prints its
+# own summary (and, without root and bubblewrap, runs the server without an engine).
+if [ $# -eq 0 ]; then
+  echo "== scripts/contract-test.sh (the server fuzzed against its OpenAPI document)"
+  ./scripts/contract-test.sh
+else
+  echo "test.sh: a subset was asked for, so the contract run was skipped (run scripts/contract-test.sh)" >&2
 fi

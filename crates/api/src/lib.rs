@@ -6,6 +6,7 @@ mod caller;
 mod client_address;
 mod code;
 mod error;
+mod error_docs;
 mod extract;
 mod function_cache;
 pub mod limits;

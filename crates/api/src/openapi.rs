@@ -19,7 +19,7 @@ use crate::routes::{auth, executions, functions, keys, system};
         system::health, system::metrics, system::runtimes, system::openapi_json,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &ErrorResponses),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "keys", description = "API keys"),
@@ -57,6 +57,18 @@ impl Modify for SecuritySchemes {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+    }
+}
+
+/// The shared error responses (`error_docs`), which handlers name by reference.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, response) in crate::error_docs::all() {
+            components.responses.insert(name.to_string(), response);
+        }
     }
 }
 

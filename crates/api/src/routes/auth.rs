@@ -14,18 +14,28 @@ use crate::SharedState;
 use crate::caller::SessionUser;
 use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    ApiKeyNotAllowed, AuthUnavailable, BadRequest, PayloadTooLarge, RateLimited, RequestTimeout,
+    Unavailable, UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+};
 use crate::extract::ApiJson;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"}))]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
+    /// 8 or more characters (at most 256 bytes), not the email address.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
+    #[schema(max_length = 100)]
     pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery"}))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
@@ -34,6 +44,8 @@ pub struct LoginRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    /// As issued: 43 characters of URL-safe base64.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub refresh_token: String,
 }
 
@@ -140,9 +152,12 @@ fn limit_address(state: &SharedState, address: &str) -> ApiResult<()> {
 
 /// Register a new user.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = AuthResponse), (status = 409, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
-        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
+    responses((status = 201, body = AuthResponse), (status = 400, response = BadRequest),
+        (status = 408, response = RequestTimeout),
+        (status = 409, description = "An account with this email exists (`conflict`)", body = crate::ErrorBody),
+        (status = 413, response = PayloadTooLarge), (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed), (status = 429, response = RateLimited),
+        (status = 503, response = AuthUnavailable)))]
 pub async fn register(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -184,9 +199,11 @@ pub async fn register(
 
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
-        (status = 503, description = "Too many passwords being checked at once (`auth_busy`); retry after `Retry-After` seconds", body = crate::ErrorBody)))]
+    responses((status = 200, body = AuthResponse), (status = 400, response = BadRequest),
+        (status = 401, description = "The email or the password is wrong (`invalid_credentials`)", body = crate::ErrorBody),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited), (status = 503, response = AuthUnavailable)))]
 pub async fn login(
     State(state): State<SharedState>,
     ClientAddress(address): ClientAddress,
@@ -255,7 +272,11 @@ fn parse_refresh_token(raw: &str) -> ApiResult<String> {
 /// one revokes its session (every refresh and access token of it), as a stolen token may have been
 /// used. A session rotates until its maximum age after login, then its owner logs in again.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = AuthResponse), (status = 400, response = BadRequest),
+        (status = 401, description = "The refresh token is not valid, was already used (its session is now revoked), or its session ended (`unauthorized`)", body = crate::ErrorBody),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn refresh(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<RefreshRequest>,
@@ -313,7 +334,10 @@ pub async fn refresh(
 /// End a session: revokes the refresh token's session, which ends its refresh tokens and the access
 /// tokens issued for it.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", request_body = RefreshRequest,
-    responses((status = 204, description = "Logged out (also when the token was already invalid)")))]
+    responses((status = 204, description = "Logged out (also when the token was already invalid)"),
+        (status = 400, response = BadRequest), (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge), (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed), (status = 503, response = UnavailableForBodies)))]
 pub async fn logout(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<RefreshRequest>,
@@ -331,7 +355,9 @@ pub async fn logout(
 
 /// The logged-in user.
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
-    responses((status = 200, body = UserResponse), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = UserResponse),
+        (status = 401, description = "No valid access token, or its account no longer exists (`unauthorized`)", body = crate::ErrorBody),
+        (status = 403, response = ApiKeyNotAllowed), (status = 503, response = Unavailable)))]
 pub async fn me(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,

@@ -19,6 +19,10 @@ use voltrun_storage::ExecutionFilter;
 use super::functions::{open_env, owned_function};
 use crate::caller::ExecuteAccess;
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    InvokeUnavailable, NotFound, Overloaded, RequestTimeout, Unauthenticated, Unavailable,
+    ValidationFailed,
+};
 use crate::extract::{ApiQuery, IdPath};
 use crate::pagination::{PageParams, Paginated};
 use crate::{ASYNC_EVENT_LIMIT, SharedState};
@@ -39,9 +43,9 @@ pub struct ExecutionResponse {
     pub function_version: i64,
     pub status: ExecutionStatus,
     pub invocation_type: InvocationType,
-    #[schema(value_type = Object)]
+    /// The event, any JSON value.
     pub input: serde_json::Value,
-    #[schema(value_type = Option<Object>)]
+    /// What the function returned, any JSON value; `null` until it succeeds.
     pub output: Option<serde_json::Value>,
     pub error: Option<ExecutionError>,
     pub created_at: DateTime<Utc>,
@@ -133,12 +137,17 @@ fn parse_event(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value>
 /// (a function error is still a 200 whose status is `failed`). Asynchronous with `?async=true` or
 /// `X-Invocation-Type: async`: answers 202 with the queued execution's id.
 #[utoipa::path(post, path = "/api/functions/{id}/execute", tag = "executions",
-    params(("id" = Uuid, Path), ExecuteParams), request_body(content = Object, description = "Any JSON event"),
+    params(("id" = Uuid, Path), ExecuteParams),
+    request_body(content = Option<serde_json::Value>, description = "Any JSON event; none is `{}`"),
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = ExecutionResponse), (status = 202, body = QueuedResponse),
-        (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody),
-        (status = 503, body = crate::ErrorBody)))]
+        (status = 400, description = "The event is not valid JSON (`malformed_json`), or could not be read (`bad_request`)", body = crate::ErrorBody),
+        (status = 401, response = Unauthenticated), (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 413, description = "The event is over 6 MiB, or over 1 MiB for an asynchronous invocation (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, description = "The event is sent with a content type other than `application/json` (`unsupported_media_type`)", body = crate::ErrorBody),
+        (status = 422, response = ValidationFailed), (status = 429, response = Overloaded),
+        (status = 503, response = InvokeUnavailable)))]
 pub async fn execute(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -233,17 +242,24 @@ pub async fn execute(
 #[into_params(parameter_in = Query)]
 pub struct ExecutionListParams {
     /// Only executions of this function.
+    #[param(value_type = Option<Uuid>)]
     pub function_id: Option<String>,
     /// Only executions in this status.
+    #[param(value_type = Option<ExecutionStatus>)]
     pub status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub cursor: Option<String>,
 }
 
 /// List your executions (newest first).
 #[utoipa::path(get, path = "/api/executions", tag = "executions", params(ExecutionListParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = Paginated<ExecutionResponse>), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<ExecutionResponse>), (status = 401, response = Unauthenticated),
+        (status = 422, response = ValidationFailed), (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -293,7 +309,8 @@ pub async fn list(
 /// Get one execution.
 #[utoipa::path(get, path = "/api/executions/{id}", tag = "executions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = ExecutionResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = ExecutionResponse), (status = 401, response = Unauthenticated),
+        (status = 404, response = NotFound), (status = 503, response = Unavailable)))]
 pub async fn get(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,
@@ -312,6 +329,7 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct LogsParams {
     /// `json` (default) or `text`.
+    #[param(pattern = "^(json|text)$")]
     pub format: Option<String>,
 }
 
@@ -326,8 +344,10 @@ pub struct LogsResponse {
 /// Get an execution's logs: its stdout and stderr lines with timestamps.
 #[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions", params(("id" = Uuid, Path), LogsParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = LogsResponse), (status = 200, content_type = "text/plain", body = String),
-        (status = 404, body = crate::ErrorBody), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 200, description = "The lines as JSON, or with `format=text` as text",
+            content((LogsResponse = "application/json"), (String = "text/plain"))),
+        (status = 401, response = Unauthenticated), (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed), (status = 503, response = Unavailable)))]
 pub async fn logs(
     State(state): State<SharedState>,
     ExecuteAccess(user_id): ExecuteAccess,

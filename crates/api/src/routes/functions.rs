@@ -19,50 +19,82 @@ use crate::SharedState;
 use crate::caller::FullAccess;
 use crate::code::{CodeBundle, CodeInput};
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    BadRequest, ForbiddenForCode, InsufficientScope, NotFound, RequestTimeout, Unauthenticated,
+    Unavailable, UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+};
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::limits::Uploader;
 use crate::pagination::{PageParams, Paginated};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "hello", "runtime": "provided", "handler": "function.handler",
+    "code": {"source": "#!/bin/sh\necho hello\n", "filename": "bootstrap"},
+}))]
 pub struct CreateFunctionRequest {
-    /// Unique among your functions: lower-case letters, digits and hyphens, 1–64.
+    /// Unique among your functions: lower-case letters, digits and hyphens, 1–64, starting and
+    /// ending with a letter or digit.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub name: String,
+    #[schema(max_length = 256)]
     pub description: Option<String>,
     /// One of `GET /api/runtimes`.
     pub runtime: String,
     /// `module.function`, e.g. `main.handler`.
+    #[schema(
+        pattern = "^[A-Za-z0-9_./-]+\\.[A-Za-z_$][A-Za-z0-9_$]*$",
+        max_length = 128
+    )]
     pub handler: String,
     pub code: CodeInput,
     /// 128–10240 (default 128).
+    #[schema(minimum = 128, maximum = 10240)]
     pub memory_mb: Option<i64>,
     /// 1–900 (default 30).
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout_s: Option<i64>,
     /// Encrypted at rest; keys and values together at most 4 KiB.
     pub env: Option<EnvVars>,
     /// Retries of a failed asynchronous invocation, 0–2 (default 2).
+    #[schema(minimum = 0, maximum = 2)]
     pub max_retries: Option<i64>,
     /// Reserved concurrency, 1–1000; 0 or absent: the server's default.
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i64>,
     /// Instances kept warm, 0–10 (default 0).
+    #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
 }
 
 /// A partial update: only the fields present change.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"description": "says hello", "timeout_s": 10}))]
 pub struct UpdateFunctionRequest {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub name: Option<String>,
+    #[schema(max_length = 256)]
     pub description: Option<String>,
     pub runtime: Option<String>,
+    #[schema(
+        pattern = "^[A-Za-z0-9_./-]+\\.[A-Za-z_$][A-Za-z0-9_$]*$",
+        max_length = 128
+    )]
     pub handler: Option<String>,
     pub code: Option<CodeInput>,
+    #[schema(minimum = 128, maximum = 10240)]
     pub memory_mb: Option<i64>,
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout_s: Option<i64>,
     pub env: Option<EnvVars>,
+    #[schema(minimum = 0, maximum = 2)]
     pub max_retries: Option<i64>,
     /// 0 resets to the server's default.
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i64>,
+    #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
 }
 
@@ -218,9 +250,13 @@ async fn stored_function(
 /// Create a function.
 #[utoipa::path(post, path = "/api/functions", tag = "functions", request_body = CreateFunctionRequest,
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 201, body = FunctionResponse), (status = 403, body = crate::ErrorBody),
-        (status = 409, body = crate::ErrorBody), (status = 413, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
+    responses((status = 201, body = FunctionResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = ForbiddenForCode),
+        (status = 408, response = RequestTimeout),
+        (status = 409, description = "You already have a function of this name (`conflict`)", body = crate::ErrorBody),
+        (status = 413, description = "The body, the code or what it unzips to is larger than allowed (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn create(
     State(state): State<SharedState>,
     uploader: Uploader,
@@ -304,7 +340,9 @@ pub async fn create(
 /// List your functions (newest first).
 #[utoipa::path(get, path = "/api/functions", tag = "functions", params(PageParams),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = Paginated<FunctionResponse>), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<FunctionResponse>), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -323,7 +361,9 @@ pub async fn list(
 /// Get one function (without its code).
 #[utoipa::path(get, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = FunctionResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = FunctionResponse), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn get(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -337,7 +377,9 @@ pub async fn get(
 /// Get a function's code.
 #[utoipa::path(get, path = "/api/functions/{id}/code", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = CodeResponse), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = CodeResponse), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn code(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
@@ -372,9 +414,13 @@ pub async fn code(
 /// Update a function; only the fields given change. Any change increments `version`.
 #[utoipa::path(put, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     request_body = UpdateFunctionRequest, security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = FunctionResponse), (status = 403, body = crate::ErrorBody),
-        (status = 404, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody),
-        (status = 422, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)))]
+    responses((status = 200, body = FunctionResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = ForbiddenForCode),
+        (status = 404, response = NotFound), (status = 408, response = RequestTimeout),
+        (status = 409, description = "You already have a function of the new name, or the function changed while this update was applied (`conflict`)", body = crate::ErrorBody),
+        (status = 413, description = "The body, the code or what it unzips to is larger than allowed (`payload_too_large`)", body = crate::ErrorBody),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn update(
     State(state): State<SharedState>,
     uploader: Uploader,
@@ -533,7 +579,9 @@ pub async fn update(
 /// Delete a function and its code. Its past executions stay readable.
 #[utoipa::path(delete, path = "/api/functions/{id}", tag = "functions", params(("id" = Uuid, Path)),
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 204), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, response = Unauthenticated),
+        (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn delete(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,

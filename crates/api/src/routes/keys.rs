@@ -13,15 +13,33 @@ use voltrun_storage::ApiKeyRecord;
 use crate::SharedState;
 use crate::caller::{SCOPE_FULL, SCOPES, SessionUser};
 use crate::error::{ApiError, ApiResult};
+use crate::error_docs::{
+    ApiKeyNotAllowed, BadRequest, NotFound, PayloadTooLarge, RequestTimeout, Unauthenticated,
+    Unavailable, UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+};
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::pagination::{PageParams, Paginated};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci", "scopes": ["execute"]}))]
 pub struct CreateKeyRequest {
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// `full` (default) or `execute` (may only invoke functions and read executions).
+    #[schema(min_items = 1, value_type = Option<Vec<KeyScope>>)]
     pub scopes: Option<Vec<String>>,
+}
+
+/// What an API key may do (documentation only: scopes are parsed as strings, to name a bad one).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // named in the schema of `CreateKeyRequest`, never built
+enum KeyScope {
+    /// Everything an access token may, except managing keys and sessions.
+    Full,
+    /// Invoke functions and read executions.
+    Execute,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -91,7 +109,9 @@ fn parse_scopes(raw: Option<Vec<String>>) -> Result<Vec<String>, ValidationError
 
 /// List your API keys.
 #[utoipa::path(get, path = "/api/keys", tag = "keys", params(PageParams), security(("bearer" = [])),
-    responses((status = 200, body = Paginated<KeyResponse>), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, body = Paginated<KeyResponse>), (status = 401, response = Unauthenticated),
+        (status = 403, response = ApiKeyNotAllowed), (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable)))]
 pub async fn list(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,
@@ -109,7 +129,11 @@ pub async fn list(
 
 /// Create an API key.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest, security(("bearer" = [])),
-    responses((status = 201, body = CreatedKeyResponse), (status = 422, body = crate::ErrorBody)))]
+    responses((status = 201, body = CreatedKeyResponse), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated), (status = 403, response = ApiKeyNotAllowed),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = ValidationFailed),
+        (status = 503, response = UnavailableForBodies)))]
 pub async fn create(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,
@@ -140,7 +164,9 @@ pub async fn create(
 
 /// Delete an API key; it stops working at once.
 #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, response = Unauthenticated),
+        (status = 403, response = ApiKeyNotAllowed), (status = 404, response = NotFound),
+        (status = 503, response = Unavailable)))]
 pub async fn delete(
     State(state): State<SharedState>,
     SessionUser(user_id): SessionUser,

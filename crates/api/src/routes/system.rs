@@ -61,8 +61,9 @@ const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Service health: 503 when the database cannot be reached. With `Authorization: Bearer
 /// <METRICS_TOKEN>`, also the version, uptime, database latency and the engine's detail and warnings.
 #[utoipa::path(get, path = "/health", tag = "system", security((), ("metrics_token" = [])),
-    responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse),
-        (status = 401, description = "A token other than the metrics token", body = crate::ErrorBody)))]
+    responses((status = 200, description = "The service is up (`ok`, or `degraded`)", body = HealthResponse),
+        (status = 503, description = "The database cannot be reached (`unavailable`)", body = HealthResponse),
+        (status = 401, description = "A token other than the metrics token, or a malformed Authorization header (`unauthorized`)", body = crate::ErrorBody)))]
 pub async fn health(
     State(state): State<SharedState>,
     operator: Operator,
@@ -104,7 +105,7 @@ pub async fn health(
 /// with `Authorization: Bearer <METRICS_TOKEN>`.
 #[utoipa::path(get, path = "/metrics", tag = "system", security(("metrics_token" = [])),
     responses((status = 200, content_type = "text/plain", body = String),
-        (status = 401, description = "The server has a metrics token, and the request did not present it", body = crate::ErrorBody)))]
+        (status = 401, description = "The server has a metrics token, and the request did not present it (`unauthorized`)", body = crate::ErrorBody)))]
 pub async fn metrics(State(state): State<SharedState>, operator: Operator) -> Response {
     if operator == Operator::Anonymous {
         return ApiError::Unauthorized(

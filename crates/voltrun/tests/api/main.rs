@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod contract;
 mod edge;
 mod executions;
 mod functions;
