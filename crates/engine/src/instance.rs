@@ -74,9 +74,6 @@ pub struct Instance {
     body: Body,
     /// The instance's share of the host's memory budget, given back when it ends.
     _memory: Option<OwnedSemaphorePermit>,
-    /// The host uid its sandbox runs as, given back when it ends (declared after `body`, so the
-    /// sandbox is gone before another instance can get the uid).
-    uid: Option<UidLease>,
     /// Its hold on the code it mounts, given back when it ends (after `body`, for the same reason:
     /// the code cache may remove the code once nobody holds it).
     code: Option<CodeLease>,
@@ -129,7 +126,6 @@ impl Instance {
             init_duration: Some(started.elapsed()),
             body,
             _memory: memory,
-            uid: None,
             code: None,
         }
     }
@@ -142,7 +138,9 @@ impl Instance {
 
     /// Keeps `lease` for as long as the instance lives.
     pub fn holding_uid(mut self, lease: UidLease) -> Self {
-        self.uid = Some(lease);
+        if let Body::Sandbox(sandboxed) = &mut self.body {
+            sandboxed.uid = Some(lease);
+        }
         self
     }
 
@@ -221,6 +219,9 @@ struct SandboxedRuntime {
     output_fds: [RawFd; 2],
     tasks: Vec<tokio::task::JoinHandle<()>>,
     healthy: bool,
+    /// The host uid the sandbox runs as: given back only once the sandbox is dead, so no other
+    /// instance gets it while any process of this one lives.
+    uid: Option<UidLease>,
 }
 
 /// Reads one output stream into log lines, keeping at most [`LOG_BUFFER_BYTES`] between two
@@ -314,6 +315,7 @@ impl SandboxedRuntime {
             output_fds,
             tasks,
             healthy: true,
+            uid: None,
         })
     }
 
@@ -407,9 +409,8 @@ impl SandboxedRuntime {
     }
 
     async fn kill(&mut self) {
-        if let Some(mut sandbox) = self.sandbox.take() {
-            let _ = tokio::task::spawn_blocking(move || sandbox.kill()).await;
-        }
+        let (sandbox, uid) = (self.sandbox.take(), self.uid.take());
+        let _ = tokio::task::spawn_blocking(move || kill_then_release(sandbox, uid)).await;
     }
 
     /// Kills its processes, removes its cgroup, stops its tasks.
@@ -421,13 +422,32 @@ impl SandboxedRuntime {
     }
 }
 
+/// Kills a sandbox (blocking: it waits for the process and removes the cgroup), then gives back its
+/// uid.
+fn kill_then_release(sandbox: Option<Sandbox>, uid: Option<UidLease>) {
+    if let Some(mut sandbox) = sandbox {
+        sandbox.kill();
+    }
+    drop(uid);
+}
+
 impl Drop for SandboxedRuntime {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
-        // `Sandbox`'s own Drop kills what is left; it blocks briefly, which is acceptable on this rare
-        // path (normal shutdown goes through `stop`).
+        // An instance dropped rather than stopped (a task cancelled, a panic): the kill still runs
+        // off the async worker threads where there is a runtime to take it.
+        let (sandbox, uid) = (self.sandbox.take(), self.uid.take());
+        if sandbox.is_none() && uid.is_none() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || kill_then_release(sandbox, uid));
+            }
+            Err(_) => kill_then_release(sandbox, uid),
+        }
     }
 }
 
