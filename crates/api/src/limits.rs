@@ -45,7 +45,7 @@ pub const UPLOADS_PER_USER: usize = 2;
 pub struct BodyGate {
     deadline: Duration,
     uploads: Arc<Semaphore>,
-    per_user: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
+    per_user: Arc<KeyedSlots<Uuid>>,
 }
 
 impl BodyGate {
@@ -53,43 +53,76 @@ impl BodyGate {
         Self {
             deadline: limits.deadline,
             uploads: Arc::new(Semaphore::new(limits.max_uploads)),
-            per_user: std::sync::Mutex::default(),
+            per_user: KeyedSlots::new(),
         }
     }
+}
 
-    fn per_user(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, usize>> {
+/// Holders counted per key (a user, a client address), each key up to a cap. A slot gives its count
+/// back when dropped, so nothing has to remember to.
+#[derive(Debug)]
+pub struct KeyedSlots<K> {
+    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
+}
+
+/// One holder's slot under its key.
+#[derive(Debug)]
+pub struct KeyedSlot<K: Eq + std::hash::Hash> {
+    key: Option<K>,
+    of: Arc<KeyedSlots<K>>,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> KeyedSlots<K> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            held: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A slot under `key`, or `None` when `cap` are held already (a `cap` of 0: no cap).
+    pub fn take(self: &Arc<Self>, key: K, cap: usize) -> Option<KeyedSlot<K>> {
+        let mut held = self.held();
+        let count = held.entry(key.clone()).or_default();
+        if cap > 0 && *count >= cap {
+            return None;
+        }
+        *count += 1;
+        drop(held);
+        Some(KeyedSlot {
+            key: Some(key),
+            of: self.clone(),
+        })
+    }
+}
+
+impl<K: Eq + std::hash::Hash> KeyedSlots<K> {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, usize>> {
         // The map is consistent after every change, so a poisoned lock is still usable.
-        self.per_user
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// The caller of a route that accepts code (an access token or a `full` API key), holding an upload
-/// slot when its body is an upload.
-#[derive(Debug)]
-pub struct Uploader {
-    pub user_id: Uuid,
-    _slot: Option<UploadSlot>,
-}
-
-#[derive(Debug)]
-struct UploadSlot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    user_id: Uuid,
-    state: SharedState,
-}
-
-impl Drop for UploadSlot {
+impl<K: Eq + std::hash::Hash> Drop for KeyedSlot<K> {
     fn drop(&mut self) {
-        let mut per_user = self.state.bodies.per_user();
-        if let Some(n) = per_user.get_mut(&self.user_id) {
-            *n -= 1;
-            if *n == 0 {
-                per_user.remove(&self.user_id);
+        let Some(key) = self.key.take() else { return };
+        let mut held = self.of.held();
+        if let Some(count) = held.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&key);
             }
         }
     }
+}
+
+/// The caller of a route that accepts code (an access token or a `full` API key), holding an upload
+/// slot (its own, and one of the server's) when its body is an upload.
+#[derive(Debug)]
+pub struct Uploader {
+    pub user_id: Uuid,
+    _slots: Option<(KeyedSlot<Uuid>, tokio::sync::OwnedSemaphorePermit)>,
 }
 
 impl FromRequestParts<SharedState> for Uploader {
@@ -103,41 +136,24 @@ impl FromRequestParts<SharedState> for Uploader {
         if !is_upload(&parts.method, &parts.headers) {
             return Ok(Self {
                 user_id,
-                _slot: None,
+                _slots: None,
             });
         }
         let gate = &state.bodies;
-        {
-            let mut per_user = gate.per_user();
-            let held = per_user.entry(user_id).or_default();
-            if *held >= UPLOADS_PER_USER {
-                return Err(ApiError::TooManyUploads);
-            }
-            *held += 1;
-        }
-        // From here the count is the slot's to give back, whatever happens.
-        let global = gate.uploads.clone().try_acquire_owned();
-        let slot = |permit| UploadSlot {
-            _global: permit,
+        let own = gate
+            .per_user
+            .take(user_id, UPLOADS_PER_USER)
+            .ok_or(ApiError::TooManyUploads)?;
+        // Without a server slot, `own` is dropped here and gives its count back.
+        let server = gate
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyUploads)?;
+        Ok(Self {
             user_id,
-            state: state.clone(),
-        };
-        match global {
-            Ok(permit) => Ok(Self {
-                user_id,
-                _slot: Some(slot(permit)),
-            }),
-            Err(_) => {
-                let mut per_user = gate.per_user();
-                if let Some(n) = per_user.get_mut(&user_id) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_user.remove(&user_id);
-                    }
-                }
-                Err(ApiError::TooManyUploads)
-            }
-        }
+            _slots: Some((own, server)),
+        })
     }
 }
 

@@ -462,18 +462,17 @@ impl LocalEngine {
         let memory = self.reserve_memory(function.memory_mb).await?;
         let (code_dir, code_lease) = self.code.ensure(self.store.as_ref(), function).await?;
         let name = format!("i-{}", Uuid::now_v7().simple());
-        let RuntimeProcess { command, env } =
-            self.runtime_process(function, runtime, env, &name)?;
+        let process = self.runtime_process(function, runtime, env, &name)?;
         Ok(match &self.isolation {
             Isolation::Namespace(spawner) => {
                 let uid = self.lease_uid().await?;
-                let process = RuntimeProcess { command, env };
                 let spec = self.sandbox_spec(function, runtime, code_dir, name, process, uid.uid());
                 Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
                     .await
                     .map(|instance| instance.holding_uid(uid).holding_code(code_lease))
             }
             Isolation::Guest(launcher) => {
+                let RuntimeProcess { command, env } = process;
                 let spec = GuestSpec {
                     name,
                     runtime: runtime.id.clone(),

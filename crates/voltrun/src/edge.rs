@@ -32,7 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(PerAddress::default());
+    let per_address = voltrun_api::limits::KeyedSlots::new();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -84,56 +84,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// Connections held per client address.
-#[derive(Debug, Default)]
-struct PerAddress {
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// A connection counted against its address until dropped.
-#[derive(Debug)]
-struct AddressSlot {
-    address: std::net::IpAddr,
-    of: Arc<PerAddress>,
-}
-
-impl PerAddress {
-    fn held(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
-        // The map is consistent after every change, so a poisoned lock is still usable.
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A slot for one more connection from `address`, or `None` at the cap (0: no cap).
-    fn take(self: &Arc<Self>, address: std::net::IpAddr, cap: usize) -> Option<AddressSlot> {
-        let mut held = self.held();
-        let count = held.entry(address).or_default();
-        if cap > 0 && *count >= cap {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            address,
-            of: self.clone(),
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.of.held();
-        if let Some(count) = held.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.address);
-            }
-        }
-    }
 }
 
 /// A connection whose writes fail once one has been stuck (the client not reading) for the timeout;
