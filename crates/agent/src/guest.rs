@@ -14,14 +14,14 @@
 //! Ordering: an invocation's log lines are sent before its result. Before sending a result the agent
 //! waits until the runtime's pipes are drained and the readers have forwarded what they read.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use voltrun_runtime_api::output::{self, drain};
+use voltrun_runtime_api::output::{self, ReadProgress, drain};
 use voltrun_runtime_api::{InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
 
 use crate::protocol::{self, Message, ProtocolError, StartSpec, Stream, unix_now_ms};
@@ -35,8 +35,13 @@ pub enum AgentError {
 }
 
 /// Reads one output stream of the runtime and forwards it line by line, each stamped when read.
-async fn forward_lines<R: AsyncRead + Unpin>(pipe: R, stream: Stream, out: mpsc::Sender<Message>) {
-    output::read_lines(pipe, |line| {
+async fn forward_lines<R: AsyncRead + Unpin>(
+    pipe: R,
+    progress: Arc<ReadProgress>,
+    stream: Stream,
+    out: mpsc::Sender<Message>,
+) {
+    output::read_lines(pipe, progress, |line| {
         let out = out.clone();
         async move {
             let unix_ms = unix_now_ms();
@@ -64,7 +69,7 @@ struct Runtime {
     /// host is connected wait here (and, once it is full, in the runtime's pipes).
     events: mpsc::Receiver<Message>,
     events_tx: mpsc::Sender<Message>,
-    output_fds: Arc<[RawFd]>,
+    output: Arc<[Arc<ReadProgress>; 2]>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
     /// Set once the runtime has asked for its first invocation.
@@ -170,14 +175,17 @@ async fn start_runtime(spec: StartSpec, pid1: bool) -> Result<Runtime, String> {
     drop(child.stdin.take());
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-    let output_fds: Arc<[RawFd]> = Arc::new([stdout.as_raw_fd(), stderr.as_raw_fd()]);
+    let progress = |pipe: &dyn AsFd| ReadProgress::of(&pipe).map_err(|e| e.to_string());
+    let output = Arc::new([progress(&stdout)?, progress(&stderr)?]);
     tasks.push(tokio::spawn(forward_lines(
         stdout,
+        output[0].clone(),
         Stream::Stdout,
         out.clone(),
     )));
     tasks.push(tokio::spawn(forward_lines(
         stderr,
+        output[1].clone(),
         Stream::Stderr,
         out.clone(),
     )));
@@ -188,7 +196,7 @@ async fn start_runtime(spec: StartSpec, pid1: bool) -> Result<Runtime, String> {
         signals,
         events,
         events_tx,
-        output_fds,
+        output,
         tasks,
         started: Instant::now(),
         init_ms: None,
@@ -397,7 +405,7 @@ async fn relay<W: AsyncWrite + Unpin>(
                     protocol::write_message(write, &Message::Ready { init_ms }).await?;
                 }
                 Some(RuntimeSignal::InitError(InitFailure { error_type, message })) => {
-                    drain(&runtime.output_fds).await;
+                    drain(&*runtime.output).await;
                     forward_pending(runtime, write).await?;
                     protocol::write_message(write, &Message::InitError { error_type, message }).await?;
                 }
@@ -407,7 +415,7 @@ async fn relay<W: AsyncWrite + Unpin>(
                 let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
                 let out_of_memory = oom_kills() > runtime.oom_kills_before;
                 // The readers see end-of-file now; give them a moment to forward the last lines.
-                drain(&runtime.output_fds).await;
+                drain(&*runtime.output).await;
                 for task in runtime.tasks.drain(1..) {
                     let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
                 }
@@ -442,11 +450,11 @@ async fn invoke(
         return;
     }
     let out = runtime.events_tx.clone();
-    let fds = runtime.output_fds.clone();
+    let output = runtime.output.clone();
     let pid = runtime.pid;
     runtime.tasks.push(tokio::spawn(async move {
         let Ok(reply) = reply_rx.await else { return };
-        drain(&fds).await;
+        drain(&*output).await;
         let message = match reply {
             RuntimeReply::Response(payload) => Message::Response {
                 request_id,

@@ -3,7 +3,7 @@
 //! [`crate::microvm`]). It serves one invocation at a time and stays warm between them; a timeout, a
 //! crash or an out-of-memory kill ends it.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use chrono::Utc;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use voltrun_domain::execution::{LogLine, LogStream};
-use voltrun_runtime_api::output::LineBudget;
+use voltrun_runtime_api::output::{LineBudget, ReadProgress};
 use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 
 use crate::code_cache::CodeLease;
@@ -216,7 +216,7 @@ struct SandboxedRuntime {
     signals: mpsc::Receiver<RuntimeSignal>,
     logs: SharedLogs,
     exit: AsyncFd<OwnedFd>,
-    output_fds: [RawFd; 2],
+    output: [Arc<ReadProgress>; 2],
     tasks: Vec<tokio::task::JoinHandle<()>>,
     healthy: bool,
     /// The host uid the sandbox runs as: given back only once the sandbox is dead, so no other
@@ -226,8 +226,13 @@ struct SandboxedRuntime {
 
 /// Reads one output stream into log lines, keeping at most [`LOG_BUFFER_BYTES`] between two
 /// invocations' ends and counting what it drops past that.
-async fn read_lines(pipe: tokio::net::unix::pipe::Receiver, stream: LogStream, out: SharedLogs) {
-    voltrun_runtime_api::output::read_lines(pipe, |line| {
+async fn read_lines(
+    pipe: tokio::net::unix::pipe::Receiver,
+    progress: Arc<ReadProgress>,
+    stream: LogStream,
+    out: SharedLogs,
+) {
+    voltrun_runtime_api::output::read_lines(pipe, progress, |line| {
         let mut buffer = lock(&out);
         if buffer.budget.admit(&line, LOG_BUFFER_BYTES) {
             buffer.lines.push(LogLine {
@@ -295,12 +300,13 @@ impl SandboxedRuntime {
             .stderr
             .take()
             .ok_or_else(|| std::io::Error::other("no stderr"))?;
-        let output_fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-        for (pipe, stream) in [
-            (to_pipe(stdout)?, LogStream::Stdout),
-            (to_pipe(stderr)?, LogStream::Stderr),
+        let output = [ReadProgress::of(&stdout)?, ReadProgress::of(&stderr)?];
+        for (pipe, progress, stream) in [
+            (to_pipe(stdout)?, &output[0], LogStream::Stdout),
+            (to_pipe(stderr)?, &output[1], LogStream::Stderr),
         ] {
-            tasks.push(tokio::spawn(read_lines(pipe, stream, logs.clone())));
+            let reader = read_lines(pipe, progress.clone(), stream, logs.clone());
+            tasks.push(tokio::spawn(reader));
         }
         // The pidfd is an OwnedFd moved into the AsyncFd, which owns and closes it: the I/O-safety
         // concern behind the deprecation (registering a descriptor someone else may close) is absent.
@@ -312,7 +318,7 @@ impl SandboxedRuntime {
             signals: signal_rx,
             logs,
             exit,
-            output_fds,
+            output,
             tasks,
             healthy: true,
             uid: None,
@@ -392,7 +398,7 @@ impl SandboxedRuntime {
     /// The log lines written since the last call. Waits (briefly) for output the runtime wrote before
     /// it answered but the readers have not consumed yet, so lines land on the right invocation.
     async fn finish_logs(&mut self) -> Vec<LogLine> {
-        voltrun_runtime_api::output::drain(&self.output_fds).await;
+        voltrun_runtime_api::output::drain(&self.output).await;
         let LogBuffer {
             mut lines,
             mut budget,

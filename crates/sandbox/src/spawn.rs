@@ -108,12 +108,7 @@ impl Drop for Sandbox {
 
 /// Bytes waiting in a pipe (used to drain a runtime's output before closing an invocation's logs).
 pub fn pending_bytes(fd: &impl AsRawFd) -> usize {
-    pending_bytes_raw(fd.as_raw_fd())
-}
-
-/// [`pending_bytes`] of a descriptor owned elsewhere (a pipe a reader task holds); `0` once closed.
-pub fn pending_bytes_raw(fd: std::os::fd::RawFd) -> usize {
-    sys::bytes_readable(fd).unwrap_or(0)
+    sys::bytes_readable(fd.as_raw_fd()).unwrap_or(0)
 }
 
 type Reply = mpsc::Sender<Result<Sandbox, SandboxError>>;
