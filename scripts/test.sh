@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs VoltRun's whole test suite: unit tests, the HTTP API suite against SQLite and PostgreSQL, the
-# CLI suite, the execution-engine suite (real functions in the namespace sandbox), and then the
+# CLI suite, the execution-engine suite (real functions in the namespace sandbox, and the microVM guest
+# booted under QEMU's emulation), and then the
 # contract run (scripts/contract-test.sh: the real server fuzzed against its own OpenAPI document
 # for about a minute).
 #
@@ -36,6 +37,15 @@ fi
 ./scripts/build-agent.sh >/dev/null
 ./scripts/install-rics.sh
 ./scripts/install-schemathesis.sh
+
+# The emulated guest (crates/voltrun/tests/engine/emulated.rs boots the microVM guest under QEMU):
+# QEMU, vhost-device-vsock, the guest kernel and the images, built once into target/ (several minutes
+# the first time). It needs root with apt-get; elsewhere those tests say why they did not run.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  ./scripts/build-emulated-guest.sh
+else
+  echo "test.sh: not root with apt-get: the emulated guest is not built, and its tests will say so" >&2
+fi
 
 sandbox_missing=""
 if [ "$(id -u)" != 0 ]; then

@@ -321,10 +321,21 @@ impl Agent {
         host: &mut mpsc::Receiver<Result<Option<Message>, ProtocolError>>,
         write: &mut W,
     ) -> Result<Ended, AgentError> {
-        let first = match host.recv().await {
-            None | Some(Ok(None)) => return Ok(Ended::Detached),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(Some(message))) => message,
+        // The host's clock may come first; then what to do with the runtime.
+        let first = loop {
+            let message = match host.recv().await {
+                None | Some(Ok(None)) => return Ok(Ended::Detached),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Some(message))) => message,
+            };
+            let Message::Clock { unix_ms } = message else {
+                break message;
+            };
+            if self.pid1
+                && let Err(e) = voltrun_sandbox::guest::set_realtime_clock(unix_ms)
+            {
+                eprintln!("voltrun-agent: setting the clock: {e}");
+            }
         };
         match first {
             Message::Shutdown => {
@@ -509,5 +520,6 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Detach => "detach",
         Message::Resume { .. } => "resume",
         Message::Usage { .. } => "usage",
+        Message::Clock { .. } => "clock",
     }
 }

@@ -107,8 +107,18 @@ impl AgentSession {
     /// Connects to the agent on `port` through `uds` (the VM's vsock socket) and waits for its hello;
     /// everything within `timeout`.
     pub async fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<Self, SessionError> {
+        Self::connect_paced(uds, port, timeout, vsock::RETRY_PAUSE).await
+    }
+
+    /// [`Self::connect`], pausing `pause` between handshake attempts ([`vsock::connect_paced`]).
+    pub async fn connect_paced(
+        uds: &Path,
+        port: u32,
+        timeout: Duration,
+        pause: Duration,
+    ) -> Result<Self, SessionError> {
         let started = tokio::time::Instant::now();
-        let stream = vsock::connect(uds, port, timeout).await?;
+        let stream = vsock::connect_paced(uds, port, timeout, pause).await?;
         let mut session = Self::over(stream);
         let left = timeout.saturating_sub(started.elapsed());
         match session.next("say hello", left).await? {
@@ -226,6 +236,10 @@ impl AgentSession {
         spec: StartSpec,
         timeout: Duration,
     ) -> Result<StartOutcome, SessionError> {
+        self.send(&Message::Clock {
+            unix_ms: unix_now_ms(),
+        })
+        .await?;
         self.send(&Message::Start(spec)).await?;
         self.ready("start the runtime", timeout).await
     }

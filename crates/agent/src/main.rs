@@ -71,7 +71,7 @@ fn init_guest() {
         no_dev: true,
         ..MountFlags::default()
     };
-    let mut steps: Vec<(&str, &str, &str, MountFlags, Option<&str>)> = vec![
+    let steps: Vec<(&str, &str, &str, MountFlags, Option<&str>)> = vec![
         ("proc", "/proc", "proc", quiet, None),
         ("sysfs", "/sys", "sysfs", quiet, None),
         (
@@ -86,20 +86,28 @@ fn init_guest() {
             None,
         ),
     ];
+    let mount_all = |steps: Vec<(&str, &str, &str, MountFlags, Option<&str>)>| {
+        for (source, target, fstype, flags, data) in steps {
+            if let Err(e) = mount(source, Path::new(target), fstype, flags, data) {
+                eprintln!("voltrun-agent: mounting {source} on {target}: {e}");
+            }
+        }
+    };
+    mount_all(steps);
+    // The drives are looked for only now that /dev is mounted: before it, no device node exists
+    // (the kernel does not mount devtmpfs itself), and a booted guest would get neither its scratch
+    // disk nor its code.
+    let mut drives = Vec::new();
     // The per-VM scratch disk is /tmp; without one, a small tmpfs.
     if Path::new("/dev/vdb").exists() {
-        steps.push(("/dev/vdb", "/tmp", "ext4", tmp, None));
+        drives.push(("/dev/vdb", "/tmp", "ext4", tmp, None));
     } else {
-        steps.push(("tmpfs", "/tmp", "tmpfs", tmp, Some("size=64m,mode=1777")));
+        drives.push(("tmpfs", "/tmp", "tmpfs", tmp, Some("size=64m,mode=1777")));
     }
     if Path::new("/dev/vdc").exists() {
-        steps.push(("/dev/vdc", "/var/task", "ext4", code, None));
+        drives.push(("/dev/vdc", "/var/task", "ext4", code, None));
     }
-    for (source, target, fstype, flags, data) in steps {
-        if let Err(e) = mount(source, Path::new(target), fstype, flags, data) {
-            eprintln!("voltrun-agent: mounting {source} on {target}: {e}");
-        }
-    }
+    mount_all(drives);
     // The scratch disk's root belongs to root; the runtime runs unprivileged.
     if let Err(e) = make_sticky_tmp(Path::new("/tmp")) {
         eprintln!("voltrun-agent: making /tmp writable: {e}");

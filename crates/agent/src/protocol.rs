@@ -12,7 +12,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The largest frame (after the length prefix): a 6 MiB response payload plus headroom.
 pub const MAX_FRAME_BYTES: u32 = 8 << 20;
 
@@ -119,6 +119,10 @@ pub enum Message {
     Resume { unix_ms: i64 },
     /// Agent → host, before each invocation's result: the runtime's peak resident memory during it.
     Usage { memory_peak_bytes: u64 },
+    /// Host → agent, before `Start`: the host's clock. A booted guest's clock comes from whatever
+    /// the VMM offers (an emulated RTC is read to the second); an agent that is the guest's init sets
+    /// it to `unix_ms`, so that log lines are stamped on the host's time. No answer.
+    Clock { unix_ms: i64 },
 }
 
 impl Message {
@@ -138,6 +142,7 @@ impl Message {
             Message::Detach => 12,
             Message::Resume { .. } => 13,
             Message::Usage { .. } => 14,
+            Message::Clock { .. } => 15,
         }
     }
 }
@@ -273,7 +278,7 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, ProtocolError> {
             w.u8(u8::from(*out_of_memory));
         }
         Message::Shutdown | Message::Detach => {}
-        Message::Resume { unix_ms } => w.i64(*unix_ms),
+        Message::Resume { unix_ms } | Message::Clock { unix_ms } => w.i64(*unix_ms),
         Message::Usage { memory_peak_bytes } => w.u64(*memory_peak_bytes),
     }
     let length = w.0.len() - 4;
@@ -432,6 +437,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, ProtocolError> {
         11 => Message::Shutdown,
         12 => Message::Detach,
         13 => Message::Resume { unix_ms: r.i64()? },
+        15 => Message::Clock { unix_ms: r.i64()? },
         14 => Message::Usage {
             memory_peak_bytes: r.u64()?,
         },

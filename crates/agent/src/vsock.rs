@@ -83,6 +83,9 @@ async fn attempt(uds: &Path, port: u32) -> Result<UnixStream, HandshakeError> {
     }
 }
 
+/// The pause between two handshake attempts while a Firecracker guest boots (in about 100 ms).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
 /// Connects to guest port `port` through the VM's vsock socket `uds`, retrying until `timeout`
 /// (while the guest boots, the socket is absent or Firecracker refuses the port).
 pub async fn connect(
@@ -90,11 +93,28 @@ pub async fn connect(
     port: u32,
     timeout: Duration,
 ) -> Result<UnixStream, HandshakeError> {
+    connect_paced(uds, port, timeout, RETRY_PAUSE).await
+}
+
+/// [`connect`], waiting `pause` between attempts. vhost-device-vsock (the emulated backend's vsock
+/// device) stops answering for good when hundreds of attempts reach it while a slow guest's vsock
+/// driver comes up (reproduced under load with 5 ms pauses, never with 200 ms ones).
+pub async fn connect_paced(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+    pause: Duration,
+) -> Result<UnixStream, HandshakeError> {
     let deadline = Instant::now() + timeout;
+    // Each attempt is bounded on its own: while a guest boots, the VMM may take a connection and
+    // never answer it (Firecracker may; vhost-device-vsock loses a request made before the guest's
+    // vsock driver is up, which held the first emulated boots for their whole timeout). The bound
+    // grows, so that a slow guest's late answer is still waited for.
+    let mut attempt_limit = Duration::from_millis(250);
     loop {
-        // Bounded too: while a guest boots, Firecracker may hold a connection open without an
-        // answer.
-        let last = match tokio::time::timeout_at(deadline.into(), attempt(uds, port)).await {
+        let this_attempt = deadline.min(Instant::now() + attempt_limit);
+        attempt_limit = (attempt_limit * 2).min(Duration::from_secs(4));
+        let last = match tokio::time::timeout_at(this_attempt.into(), attempt(uds, port)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(HandshakeError::Unexpected(line))) => {
                 return Err(HandshakeError::Unexpected(line));
@@ -109,7 +129,7 @@ pub async fn connect(
                 last,
             });
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -157,5 +177,30 @@ mod tests {
             "a plain connect reached a path longer than sun_path"
         );
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A VMM that takes the first connection and never answers it (as vhost-device-vsock does
+    /// with one made before the guest's driver is up) does not hold the handshake to its deadline.
+    #[tokio::test]
+    async fn a_connection_that_is_never_answered_is_given_up_and_retried() {
+        let dir = std::env::temp_dir().join(format!("vsilent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let vmm = tokio::spawn(async move {
+            let (silent, _) = listener.accept().await.unwrap();
+            let (mut answered, _) = listener.accept().await.unwrap();
+            answer(&mut answered, 52).await.unwrap();
+            (silent, answered)
+        });
+        let started = Instant::now();
+        connect(&path, 52, Duration::from_secs(20)).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} on a connection nobody answered",
+            started.elapsed()
+        );
+        drop(vmm.await.unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

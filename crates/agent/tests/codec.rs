@@ -42,7 +42,7 @@ fn bytes(rng: &mut StdRng) -> Vec<u8> {
 }
 
 fn message(rng: &mut StdRng) -> Message {
-    match rng.random_range(0..14) {
+    match rng.random_range(0..15) {
         0 => Message::Hello {
             agent_version: text(rng),
             pid1: rng.random(),
@@ -102,6 +102,9 @@ fn message(rng: &mut StdRng) -> Message {
         },
         12 => Message::Usage {
             memory_peak_bytes: rng.random(),
+        },
+        13 => Message::Clock {
+            unix_ms: rng.random(),
         },
         _ => Message::Shutdown,
     }

@@ -6,6 +6,7 @@
 //! invocation with a clear reason rather than pretending to run anything.
 
 mod code_cache;
+pub mod emulated;
 pub mod executions;
 pub mod guest_snapshots;
 mod instance;
@@ -49,7 +50,7 @@ pub struct InvocationResult {
 /// What `/health` reports about the engine.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EngineStatus {
-    /// The isolation backend, e.g. `namespace`, `firecracker` or `none`.
+    /// The isolation backend, e.g. `namespace`, `firecracker`, `emulated` or `none`.
     pub backend: String,
     /// Whether invocations can run now.
     pub ready: bool,

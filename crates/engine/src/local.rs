@@ -72,7 +72,7 @@ struct RuntimeProcess {
 pub enum Isolation {
     /// A bubblewrap sandbox with its own namespaces, cgroups and seccomp filter.
     Namespace(Arc<Spawner>),
-    /// A guest, in practice a Firecracker microVM.
+    /// A guest: a Firecracker microVM, or the same guest emulated.
     Guest(Arc<dyn GuestLauncher>),
 }
 
@@ -80,7 +80,7 @@ impl Isolation {
     fn backend(&self) -> &'static str {
         match self {
             Self::Namespace(_) => "namespace",
-            Self::Guest(_) => "firecracker",
+            Self::Guest(launcher) => launcher.backend(),
         }
     }
 }

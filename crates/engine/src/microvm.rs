@@ -22,7 +22,7 @@ use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_vm::images::Manifest;
 use voltrun_vm::jailer::JailerConfig;
-use voltrun_vm::{ManagerConfig, Snapshot, Step, Vm, VmManager, VmSpec};
+use voltrun_vm::{ExitInfo, ManagerConfig, Snapshot, Step, Vm, VmManager, VmSpec};
 
 use crate::guest_snapshots::SnapshotStore;
 
@@ -67,6 +67,15 @@ pub struct Guest {
 /// Makes guests.
 #[async_trait]
 pub trait GuestLauncher: Send + Sync + fmt::Debug {
+    /// The backend's name, as `/health` and `ENGINE_BACKEND` say it.
+    fn backend(&self) -> &'static str {
+        "firecracker"
+    }
+    /// How long a runtime may take to initialise in these guests: Lambda's 10 s, except where
+    /// every instruction is emulated.
+    fn init_timeout(&self) -> Duration {
+        INIT_TIMEOUT
+    }
     /// What runs the guests, for `/health`.
     fn describe(&self) -> String;
     /// The runtimes it has guest images for.
@@ -217,41 +226,12 @@ impl FirecrackerLauncher {
 
 impl Machines {
     fn vm_spec(&self, spec: &GuestSpec, code: PathBuf) -> Result<VmSpec, String> {
-        let root = self
-            .manifest
-            .rootfs
-            .iter()
-            .find(|r| r.runtime == spec.runtime)
-            .ok_or_else(|| {
-                format!(
-                    "{}: no guest image for runtime {} (rebuild them with `voltrun vm images build`)",
-                    Step::Prepare,
-                    spec.runtime
-                )
-            })?;
         let kernel = self
             .manifest
             .kernel
             .as_ref()
             .ok_or_else(|| format!("{}: the image set has no guest kernel", Step::Prepare))?;
-        // The function's memory is the guest's: the kernel and the agent live in it too, as
-        // Lambda's sandbox overhead lives in the function's memory. Below 128 MiB a guest kernel
-        // with a runtime does not fit.
-        let mem_mib = spec.memory_mb.max(128);
-        Ok(VmSpec {
-            vcpu_count: VmSpec::vcpus_for_memory(mem_mib),
-            mem_mib,
-            kernel: self.images_dir.join(&kernel.file),
-            boot_args: self.manifest.boot_args.clone(),
-            initrd: self
-                .manifest
-                .initrd
-                .as_ref()
-                .map(|i| self.images_dir.join(&i.file)),
-            rootfs: self.images_dir.join(&root.image.file),
-            scratch_mib: spec.tmp_mb.max(1),
-            code: Some(code),
-        })
+        guest_vm_spec(&self.manifest, &self.images_dir, &kernel.file, spec, code)
     }
 
     /// Boots a VM and waits for its agent's hello.
@@ -286,18 +266,8 @@ impl Machines {
     }
 
     async fn connect(&self, vm: Vm, what: &str) -> Result<(Vm, AgentSession), String> {
-        let vsock = vm.vsock_path();
-        let session = tokio::select! {
-            session = AgentSession::connect(&vsock, AGENT_PORT, self.boot_timeout) => session.map_err(|e| {
-                format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
-            }),
-            exit = vm.wait_exit() => Err(format!(
-                "{}: the VMM exited ({}) before the guest agent {what}; last output: {}",
-                Step::AgentConnect,
-                exit.status,
-                exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
-            )),
-        }?;
+        let session =
+            agent_hello(&vm.vsock_path(), self.boot_timeout, vm.wait_exit(), what).await?;
         Ok((vm, session))
     }
 
@@ -457,6 +427,63 @@ impl GuestLauncher for FirecrackerLauncher {
     }
 }
 
+/// The VM a guest for `spec` runs in, from a verified image set: the runtime's root image, the given
+/// kernel file of the set, and the code image.
+pub(crate) fn guest_vm_spec(
+    manifest: &Manifest,
+    images_dir: &Path,
+    kernel_file: &str,
+    spec: &GuestSpec,
+    code: PathBuf,
+) -> Result<VmSpec, String> {
+    let root = manifest
+        .rootfs
+        .iter()
+        .find(|r| r.runtime == spec.runtime)
+        .ok_or_else(|| {
+            format!(
+                "{}: no guest image for runtime {} (rebuild them with `voltrun vm images build`)",
+                Step::Prepare,
+                spec.runtime
+            )
+        })?;
+    // The function's memory is the guest's: the kernel and the agent live in it too, as
+    // Lambda's sandbox overhead lives in the function's memory. Below 128 MiB a guest kernel
+    // with a runtime does not fit.
+    let mem_mib = spec.memory_mb.max(128);
+    Ok(VmSpec {
+        vcpu_count: VmSpec::vcpus_for_memory(mem_mib),
+        mem_mib,
+        kernel: images_dir.join(kernel_file),
+        boot_args: manifest.boot_args.clone(),
+        initrd: manifest.initrd.as_ref().map(|i| images_dir.join(&i.file)),
+        rootfs: images_dir.join(&root.image.file),
+        scratch_mib: spec.tmp_mb.max(1),
+        code: Some(code),
+    })
+}
+
+/// Connects to a guest's agent through its hybrid-vsock socket and waits for its hello, unless the
+/// process running the guest exits first; `what` is what the agent did not do (`said hello`).
+pub(crate) async fn agent_hello(
+    vsock: &Path,
+    timeout: Duration,
+    exited: impl Future<Output = ExitInfo>,
+    what: &str,
+) -> Result<AgentSession, String> {
+    tokio::select! {
+        session = AgentSession::connect(vsock, AGENT_PORT, timeout) => session.map_err(|e| {
+            format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
+        }),
+        exit = exited => Err(format!(
+            "{}: the VMM exited ({}) before the guest agent {what}; last output: {}",
+            Step::AgentConnect,
+            exit.status,
+            exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+        )),
+    }
+}
+
 /// The template VM's share of the engine's memory budget, when the budget has room for it now
 /// (otherwise no template now: a later cold start asks again).
 fn template_memory(
@@ -485,7 +512,7 @@ fn snapshot_start(mut start: StartSpec) -> StartSpec {
 
 /// The function's code as a read-only ext4 image next to its directory (`<sha256>.ext4`), made once
 /// and shared by every VM with that code.
-async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
+pub(crate) async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
     let image = code_dir.with_extension("ext4");
     if image.is_file() {
         return Ok(image);
@@ -536,12 +563,13 @@ impl GuestInstance {
             .map_err(|e| (Failure::Sandbox(e), vec![]))?;
         // A guest restored from a snapshot has its runtime initialised and waiting.
         let restored = guest.session.runtime_ready();
+        let init_timeout = launcher.init_timeout();
         let outcome = if restored {
-            guest.session.resume(INIT_TIMEOUT).await
+            guest.session.resume(init_timeout).await
         } else {
             guest
                 .session
-                .start(launcher.start_spec(&spec), INIT_TIMEOUT)
+                .start(launcher.start_spec(&spec), init_timeout)
                 .await
         };
         let failure = match outcome {

@@ -42,6 +42,10 @@ pub struct BuildArgs {
     /// in; see docs/firecracker.md
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// The same kernel as a bzImage, for the emulated backend (QEMU's microvm machine);
+    /// scripts/build-guest-kernel.sh writes both
+    #[arg(long)]
+    pub bzimage: Option<PathBuf>,
     /// An initramfs for that kernel, if it needs one
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -124,6 +128,7 @@ fn images_build(args: BuildArgs) -> ExitCode {
         agent: args.agent,
         runtimes,
         kernel: args.kernel,
+        bzimage: args.bzimage,
         initrd: args.initrd,
     };
     let started = std::time::Instant::now();

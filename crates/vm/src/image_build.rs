@@ -37,6 +37,8 @@ pub enum BuildError {
     AgentNotStatic(PathBuf),
     #[error("the kernel {} is not an uncompressed ELF vmlinux", .0.display())]
     KernelNotElf(PathBuf),
+    #[error("{} is not a bzImage (no Linux boot protocol header)", .0.display())]
+    NotBzImage(PathBuf),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -70,6 +72,8 @@ pub struct BuildConfig {
     pub runtimes: Vec<RuntimeSource>,
     /// An uncompressed ELF guest kernel to include, if any.
     pub kernel: Option<PathBuf>,
+    /// The same kernel as a `bzImage` (for the emulated backend), if any.
+    pub bzimage: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
 }
 
@@ -378,8 +382,7 @@ pub fn make_ext4(staging: &Path, image: &Path, label: &str) -> Result<(), BuildE
 /// A hash over every input: the manifest keeps it, and an equal hash means nothing to rebuild.
 fn inputs_hash(
     agent_sha: &str,
-    kernel: Option<&Path>,
-    initrd: Option<&Path>,
+    kernels: [(&str, Option<&Path>); 3],
     runtimes: &[(String, Vec<PathBuf>)],
 ) -> Result<String, BuildError> {
     let mut h = Sha256::new();
@@ -388,7 +391,7 @@ fn inputs_hash(
     ));
     h.update(PYTHON_BOOTSTRAP);
     h.update(NODE_BOOTSTRAP);
-    for (role, file) in [("kernel", kernel), ("initrd", initrd)] {
+    for (role, file) in kernels {
         if let Some(file) = file {
             h.update(format!(
                 "{role} {}\n",
@@ -423,6 +426,13 @@ pub fn build(config: &BuildConfig) -> Result<BuildReport, BuildError> {
             return Err(BuildError::KernelNotElf(kernel.clone()));
         }
     }
+    if let Some(bzimage) = &config.bzimage {
+        // The x86 boot protocol's header signature, "HdrS" at 0x202.
+        let head = std::fs::read(bzimage).map_err(io("reading", bzimage))?;
+        if head.get(0x202..0x206) != Some(b"HdrS") {
+            return Err(BuildError::NotBzImage(bzimage.clone()));
+        }
+    }
     let out = &config.out_dir;
     std::fs::create_dir_all(out).map_err(io("creating", out))?;
     let agent = std::fs::read(&config.agent).map_err(io("reading", &config.agent))?;
@@ -434,8 +444,11 @@ pub fn build(config: &BuildConfig) -> Result<BuildReport, BuildError> {
         .collect::<Result<_, _>>()?;
     let inputs = inputs_hash(
         &agent_sha,
-        config.kernel.as_deref(),
-        config.initrd.as_deref(),
+        [
+            ("kernel", config.kernel.as_deref()),
+            ("bzimage", config.bzimage.as_deref()),
+            ("initrd", config.initrd.as_deref()),
+        ],
         &runtimes,
     )?;
     if let Ok(existing) = Manifest::load(out)
@@ -459,6 +472,11 @@ pub fn build(config: &BuildConfig) -> Result<BuildReport, BuildError> {
         .kernel
         .as_deref()
         .map(|k| copy_in(k, "vmlinux"))
+        .transpose()?;
+    let bzimage = config
+        .bzimage
+        .as_deref()
+        .map(|k| copy_in(k, "bzImage"))
         .transpose()?;
     let initrd = config
         .initrd
@@ -490,6 +508,7 @@ pub fn build(config: &BuildConfig) -> Result<BuildReport, BuildError> {
     let manifest = Manifest {
         format: FORMAT,
         kernel,
+        bzimage,
         initrd,
         boot_args: BOOT_ARGS.into(),
         rootfs,

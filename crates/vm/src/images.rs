@@ -34,6 +34,10 @@ pub struct Manifest {
     pub format: u32,
     /// The guest kernel (uncompressed ELF `vmlinux`).
     pub kernel: Option<ImageFile>,
+    /// The same kernel as a compressed `bzImage`, for QEMU's `microvm` machine (the emulated
+    /// backend), which cannot load an ELF kernel without a PVH note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bzimage: Option<ImageFile>,
     /// An initramfs the kernel needs (module loading), if any.
     pub initrd: Option<ImageFile>,
     /// The kernel command line for these images.
@@ -142,6 +146,7 @@ impl Manifest {
             .kernel
             .iter()
             .map(|k| ("kernel", k))
+            .chain(self.bzimage.iter().map(|k| ("bzImage", k)))
             .chain(self.initrd.iter().map(|i| ("initrd", i)))
             .chain(self.rootfs.iter().map(|r| (r.runtime.as_str(), &r.image)));
         for (role, file) in files {

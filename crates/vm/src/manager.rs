@@ -57,6 +57,40 @@ impl ManagerConfig {
     }
 }
 
+/// A sparse file of `mib` MiB with an empty ext4 file system: a guest's scratch disk (`/tmp`).
+pub(crate) async fn make_ext4_disk(path: &Path, mib: u32) -> Result<(), VmError> {
+    let step = Step::ConfigureDrive;
+    let file = std::fs::File::create(path)
+        .map_err(|e| VmError::io(step, "creating the scratch disk", path, e))?;
+    file.set_len(u64::from(mib) << 20)
+        .map_err(|e| VmError::io(step, "sizing the scratch disk", path, e))?;
+    drop(file);
+    let output = tokio::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| VmError::io(step, "running mkfs.ext4 (e2fsprogs) for", path, e))?;
+    if !output.status.success() {
+        return Err(VmError::InvalidSpec {
+            step,
+            detail: format!(
+                "mkfs.ext4 failed for the scratch disk: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// What one VM is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -635,11 +669,7 @@ impl Vm {
 
     /// Waits for the process to exit (and its files to be removed).
     pub async fn wait_exit(&self) -> ExitInfo {
-        let mut exit = self.exit.clone();
-        match exit.wait_for(Option::is_some).await {
-            Ok(info) => info.clone().unwrap_or_else(unknown_exit),
-            Err(_) => unknown_exit(),
-        }
+        wait_for_exit(&self.exit).await
     }
 
     fn exited_error(&self, step: Step) -> Option<VmError> {
@@ -776,34 +806,7 @@ impl Vm {
             (SCRATCH.to_string(), self.layout.dir.join(SCRATCH))
         };
         let step = Step::ConfigureDrive;
-        let file = std::fs::File::create(&host)
-            .map_err(|e| VmError::io(step, "creating the scratch disk", &host, e))?;
-        file.set_len(u64::from(mib) << 20)
-            .map_err(|e| VmError::io(step, "sizing the scratch disk", &host, e))?;
-        drop(file);
-        let output = tokio::process::Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-E",
-                "lazy_itable_init=1,lazy_journal_init=1",
-            ])
-            .arg(&host)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| VmError::io(step, "running mkfs.ext4 (e2fsprogs) for", &host, e))?;
-        if !output.status.success() {
-            return Err(VmError::InvalidSpec {
-                step,
-                detail: format!(
-                    "mkfs.ext4 failed for the scratch disk: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            });
-        }
+        make_ext4_disk(&host, mib).await?;
         if let (true, Some(jailer)) = (self.layout.jailed, self.jail_owner()) {
             std::os::unix::fs::chown(&host, Some(jailer.0), Some(jailer.1)).map_err(|e| {
                 VmError::io(step, "handing the scratch disk to the jail user", &host, e)
@@ -963,12 +966,18 @@ impl Drop for Vm {
     }
 }
 
-fn unknown_exit() -> ExitInfo {
-    ExitInfo {
+/// Waits until a guest's watcher says how its process ended (and its files are removed).
+pub(crate) async fn wait_for_exit(exit: &watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
+    let unknown = || ExitInfo {
         status: "unknown (the watcher stopped)".into(),
         requested: false,
         log_tail: String::new(),
         cleanup_errors: vec![],
+    };
+    let mut exit = exit.clone();
+    match exit.wait_for(Option::is_some).await {
+        Ok(info) => info.clone().unwrap_or_else(unknown),
+        Err(_) => unknown(),
     }
 }
 
@@ -1008,7 +1017,8 @@ async fn watch_process(
     }));
 }
 
-fn tail(path: &Path) -> String {
+/// The last of a log file, for errors.
+pub(crate) fn tail(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()

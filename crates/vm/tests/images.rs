@@ -63,6 +63,7 @@ fn a_dynamically_linked_agent_or_a_compressed_kernel_is_refused() {
         agent: PathBuf::from("/bin/sh"),
         runtimes: vec![RuntimeSource::Provided],
         kernel: None,
+        bzimage: None,
         initrd: None,
     };
     assert!(matches!(
@@ -103,6 +104,7 @@ fn images_hold_the_static_agent_the_runtimes_and_a_true_manifest() {
             RuntimeSource::Provided,
         ],
         kernel: Some(kernel.clone()),
+        bzimage: None,
         initrd: None,
     };
 

@@ -115,7 +115,7 @@ pub struct RawSettings {
     /// Seconds unpacked code no function references stays on disk after its last use; 0 keeps it forever [default: 3600]
     #[arg(long, env = "ENGINE_CODE_GC_AFTER_S")]
     pub engine_code_gc_after_s: Option<String>,
-    /// Isolation backend: auto, firecracker, namespace or none [default: auto: firecracker where a guest boots, else namespace where this host can run it]
+    /// Isolation backend: auto, firecracker, namespace, emulated or none [default: auto: firecracker where a guest boots, else namespace where this host can run it; never emulated]
     #[arg(long, env = "ENGINE_BACKEND")]
     pub engine_backend: Option<String>,
     /// Guest kernel and root images for the firecracker backend (`voltrun vm images build`) [default: <DATA_DIR>/vm/images]
@@ -127,6 +127,12 @@ pub struct RawSettings {
     /// The Firecracker binary [default: found on PATH or where scripts/install-firecracker.sh put it]
     #[arg(long, env = "FIRECRACKER_BIN")]
     pub firecracker_bin: Option<String>,
+    /// QEMU for the emulated backend [default: qemu-system-x86_64 on PATH]
+    #[arg(long, env = "QEMU_BIN")]
+    pub qemu_bin: Option<String>,
+    /// vhost-device-vsock for the emulated backend [default: on PATH, or where scripts/install-emulator.sh put it]
+    #[arg(long, env = "VHOST_VSOCK_BIN")]
+    pub vhost_vsock_bin: Option<String>,
     /// Run each Firecracker through its jailer (chroot, unprivileged uid, cgroup, own network namespace) [default: false]
     #[arg(long, env = "VM_JAILER")]
     pub vm_jailer: Option<String>,
@@ -179,6 +185,9 @@ pub enum EngineBackend {
     Auto,
     Firecracker,
     Namespace,
+    /// The Firecracker backend's guests booted by QEMU under emulation: a development and test
+    /// backend for hosts where no guest boots under KVM. Never chosen by `Auto`.
+    Emulated,
     None,
 }
 
@@ -186,6 +195,9 @@ pub enum EngineBackend {
 #[derive(Debug, Clone)]
 pub struct VmSettings {
     pub firecracker_bin: Option<PathBuf>,
+    /// The emulated backend's programs, when not found on `PATH`.
+    pub qemu_bin: Option<PathBuf>,
+    pub vhost_vsock_bin: Option<PathBuf>,
     pub images_dir: PathBuf,
     pub boot_timeout_ms: u64,
     pub jailer: bool,
@@ -649,17 +661,28 @@ impl Settings {
                     None | Some("" | "auto") => EngineBackend::Auto,
                     Some("firecracker") => EngineBackend::Firecracker,
                     Some("namespace") => EngineBackend::Namespace,
+                    Some("emulated") => EngineBackend::Emulated,
                     Some("none") => EngineBackend::None,
                     Some(other) => {
                         return Err(bad(
                             "ENGINE_BACKEND",
-                            format!("{other:?} is not auto, firecracker, namespace or none"),
+                            format!(
+                                "{other:?} is not auto, firecracker, namespace, emulated or none"
+                            ),
                         ));
                     }
                 },
                 vm: VmSettings {
                     firecracker_bin: raw
                         .firecracker_bin
+                        .filter(|b| !b.trim().is_empty())
+                        .map(PathBuf::from),
+                    qemu_bin: raw
+                        .qemu_bin
+                        .filter(|b| !b.trim().is_empty())
+                        .map(PathBuf::from),
+                    vhost_vsock_bin: raw
+                        .vhost_vsock_bin
                         .filter(|b| !b.trim().is_empty())
                         .map(PathBuf::from),
                     images_dir: vm_images_dir,

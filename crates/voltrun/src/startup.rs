@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use voltrun_api::{ApiConfig, AppState, AuthLimits};
+use voltrun_engine::emulated::{EmulatedConfig, EmulatedLauncher};
 use voltrun_engine::microvm::{FirecrackerConfig, FirecrackerLauncher};
 use voltrun_engine::{
     Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, RuntimeInfo, UnavailableEngine,
@@ -16,6 +17,7 @@ use voltrun_engine::{
 use voltrun_storage::Store;
 use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::doctor::{self, DoctorConfig};
+use voltrun_vm::emulated::EmulatorConfig;
 use voltrun_vm::jailer::JailerConfig;
 
 use crate::config::{EngineBackend, Environment, SecretSource, Settings};
@@ -92,6 +94,9 @@ async fn build_engine(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Res
                 .await
                 .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=firecracker, but {e}"))
         }
+        EngineBackend::Emulated => emulated_engine(settings, store, runtimes.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=emulated, but {e}")),
         EngineBackend::Namespace => namespace_engine(settings, store, runtimes.clone(), None)
             .map_err(|e| anyhow::anyhow!("ENGINE_BACKEND=namespace, but {e}")),
         EngineBackend::Auto => {
@@ -223,6 +228,42 @@ async fn firecracker_engine(
     tracing::info!(
         detail = engine.status().detail,
         "execution engine: Firecracker microVMs"
+    );
+    Ok(ChosenEngine {
+        engine: engine.clone(),
+        local: Some(engine),
+    })
+}
+
+/// The Firecracker backend's guests under QEMU's emulation (a development and test backend).
+async fn emulated_engine(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    runtimes: Vec<RuntimeInfo>,
+) -> anyhow::Result<ChosenEngine> {
+    let vm = &settings.engine.vm;
+    let emulator = EmulatorConfig::locate(
+        vm.qemu_bin.clone(),
+        vm.vhost_vsock_bin.clone(),
+        std::path::Path::new(voltrun_vm::emulated::DEFAULT_INSTALL_DIR),
+        settings.data_dir.join("vm").join("emulated"),
+    )?;
+    let launcher = EmulatedLauncher::new(EmulatedConfig {
+        emulator,
+        images_dir: vm.images_dir.clone(),
+        boot_timeout: Duration::from_millis(vm.boot_timeout_ms),
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let engine = LocalEngine::with_guests(
+        local_config(settings, Some("ENGINE_BACKEND=emulated".into())),
+        store,
+        runtimes,
+        Arc::new(launcher),
+    )?;
+    tracing::warn!(
+        detail = engine.status().detail,
+        "execution engine: emulated microVMs, a development backend: slow, and isolating no better than the VM it emulates"
     );
     Ok(ChosenEngine {
         engine: engine.clone(),

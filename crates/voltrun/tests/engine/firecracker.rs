@@ -54,6 +54,7 @@ fn spinning_image_set(dir: &Path) -> PathBuf {
     Manifest {
         format: FORMAT,
         kernel: Some(ImageFile::describe(&images, "vmlinux").unwrap()),
+        bzimage: None,
         initrd: None,
         boot_args: voltrun_vm::image_build::BOOT_ARGS.into(),
         rootfs: vec![RootImage {

@@ -10,6 +10,7 @@ mod helpers;
 mod asynchronous;
 mod disk;
 mod durability;
+mod emulated;
 mod errors;
 mod firecracker;
 mod hardening;

@@ -1,0 +1,160 @@
+//! The emulated backend (`ENGINE_BACKEND=emulated`): the Firecracker backend's guests — the same
+//! kernel, root images, code drives, agent and protocol — booted by QEMU's `microvm` machine under
+//! emulation ([`voltrun_vm::emulated`]) instead of by Firecracker. It exists so that the guest path
+//! can be run end to end on hosts where no guest boots under KVM; it is never chosen by `auto`,
+//! isolates no better than the VM it emulates, and is slow (every instruction is emulated).
+//!
+//! Everything after the boot is shared with the Firecracker backend: the engine's instances are the
+//! same [`GuestInstance`](crate::microvm::GuestInstance)s, speaking to the agent over the same
+//! hybrid-vsock handshake. There are no snapshots: QEMU's are not Firecracker's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use voltrun_vm::emulated::{EmulatedGuest, Emulator, EmulatorConfig};
+use voltrun_vm::images::Manifest;
+
+use crate::microvm::{
+    Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, code_image, guest_vm_spec,
+};
+
+/// Every guest has its own vsock backend process, so every guest can have the first guest CID.
+const GUEST_CID: u32 = 3;
+
+/// How the emulated backend runs its guests.
+#[derive(Debug, Clone)]
+pub struct EmulatedConfig {
+    pub emulator: EmulatorConfig,
+    /// Where `voltrun vm images build --bzimage …` put the kernel and root images.
+    pub images_dir: PathBuf,
+    /// How long a guest may take from QEMU's start to its agent's hello (emulated: seconds).
+    pub boot_timeout: Duration,
+}
+
+/// Boots one emulated microVM per guest from the verified image set.
+#[derive(Debug)]
+pub struct EmulatedLauncher {
+    emulator: Emulator,
+    manifest: Manifest,
+    images_dir: PathBuf,
+    boot_timeout: Duration,
+}
+
+impl EmulatedLauncher {
+    /// Verifies the images (which must include a bzImage) and takes the run directory.
+    pub async fn new(mut config: EmulatedConfig) -> Result<Self, String> {
+        config.images_dir = std::path::absolute(&config.images_dir)
+            .map_err(|e| format!("{}: {e}", config.images_dir.display()))?;
+        let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
+        manifest
+            .verify(&config.images_dir)
+            .map_err(|e| e.to_string())?;
+        if manifest.bzimage.is_none() {
+            return Err(format!(
+                "the image set in {} has no bzImage for the emulator (build it with `voltrun vm images build --kernel … --bzimage …`; scripts/build-guest-kernel.sh makes both)",
+                config.images_dir.display()
+            ));
+        }
+        let emulator = Emulator::new(config.emulator)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            emulator,
+            manifest,
+            images_dir: config.images_dir,
+            boot_timeout: config.boot_timeout,
+        })
+    }
+}
+
+/// An emulated guest as a guest body.
+#[derive(Debug)]
+struct EmulatedBody(EmulatedGuest);
+
+#[async_trait]
+impl GuestBody for EmulatedBody {
+    async fn stop(self: Box<Self>) {
+        let exit = self.0.stop().await;
+        if !exit.cleanup_errors.is_empty() {
+            tracing::warn!(errors = ?exit.cleanup_errors, "an emulated guest left files behind");
+        }
+    }
+}
+
+#[async_trait]
+impl GuestLauncher for EmulatedLauncher {
+    fn backend(&self) -> &'static str {
+        "emulated"
+    }
+
+    /// Six times Lambda's: a Python runtime that initialises in well under a second on hardware
+    /// takes about 4.5 s here (measured), more on a loaded host.
+    fn init_timeout(&self) -> Duration {
+        crate::instance::INIT_TIMEOUT * 6
+    }
+
+    fn describe(&self) -> String {
+        let runtimes: Vec<&str> = self
+            .manifest
+            .rootfs
+            .iter()
+            .map(|r| r.runtime.as_str())
+            .collect();
+        format!(
+            "emulated microVMs (QEMU microvm under TCG, {}; a development backend: slow, and isolating no better than the VM it emulates), guest images for {} in {}",
+            self.emulator.config().qemu.display(),
+            runtimes.join(", "),
+            self.images_dir.display()
+        )
+    }
+
+    fn runtimes(&self) -> Vec<String> {
+        self.manifest
+            .rootfs
+            .iter()
+            .map(|r| r.runtime.clone())
+            .collect()
+    }
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
+        let code = code_image(&spec.code_dir).await?;
+        let kernel = self
+            .manifest
+            .bzimage
+            .as_ref()
+            .map(|k| k.file.clone())
+            .unwrap_or_default();
+        let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &kernel, spec, code)?;
+        let guest = self
+            .emulator
+            .boot(&vm_spec, GUEST_CID)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = agent_hello(
+            &guest.vsock_path(),
+            self.boot_timeout,
+            guest.wait_exit(),
+            "said hello",
+        )
+        .await;
+        let session = match hello {
+            Ok(session) => session,
+            Err(why) => {
+                // Nothing of the guest outlives the error: QEMU and its vsock backend are dead and
+                // its files gone before the caller hears of it.
+                guest.stop().await;
+                return Err(why);
+            }
+        };
+        tracing::debug!(
+            guest = guest.id(),
+            boot_ms = guest.age().as_millis(),
+            "emulated guest up"
+        );
+        Ok(Guest {
+            session,
+            body: Box::new(EmulatedBody(guest)),
+        })
+    }
+}
