@@ -19,6 +19,11 @@ use crate::microvm::{
     Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, code_image, guest_vm_spec,
 };
 
+/// Between two attempts to reach a booting guest's agent: vhost-device-vsock stops answering for good
+/// when attempts come every few milliseconds while a slow guest's vsock driver comes up
+/// ([`voltrun_agent::vsock::connect_paced`]); an emulated boot takes seconds anyway.
+const HANDSHAKE_PAUSE: Duration = Duration::from_millis(200);
+
 /// Every guest has its own vsock backend process, so every guest can have the first guest CID.
 const GUEST_CID: u32 = 3;
 
@@ -95,26 +100,16 @@ impl GuestLauncher for EmulatedLauncher {
     }
 
     fn describe(&self) -> String {
-        let runtimes: Vec<&str> = self
-            .manifest
-            .rootfs
-            .iter()
-            .map(|r| r.runtime.as_str())
-            .collect();
         format!(
             "emulated microVMs (QEMU microvm under TCG, {}; a development backend: slow, and isolating no better than the VM it emulates), guest images for {} in {}",
             self.emulator.config().qemu.display(),
-            runtimes.join(", "),
+            self.manifest.runtimes().join(", "),
             self.images_dir.display()
         )
     }
 
     fn runtimes(&self) -> Vec<String> {
-        self.manifest
-            .rootfs
-            .iter()
-            .map(|r| r.runtime.clone())
-            .collect()
+        self.manifest.runtimes()
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
@@ -133,7 +128,7 @@ impl GuestLauncher for EmulatedLauncher {
             .map_err(|e| e.to_string())?;
         let hello = agent_hello(
             &guest.vsock_path(),
-            self.boot_timeout,
+            (self.boot_timeout, HANDSHAKE_PAUSE),
             guest.wait_exit(),
             "said hello",
         )
@@ -141,10 +136,15 @@ impl GuestLauncher for EmulatedLauncher {
         let session = match hello {
             Ok(session) => session,
             Err(why) => {
+                let console = guest.console_tail();
+                let console: Vec<&str> = console.lines().rev().take(3).collect();
                 // Nothing of the guest outlives the error: QEMU and its vsock backend are dead and
                 // its files gone before the caller hears of it.
                 guest.stop().await;
-                return Err(why);
+                return Err(format!(
+                    "{why}; the guest's console last said: {}",
+                    console.join(" | ")
+                ));
             }
         };
         tracing::debug!(

@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use chrono::Utc;
 use voltrun_agent::host::{AgentSession, InvokeOutcome, SessionError, StartOutcome};
 use voltrun_agent::protocol::{StartSpec, Stream};
-use voltrun_agent::vsock::AGENT_PORT;
+use voltrun_agent::vsock::{self, AGENT_PORT};
 use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_vm::images::Manifest;
 use voltrun_vm::jailer::JailerConfig;
@@ -266,8 +266,13 @@ impl Machines {
     }
 
     async fn connect(&self, vm: Vm, what: &str) -> Result<(Vm, AgentSession), String> {
-        let session =
-            agent_hello(&vm.vsock_path(), self.boot_timeout, vm.wait_exit(), what).await?;
+        let session = agent_hello(
+            &vm.vsock_path(),
+            (self.boot_timeout, vsock::RETRY_PAUSE),
+            vm.wait_exit(),
+            what,
+        )
+        .await?;
         Ok((vm, session))
     }
 
@@ -335,12 +340,6 @@ impl GuestBody for VmBody {
 impl GuestLauncher for FirecrackerLauncher {
     fn describe(&self) -> String {
         let machines = &self.shared;
-        let runtimes: Vec<&str> = machines
-            .manifest
-            .rootfs
-            .iter()
-            .map(|r| r.runtime.as_str())
-            .collect();
         format!(
             "Firecracker microVMs ({}; {}), guest images for {} in {}",
             if machines.manager.config().jailer.is_some() {
@@ -352,18 +351,13 @@ impl GuestLauncher for FirecrackerLauncher {
                 Some(store) => format!("cold starts restore snapshots, {} ready", store.count()),
                 None => "every cold start boots".into(),
             },
-            runtimes.join(", "),
+            machines.manifest.runtimes().join(", "),
             machines.images_dir.display()
         )
     }
 
     fn runtimes(&self) -> Vec<String> {
-        self.shared
-            .manifest
-            .rootfs
-            .iter()
-            .map(|r| r.runtime.clone())
-            .collect()
+        self.shared.manifest.runtimes()
     }
 
     fn code_removed(&self, code_dir: &Path) {
@@ -467,12 +461,12 @@ pub(crate) fn guest_vm_spec(
 /// process running the guest exits first; `what` is what the agent did not do (`said hello`).
 pub(crate) async fn agent_hello(
     vsock: &Path,
-    timeout: Duration,
+    (timeout, pause): (Duration, Duration),
     exited: impl Future<Output = ExitInfo>,
     what: &str,
 ) -> Result<AgentSession, String> {
     tokio::select! {
-        session = AgentSession::connect(vsock, AGENT_PORT, timeout) => session.map_err(|e| {
+        session = AgentSession::connect_paced(vsock, AGENT_PORT, timeout, pause) => session.map_err(|e| {
             format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
         }),
         exit = exited => Err(format!(

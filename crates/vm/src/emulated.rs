@@ -433,6 +433,11 @@ impl EmulatedGuest {
         &self.dir
     }
 
+    /// The last of the guest's console (its kernel's messages), for errors.
+    pub fn console_tail(&self) -> String {
+        tail(&self.dir.join(CONSOLE))
+    }
+
     /// How long ago QEMU was started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()

@@ -159,6 +159,11 @@ impl Manifest {
         Ok(verified)
     }
 
+    /// The runtimes this set has root images for.
+    pub fn runtimes(&self) -> Vec<String> {
+        self.rootfs.iter().map(|r| r.runtime.clone()).collect()
+    }
+
     /// The smallest root image (the boot probe's choice).
     pub fn smallest_rootfs(&self) -> Option<&RootImage> {
         self.rootfs.iter().min_by_key(|r| r.image.bytes)
