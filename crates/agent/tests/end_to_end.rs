@@ -296,12 +296,14 @@ async fn node_functions_run_end_to_end() {
     assert_eq!(body["request"], "n1");
     assert!(body["node"].as_str().unwrap().starts_with('v'));
     let logs = session.take_logs();
-    assert!(logs.iter().any(|l| l.line == "hello linus"), "{logs:?}");
-    assert!(
-        logs.iter()
-            .any(|l| l.stream == Stream::Stderr && l.line == "to stderr"),
-        "{logs:?}"
-    );
+    // Lambda's console: a line on stdout per call, `<time>\t<request id>\t<LEVEL>\t<message>`.
+    let logged = |level: &str, message: &str| {
+        logs.iter().any(|l| {
+            l.stream == Stream::Stdout && l.line.ends_with(&format!("\tn1\t{level}\t{message}"))
+        })
+    };
+    assert!(logged("INFO", "hello linus"), "{logs:?}");
+    assert!(logged("ERROR", "to stderr"), "{logs:?}");
     session.shutdown().await;
     agent.finish().await;
 }

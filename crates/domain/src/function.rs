@@ -133,7 +133,12 @@ impl RuntimeFamily {
     /// looks for them. A `provided` function must ship an executable `bootstrap` instead.
     pub fn module_candidates(self, handler: &Handler) -> Vec<String> {
         match self {
-            Self::Python => vec![format!("{}.py", handler.module)],
+            // Lambda's Python runtime imports `pkg.mod` and `pkg/mod` alike (slashes become dots),
+            // from a module file or a package.
+            Self::Python => {
+                let path = handler.module.replace('.', "/");
+                vec![format!("{path}.py"), format!("{path}/__init__.py")]
+            }
             Self::Node => ["js", "mjs", "cjs"]
                 .iter()
                 .map(|ext| format!("{}.{ext}", handler.module))
@@ -338,6 +343,17 @@ mod tests {
         ] {
             assert!(FunctionName::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn python_modules_are_found_by_dotted_or_slashed_paths_as_files_or_packages() {
+        let candidates = |handler: &str| {
+            RuntimeFamily::Python.module_candidates(&Handler::parse(handler).unwrap())
+        };
+        let expected = ["pkg/mod.py", "pkg/mod/__init__.py"];
+        assert_eq!(candidates("pkg.mod.handler"), expected);
+        assert_eq!(candidates("pkg/mod.handler"), expected);
+        assert_eq!(candidates("main.handler"), ["main.py", "main/__init__.py"]);
     }
 
     #[test]

@@ -10,6 +10,26 @@ const path = require('path');
 const { pathToFileURL } = require('url');
 
 const [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
+
+// Lambda's console, as its Node.js runtime patches it before loading the handler: every method
+// writes one line to stdout, `<ISO time>\t<request id>\t<LEVEL>\t<message>`, with the message's own
+// newlines turned into carriage returns (so a stack trace stays one log event); `console.log` is
+// INFO; levels below AWS_LAMBDA_LOG_LEVEL (default TRACE: all) are dropped. The request id is the
+// invocation in progress ("-" before the first).
+let currentRequestId = '-';
+const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+{
+  const { format } = require('util');
+  const wanted = (process.env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase();
+  const least = Math.max(0, LEVELS.indexOf(wanted));
+  for (const [rank, level] of LEVELS.entries()) {
+    console[level.toLowerCase()] = rank < least ? () => {} : (message, ...params) => {
+      const text = format(message, ...params).replace(/\n/g, '\r');
+      process.stdout.write(`${new Date().toISOString()}\t${currentRequestId}\t${level}\t${text}\n`);
+    };
+  }
+  console.log = console.info;
+}
 const BASE = '/2018-06-01/runtime';
 
 // A small HTTP/1.1 client on one kept-alive connection to the Runtime API, one request at a time:
@@ -135,6 +155,112 @@ async function request(method, urlPath, body, headers) {
   }
 }
 
+// Lambda's `awslambda` global, as its Node.js runtime defines it before loading the handler:
+// `streamifyResponse(handler)` marks a handler `(event, responseStream, context)` whose response is
+// streamed, and `HttpResponseStream.from(stream, { statusCode, headers })` puts an HTTP status and
+// headers (a JSON prelude and eight zero bytes) before the body.
+const HANDLER_STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const HANDLER_HIGHWATERMARK = Symbol.for('aws.lambda.runtime.handler.streaming.highWaterMark');
+const STREAM_RESPONSE = 'response';
+
+class HttpResponseStream {
+  static from(stream, prelude) {
+    stream.setContentType('application/vnd.awslambda.http-integration-response');
+    const metadata = JSON.stringify(prelude);
+    stream._onBeforeFirstWrite = (write) => {
+      write(metadata);
+      write(new Uint8Array(8));
+    };
+    return stream;
+  }
+}
+
+if (!['1', 'true'].includes(process.env.AWS_LAMBDA_NODEJS_NO_GLOBAL_AWSLAMBDA)) {
+  globalThis.awslambda = {
+    ...globalThis.awslambda,
+    streamifyResponse(handler, options) {
+      handler[HANDLER_STREAMING] = STREAM_RESPONSE;
+      if (options && typeof options.highWaterMark === 'number') {
+        handler[HANDLER_HIGHWATERMARK] = parseInt(String(options.highWaterMark), 10);
+      }
+      return handler;
+    },
+    HttpResponseStream,
+  };
+}
+
+// Runs a streaming handler: its response goes to the Runtime API as it is written, chunked, on a
+// connection of its own (Node's http client, loaded only here); an error after the first byte
+// travels in the request's trailers, as Lambda's runtime sends it.
+async function invokeStreaming(handler, event, context) {
+  const http = require('http');
+  const req = http.request({
+    host: HOST,
+    port: Number(PORT),
+    method: 'POST',
+    path: `${BASE}/invocation/${context.awsRequestId}/response`,
+    agent: false,
+    headers: {
+      'Lambda-Runtime-Function-Response-Mode': 'streaming',
+      'Content-Type': 'application/octet-stream',
+      'Transfer-Encoding': 'chunked',
+      Trailer: ['Lambda-Runtime-Function-Error-Type', 'Lambda-Runtime-Function-Error-Body'],
+    },
+  });
+  const answered = new Promise((resolve, reject) => {
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', resolve);
+    });
+    req.on('error', reject);
+  });
+  let written = false;
+  req.setContentType = (type) => {
+    if (written) throw new Error('Cannot set content-type, too late.');
+    req.setHeader('Content-Type', type);
+  };
+  const write = req.write.bind(req);
+  req.write = (chunk, encoding, callback) => {
+    const data = typeof chunk === 'string' || chunk instanceof Uint8Array ? chunk : JSON.stringify(chunk);
+    if (!written && typeof req._onBeforeFirstWrite === 'function') req._onBeforeFirstWrite((c) => write(c));
+    written = true;
+    return write(data, encoding, callback);
+  };
+  try {
+    const returned = handler(event, req, context);
+    if (!returned || typeof returned.then !== 'function') {
+      throw new Error('Streaming does not support non-async handlers.');
+    }
+    const result = await returned;
+    if (result !== undefined) console.warn('Streaming handlers ignore return values.');
+    await answered;
+  } catch (e) {
+    const err = e instanceof Error ? e : new Error(String(e));
+    logError('Invoke Error', err);
+    const body = errorBody(err.name || 'Error', err.message, (err.stack || '').split('\n').slice(1).map((l) => l.trim()));
+    req.addTrailers({
+      'Lambda-Runtime-Function-Error-Type': err.name || 'Error',
+      'Lambda-Runtime-Function-Error-Body': Buffer.from(body).toString('base64'),
+    });
+    if (!req.writableEnded) req.end();
+    await answered.catch(() => {});
+  }
+}
+
+// An error as Lambda's runtime logs it: the message, then a tab and the error as JSON (its type,
+// message, code, own properties and stack lines), all on one line.
+function logError(message, err) {
+  const fields = { errorType: err.name, errorMessage: err.message, code: err.code, ...err };
+  if (typeof err.stack === 'string') fields.stack = err.stack.split('\n');
+  let json;
+  try {
+    json = JSON.stringify(fields);
+  } catch {
+    json = JSON.stringify({ errorType: err.name, errorMessage: err.message });
+  }
+  console.error(message, `\t${json}`);
+}
+
 function errorBody(errorType, message, stack) {
   return JSON.stringify({ errorType, errorMessage: message, stackTrace: stack || [] });
 }
@@ -196,19 +322,31 @@ function invoke(handler, event, context) {
   });
 }
 
-function makeContext(requestId, deadlineMs, arn) {
-  return {
-    awsRequestId: requestId,
+function jsonHeader(headers, name) {
+  const value = headers[name];
+  return value ? JSON.parse(value) : undefined;
+}
+
+// The handler's context with the fields Lambda's runtime gives it (the optional ones undefined
+// unless the invocation carried them); `callbackWaitsForEmptyEventLoop` is not enumerable, as in
+// Lambda's managed runtime (aws-lambda-ric 4 has no such property).
+function makeContext(requestId, deadlineMs, arn, headers) {
+  const context = {
+    functionName: process.env.AWS_LAMBDA_FUNCTION_NAME,
+    functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION,
+    memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
+    logGroupName: process.env.AWS_LAMBDA_LOG_GROUP_NAME,
+    logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
+    clientContext: jsonHeader(headers, 'lambda-runtime-client-context'),
+    identity: jsonHeader(headers, 'lambda-runtime-cognito-identity'),
     invokedFunctionArn: arn,
-    functionName: process.env.AWS_LAMBDA_FUNCTION_NAME || '',
-    functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST',
-    memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '',
-    logGroupName:
-      process.env.AWS_LAMBDA_LOG_GROUP_NAME || `/voltrun/${process.env.AWS_LAMBDA_FUNCTION_NAME || ''}`,
-    logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME || '',
-    callbackWaitsForEmptyEventLoop: true,
+    awsRequestId: requestId,
+    tenantId: headers['lambda-runtime-aws-tenant-id'],
+    xRayTraceId: headers['lambda-runtime-trace-id'],
     getRemainingTimeInMillis: () => Math.max(0, deadlineMs - Date.now()),
   };
+  Object.defineProperty(context, 'callbackWaitsForEmptyEventLoop', { value: true, writable: true });
+  return context;
 }
 
 async function main() {
@@ -224,15 +362,21 @@ async function main() {
   for (;;) {
     const next = await request('GET', `${BASE}/invocation/next`);
     const requestId = next.headers['lambda-runtime-aws-request-id'];
+    currentRequestId = requestId;
     const deadline = Number(next.headers['lambda-runtime-deadline-ms'] || 0);
     const arn = next.headers['lambda-runtime-invoked-function-arn'] || '';
     let result;
     try {
       const event = next.body.length ? JSON.parse(next.body.toString('utf8')) : {};
-      result = await invoke(handler, event, makeContext(requestId, deadline, arn));
+      const context = makeContext(requestId, deadline, arn, next.headers);
+      if (handler[HANDLER_STREAMING] === STREAM_RESPONSE) {
+        await invokeStreaming(handler, event, context);
+        continue;
+      }
+      result = await invoke(handler, event, context);
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
-      console.error(err.stack || String(err));
+      logError('Invoke Error', err);
       await request('POST', `${BASE}/invocation/${requestId}/error`,
         errorBody(err.name || 'Error', err.message, (err.stack || '').split('\n').slice(1).map((l) => l.trim())),
         { 'Lambda-Runtime-Function-Error-Type': 'Unhandled' });

@@ -6,6 +6,7 @@ Initialisation failures are reported to /runtime/init/error with Lambda's error 
 """
 
 import importlib
+import importlib.machinery
 import json
 import os
 import socket
@@ -113,27 +114,121 @@ class Client:
                 time.sleep(0.01)
 
 
+# The invocation in progress, for log records (Lambda's `aws_request_id` attribute).
+REQUEST_ID = ""
+
+
+def install_lambda_logging(logging):
+    """Lambda's handler on the root logger, as its Python runtime installs it: each record written to
+    stdout as `[LEVEL]\t<UTC time>\t<request id>\t<message>`, with timestamps in UTC, and the root
+    level set from AWS_LAMBDA_LOG_LEVEL when that names one (TRACE counts as DEBUG)."""
+
+    class LambdaHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                sys.stdout.write(self.format(record))
+            except Exception:
+                self.handleError(record)
+
+    class RequestId(logging.Filter):
+        def filter(self, record):
+            record.aws_request_id = REQUEST_ID
+            return True
+
+    logging.Formatter.converter = time.gmtime
+    handler = LambdaHandler()
+    handler.setFormatter(logging.Formatter(
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n",
+        "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(RequestId())
+    root = logging.getLogger()
+    level = {"TRACE": "DEBUG"}.get(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper(),
+                                   os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper())
+    if level in logging._nameToLevel:
+        root.setLevel(level)
+    root.addHandler(handler)
+
+
+class LoggingHook:
+    """Installs Lambda's logging when the function first imports `logging`: importing it costs about
+    14 ms, which every cold start would pay, and most functions never import it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            install_lambda_logging(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 class InitError(Exception):
     def __init__(self, error_type, message):
         super().__init__(message)
         self.error_type = error_type
 
 
+class Fields:
+    """An object with exactly the given attributes, None unless set (Lambda's CognitoIdentity,
+    ClientContext and Client)."""
+
+    def __init__(self, names, values=None):
+        for name in names:
+            setattr(self, name, (values or {}).get(name))
+
+
+IDENTITY_FIELDS = ("cognito_identity_id", "cognito_identity_pool_id")
+CLIENT_FIELDS = ("installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name")
+
+
 class Context:
-    def __init__(self, request_id, deadline_ms, arn):
+    """The handler's context, with Lambda's attributes: `identity` is always an object (its fields
+    None unless the invocation carried a Cognito identity), `client_context` only when the invocation
+    carried one."""
+
+    def __init__(self, request_id, deadline_ms, arn, client_context=None, identity=None, tenant_id=None):
         self.aws_request_id = request_id
         self.invoked_function_arn = arn
-        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "/voltrun/" + self.function_name)
-        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-        self.identity = None
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.tenant_id = tenant_id
+        self.identity = Fields(IDENTITY_FIELDS, {
+            "cognito_identity_id": (identity or {}).get("cognitoIdentityId"),
+            "cognito_identity_pool_id": (identity or {}).get("cognitoIdentityPoolId"),
+        })
         self.client_context = None
+        if isinstance(client_context, dict):
+            self.client_context = Fields(("custom", "env", "client"), client_context)
+            if isinstance(self.client_context.client, dict):
+                self.client_context.client = Fields(CLIENT_FIELDS, self.client_context.client)
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self):
         return max(0, int(self._deadline_ms - time.time() * 1000))
+
+    def log(self, msg):
+        """Writes `msg` to the function's log as it is (no newline added), as Lambda's does."""
+        sys.stdout.write(str(msg))
+
+    def w3c(self):
+        """The W3C trace context the invocation carried: none here (no client context carries one)."""
+        return {}
+
+
+def json_header(response, name):
+    value = response.getheader(name)
+    return json.loads(value) if value else None
 
 
 def error_body(error_type, message, tb=None):
@@ -160,8 +255,13 @@ def load_handler():
 
 
 def main():
+    global REQUEST_ID
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+    if "logging" in sys.modules:
+        install_lambda_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, LoggingHook())
     client = Client()
     try:
         handler = load_handler()
@@ -174,11 +274,16 @@ def main():
     while True:
         response, body = client.request("GET", f"{BASE}/invocation/next")
         request_id = response.getheader("Lambda-Runtime-Aws-Request-Id")
+        REQUEST_ID = request_id
         deadline = int(response.getheader("Lambda-Runtime-Deadline-Ms", "0"))
         arn = response.getheader("Lambda-Runtime-Invoked-Function-Arn", "")
         try:
+            context = Context(request_id, deadline, arn,
+                              json_header(response, "Lambda-Runtime-Client-Context"),
+                              json_header(response, "Lambda-Runtime-Cognito-Identity"),
+                              response.getheader("Lambda-Runtime-Aws-Tenant-Id"))
             event = json.loads(body) if body else {}
-            result = handler(event, Context(request_id, deadline, arn))
+            result = handler(event, context)
         except Exception as e:
             import traceback  # only on this path: it costs milliseconds at every start
 

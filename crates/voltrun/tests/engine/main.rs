@@ -15,6 +15,7 @@ mod errors;
 mod firecracker;
 mod hardening;
 mod isolation;
+mod parity;
 mod ric;
 mod runs;
 mod walkthrough;

@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 use crate::helpers::{self, TestApp};
 use crate::{engine_app, invoke, logs};
 
-const PY_RIC_VERSION: &str = "4.2.2";
+pub(crate) const PY_RIC_VERSION: &str = "4.2.2";
 const NODE_RIC_VERSION: &str = "4.0.2";
 
 /// Where `scripts/install-rics.sh` puts the clients (a relative `VOLTRUN_RIC_DIR` is taken from the
 /// repository root, as the script does).
-fn ric_dir() -> PathBuf {
+pub(crate) fn ric_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     match std::env::var_os("VOLTRUN_RIC_DIR") {
         Some(dir) if !dir.is_empty() => root.join(dir),
@@ -23,7 +23,7 @@ fn ric_dir() -> PathBuf {
     }
 }
 
-fn not_installed(what: &str, dir: &Path) -> ! {
+pub(crate) fn not_installed(what: &str, dir: &Path) -> ! {
     panic!(
         "{what} is not installed in {}: run scripts/install-rics.sh (it installs the official runtime \
          interface clients from PyPI and npm into target/rics, or VOLTRUN_RIC_DIR)",
@@ -33,7 +33,7 @@ fn not_installed(what: &str, dir: &Path) -> ! {
 
 /// Every file and symlink under `dir`, as `(path in the archive under prefix, contents, unix mode)`;
 /// a symlink's contents are its target.
-fn tree(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>, u32)>) {
+pub(crate) fn tree(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>, u32)>) {
     use std::os::unix::fs::MetadataExt;
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -59,7 +59,7 @@ fn tree(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>, u32)>) {
 }
 
 /// Zips the bundle (keeping unix modes and symlinks) and deploys it as a `provided` function.
-async fn deploy_bundle(
+pub(crate) async fn deploy_bundle(
     app: &TestApp,
     token: &str,
     name: &str,
@@ -183,7 +183,7 @@ def handler(event, context):
 
 /// Starts the client as its README says (`python -m awslambdaric <handler>`), on the sandbox's
 /// interpreter, with the vendored packages on the path.
-const PY_BOOTSTRAP: &str = r#"#!/bin/sh
+pub(crate) const PY_BOOTSTRAP: &str = r#"#!/bin/sh
 export PYTHONPATH=/var/task/vendor
 exec /usr/bin/python3 -m awslambdaric "$_HANDLER"
 "#;
@@ -213,7 +213,7 @@ async fn awslambdaric_runs_as_a_provided_runtime() {
 
 /// The npm prefix holding aws-lambda-ric at the pinned version with its built native addon; fails
 /// the test when it is not there.
-fn node_ric() -> PathBuf {
+pub(crate) fn node_ric() -> PathBuf {
     let installed = ric_dir().join("node");
     let package = installed.join("node_modules/aws-lambda-ric");
     let version = std::fs::read(package.join("package.json"))
@@ -249,7 +249,7 @@ const NODE_HANDLER: &str = r#"export const handler = async (event, context) => {
 
 /// Starts the client through the command its package installs (`node_modules/.bin/aws-lambda-ric`,
 /// a symlink to its `index.mjs`, which runs under `/usr/bin/env node`) with the handler argument.
-const NODE_BOOTSTRAP: &str = r#"#!/bin/sh
+pub(crate) const NODE_BOOTSTRAP: &str = r#"#!/bin/sh
 exec /var/task/node_modules/.bin/aws-lambda-ric "$_HANDLER"
 "#;
 
@@ -279,7 +279,21 @@ async fn aws_lambda_ric_runs_as_a_provided_runtime() {
 
 /// A response-streaming handler (`awslambda.streamifyResponse`): the client posts the response as a
 /// chunked stream and reports a failure in its trailers, which must fail the execution.
-const NODE_STREAMING_HANDLER: &str = r#"export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+/// `code` with aws-lambda-ric beside it and a `bootstrap` that starts it: a `provided` bundle. The
+/// package alone is enough at run time (its index.mjs bundles its JavaScript dependencies).
+pub(crate) fn with_node_ric(mut code: Vec<(String, Vec<u8>, u32)>) -> Vec<(String, Vec<u8>, u32)> {
+    let package = node_ric().join("node_modules/aws-lambda-ric");
+    tree(&package, "node_modules/aws-lambda-ric/", &mut code);
+    code.push(("bootstrap".into(), NODE_BOOTSTRAP.into(), 0o100755));
+    code.push((
+        "node_modules/.bin/aws-lambda-ric".into(),
+        b"../aws-lambda-ric/index.mjs".to_vec(),
+        0o120777,
+    ));
+    code
+}
+
+pub(crate) const NODE_STREAMING_HANDLER: &str = r#"export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
   if (event.fail === "early") {
     throw new TypeError("boom before any output");
   }
@@ -298,17 +312,11 @@ async fn aws_lambda_ric_streams_responses_and_their_errors() {
     else {
         return;
     };
-    let package = node_ric().join("node_modules/aws-lambda-ric");
-    // The package alone is enough at run time: its index.mjs bundles its JavaScript dependencies.
-    let mut files = Vec::new();
-    tree(&package, "node_modules/aws-lambda-ric/", &mut files);
-    files.push(("index.mjs".into(), NODE_STREAMING_HANDLER.into(), 0o100644));
-    files.push(("bootstrap".into(), NODE_BOOTSTRAP.into(), 0o100755));
-    files.push((
-        "node_modules/.bin/aws-lambda-ric".into(),
-        b"../aws-lambda-ric/index.mjs".to_vec(),
-        0o120777,
-    ));
+    let files = with_node_ric(vec![(
+        "index.mjs".into(),
+        NODE_STREAMING_HANDLER.into(),
+        0o100644,
+    )]);
     let user = app.register().await;
     let t = &user.access_token;
     let id = deploy_bundle(&app, t, "node-ric-stream", "index.handler", &files).await;
