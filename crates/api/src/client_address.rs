@@ -159,6 +159,16 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[derive(Debug, Clone)]
 pub struct ClientAddress(pub String);
 
+/// Who a limit counts an address against: an IPv4 address itself, and an IPv6 address's /64 (one
+/// subscriber's network, inside which it may take any of 2^64 addresses, each otherwise a fresh
+/// bucket). IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub fn limit_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 impl FromRequestParts<SharedState> for ClientAddress {
     type Rejection = ApiError;
 
@@ -171,10 +181,12 @@ impl FromRequestParts<SharedState> for ClientAddress {
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|ci| ci.0.ip());
         let address = match peer {
-            Some(peer) => state
-                .trusted_proxies
-                .client_address(peer, &parts.headers)
-                .to_string(),
+            Some(peer) => {
+                match limit_key(state.trusted_proxies.client_address(peer, &parts.headers)) {
+                    IpAddr::V6(network) => format!("{network}/64"),
+                    v4 => v4.to_string(),
+                }
+            }
             // Served without connection info (a router driven in-process): one shared bucket.
             None => "unknown".to_string(),
         };
@@ -187,6 +199,17 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64_and_ipv4_by_address() {
+        let key = |text: &str| limit_key(ip(text));
+        assert_eq!(key("2001:db8:1:2::7"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(key("2001:db8:1:2::7"), key("2001:db8:1:3::7"));
+        assert_eq!(key("2001:db8:1:2::7"), ip("2001:db8:1:2::"));
+        assert_eq!(key("192.0.2.7"), ip("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("::ffff:192.0.2.7"), ip("192.0.2.7"));
+    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

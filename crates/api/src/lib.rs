@@ -3,7 +3,7 @@
 //! storage crate, credentials logic in the auth crate, execution behind the engine trait.
 
 mod caller;
-mod client_address;
+pub mod client_address;
 mod code;
 mod error;
 mod error_docs;

@@ -56,9 +56,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(address_slot) = per_address.take(peer.ip(), limits.max_connections_per_address)
+        let client = voltrun_api::client_address::limit_key(peer.ip());
+        let Some(address_slot) = per_address.take(client, limits.max_connections_per_address)
         else {
-            tracing::debug!(peer = %peer.ip(), "closing a connection past the per-address cap");
+            tracing::debug!(peer = %peer.ip(), "closing a connection past the per-address cap (IPv6: per /64)");
             continue;
         };
         let _ = stream.set_nodelay(true);

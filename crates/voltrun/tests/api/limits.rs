@@ -40,6 +40,26 @@ async fn a_client_behind_a_trusted_proxy_cannot_choose_its_address() {
     .expect(401);
 }
 
+/// An IPv6 client owns a /64 and may take a new address in it for every request: the limit counts
+/// the /64, so rotating addresses gains nothing, while a neighbouring /64 has its own allowance.
+#[tokio::test]
+async fn an_ipv6_client_rotating_addresses_in_its_64_is_limited_as_one() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.auth_attempts_per_minute = Some("2".into());
+        raw.trusted_proxies = Some("127.0.0.1".into());
+    })
+    .await;
+    for (n, expected) in [(1, 401), (2, 401), (3, 429)] {
+        let address = format!("2001:db8:7:9:{n}:{n}:{n}:{n}");
+        app.post_via_proxy(&address, "/api/auth/login", bad_login())
+            .await
+            .expect(expected);
+    }
+    app.post_via_proxy("2001:db8:7:a::1", "/api/auth/login", bad_login())
+        .await
+        .expect(401);
+}
+
 /// Without a trusted proxy in front, X-Forwarded-For is the client's own text: ignored.
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
