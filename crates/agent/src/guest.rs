@@ -375,7 +375,7 @@ impl Agent {
         let Some(runtime) = self.runtime.as_mut() else {
             return Ok(Ended::Stopped);
         };
-        let ended = relay(runtime, host, write).await;
+        let ended = relay(runtime, self.pid1, host, write).await;
         if matches!(ended, Ok(Ended::Stopped)) {
             self.runtime = None;
         }
@@ -387,6 +387,7 @@ impl Agent {
 /// or the runtime does.
 async fn relay<W: AsyncWrite + Unpin>(
     runtime: &mut Runtime,
+    pid1: bool,
     host: &mut mpsc::Receiver<Result<Option<Message>, ProtocolError>>,
     write: &mut W,
 ) -> Result<Ended, AgentError> {
@@ -398,6 +399,13 @@ async fn relay<W: AsyncWrite + Unpin>(
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Some(Message::Invoke { request_id, deadline_unix_ms, function_arn, event }))) => {
                     invoke(runtime, request_id, deadline_unix_ms, function_arn, event).await;
+                }
+                Some(Ok(Some(Message::Clock { unix_ms }))) => {
+                    // A host may set a warm guest's clock again; nothing to tell the tenant.
+                    if pid1 && let Err(e) = voltrun_sandbox::guest::set_realtime_clock(unix_ms)
+                    {
+                        eprintln!("voltrun-agent: setting the clock: {e}");
+                    }
                 }
                 Some(Ok(Some(other))) => {
                     let note = Message::Log {

@@ -193,7 +193,18 @@ impl AgentSession {
         what: &'static str,
         timeout: Duration,
     ) -> Result<Message, SessionError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        self.next_by(what, tokio::time::Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// [`Self::next`] until `deadline`; `waited` is what a timeout reports.
+    async fn next_by(
+        &mut self,
+        what: &'static str,
+        deadline: tokio::time::Instant,
+        waited: Duration,
+    ) -> Result<Message, SessionError> {
+        let timeout = waited;
         loop {
             let received = tokio::time::timeout_at(deadline, self.incoming.recv())
                 .await
@@ -299,15 +310,34 @@ impl AgentSession {
         function_arn: &str,
         timeout: Duration,
     ) -> Result<InvokeOutcome, SessionError> {
-        self.send(&Message::Invoke {
+        // One deadline for the whole invocation: a guest that stops reading cannot hold the send,
+        // nor one that keeps sending `Ready` the wait for the result.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let invoke = Message::Invoke {
             request_id: request_id.to_string(),
             deadline_unix_ms,
             function_arn: function_arn.to_string(),
             event,
-        })
-        .await?;
+        };
+        // The guest's clock first: an emulated guest's drifts between invocations (by a third of a
+        // second over a few seconds under load, measured), and its log lines carry it.
+        let clock = Message::Clock {
+            unix_ms: unix_now_ms(),
+        };
+        let sent = async {
+            self.send(&clock).await?;
+            self.send(&invoke).await
+        };
+        tokio::time::timeout_at(deadline, sent)
+            .await
+            .map_err(|_| SessionError::Timeout {
+                what: "take the invocation",
+                waited: timeout,
+            })??;
         loop {
-            let message = self.next("answer the invocation", timeout).await?;
+            let message = self
+                .next_by("answer the invocation", deadline, timeout)
+                .await?;
             let outcome = match message {
                 Message::Response {
                     request_id: id,
@@ -366,14 +396,15 @@ impl AgentSession {
         logs
     }
 
-    /// Asks the agent to stop the runtime, and closes the connection.
+    /// Asks the agent to stop the runtime, and closes the connection; gives up after a second (a
+    /// guest that does not read is ended by its VM's end anyway).
     pub async fn shutdown(mut self) {
-        let _ = self.send(&Message::Shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.send(&Message::Shutdown)).await;
     }
 }
 
 fn unexpected(expected: &'static str, got: &Message) -> SessionError {
-    let mut got = format!("{got:?}");
-    got.truncate(200);
+    // The agent's text: cut on a character boundary, never inside one.
+    let got: String = format!("{got:?}").chars().take(200).collect();
     SessionError::Unexpected { expected, got }
 }

@@ -214,6 +214,9 @@ async function invokeStreaming(handler, event, context) {
     });
     req.on('error', reject);
   });
+  // Awaited only once the handler is done: a request that fails before then (the Runtime API
+  // refusing an oversized stream) must not end the runtime as an unhandled rejection meanwhile.
+  answered.catch(() => {});
   let written = false;
   req.setContentType = (type) => {
     if (written) throw new Error('Cannot set content-type, too late.');

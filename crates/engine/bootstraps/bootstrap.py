@@ -156,15 +156,21 @@ class LoggingHook:
     def find_spec(self, name, path=None, target=None):
         if name != "logging":
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         load = spec.loader.exec_module
+        hook = self
 
         def exec_module(module):
+            # Gone once `logging` is really imported (a find_spec alone, as importlib.util.find_spec
+            # does, imports nothing).
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
             load(module)
-            install_lambda_logging(module)
+            # A function's own module named `logging` is not the standard library's: left alone.
+            if all(hasattr(module, n) for n in ("Handler", "Filter", "Formatter", "getLogger")):
+                install_lambda_logging(module)
 
         spec.loader.exec_module = exec_module
         return spec

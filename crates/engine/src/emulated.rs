@@ -136,11 +136,16 @@ impl GuestLauncher for EmulatedLauncher {
         let session = match hello {
             Ok(session) => session,
             Err(why) => {
+                // While the guest runs, its console says how far it got (once QEMU has exited, the
+                // error carries its last output already).
                 let console = guest.console_tail();
                 let console: Vec<&str> = console.lines().rev().take(3).collect();
                 // Nothing of the guest outlives the error: QEMU and its vsock backend are dead and
                 // its files gone before the caller hears of it.
                 guest.stop().await;
+                if console.is_empty() {
+                    return Err(why);
+                }
                 return Err(format!(
                     "{why}; the guest's console last said: {}",
                     console.join(" | ")

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Step, VmError};
-use crate::manager::{ExitInfo, VmSpec, tail, wait_for_exit};
+use crate::manager::{ExitInfo, VmSpec, lock_run_dir, tail, wait_for_exit};
 
 /// Where `scripts/install-emulator.sh` puts `vhost-device-vsock`, relative to the repository root.
 pub const DEFAULT_INSTALL_DIR: &str = "target/emulator/bin";
@@ -105,14 +105,29 @@ fn is_executable(path: &Path) -> bool {
 #[derive(Debug)]
 pub struct Emulator {
     config: EmulatorConfig,
+    _lock: std::fs::File,
 }
 
 impl Emulator {
-    /// Takes the run directory, killing and removing the guests a previous server left there.
-    pub async fn new(config: EmulatorConfig) -> Result<Self, VmError> {
+    /// Takes the run directory (refused while another server holds it), killing and removing the
+    /// guests a previous server left there. Paths are made absolute: the guests' processes run in
+    /// their own directories.
+    pub async fn new(mut config: EmulatorConfig) -> Result<Self, VmError> {
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|e| VmError::io(Step::Prepare, "creating", &config.run_dir, e))?;
-        let emulator = Self { config };
+        for path in [
+            &mut config.run_dir,
+            &mut config.qemu,
+            &mut config.vhost_vsock,
+        ] {
+            *path = std::path::absolute(&*path)
+                .map_err(|e| VmError::io(Step::Prepare, "resolving", &*path, e))?;
+        }
+        let lock = lock_run_dir(&config.run_dir)?;
+        let emulator = Self {
+            config,
+            _lock: lock,
+        };
         emulator.sweep().await;
         Ok(emulator)
     }
@@ -163,7 +178,7 @@ impl Emulator {
             guard.record(&backend)?;
             wait_for_socket(&dir.join(VHOST_SOCKET), &mut backend, &dir).await?;
             let qemu = tokio::process::Command::new(&self.config.qemu)
-                .args(qemu_args(spec, &dir))
+                .args(qemu_args(spec, &id))
                 .current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(log_file(&dir, QEMU_LOG)?)
@@ -200,13 +215,15 @@ impl Emulator {
         dir: &Path,
         guest_cid: u32,
     ) -> Result<tokio::process::Child, VmError> {
+        // Names relative to the guest's directory, its working directory: a Unix socket's path is
+        // limited to 107 bytes, and a data directory can be deep.
         tokio::process::Command::new(&self.config.vhost_vsock)
             .arg("--guest-cid")
             .arg(guest_cid.to_string())
             .arg("--socket")
-            .arg(dir.join(VHOST_SOCKET))
+            .arg(VHOST_SOCKET)
             .arg("--uds-path")
-            .arg(dir.join(VSOCK_SOCKET))
+            .arg(VSOCK_SOCKET)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log_file(dir, VSOCK_LOG)?)
@@ -222,7 +239,7 @@ impl Emulator {
 /// virtio-mmio devices on the kernel command line, as Firecracker does); guest memory in a shared
 /// memfd, which the vhost-user vsock backend maps; the drives in Firecracker's order (root `vda`,
 /// scratch `vdb`, code `vdc`), and no network device.
-fn qemu_args(spec: &VmSpec, dir: &Path) -> Vec<String> {
+fn qemu_args(spec: &VmSpec, id: &str) -> Vec<String> {
     let mem = spec.mem_mib;
     let mut args: Vec<String> = [
         "-M",
@@ -237,6 +254,8 @@ fn qemu_args(spec: &VmSpec, dir: &Path) -> Vec<String> {
     .map(String::from)
     .to_vec();
     args.extend([
+        "-name".into(),
+        id.to_string(),
         "-m".into(),
         format!("{mem}M"),
         "-smp".into(),
@@ -244,7 +263,7 @@ fn qemu_args(spec: &VmSpec, dir: &Path) -> Vec<String> {
         "-object".into(),
         format!("memory-backend-memfd,id=mem0,size={mem}M,share=on"),
         "-chardev".into(),
-        format!("file,id=console,path={}", dir.join(CONSOLE).display()),
+        format!("file,id=console,path={CONSOLE}"),
         "-serial".into(),
         "chardev:console".into(),
         "-kernel".into(),
@@ -257,7 +276,7 @@ fn qemu_args(spec: &VmSpec, dir: &Path) -> Vec<String> {
     }
     let mut drives = vec![("root", spec.rootfs.clone(), true)];
     if spec.scratch_mib > 0 {
-        drives.push(("scratch", dir.join(SCRATCH), false));
+        drives.push(("scratch", PathBuf::from(SCRATCH), false));
     }
     if let Some(code) = &spec.code {
         drives.push(("code", code.clone(), true));
@@ -276,7 +295,7 @@ fn qemu_args(spec: &VmSpec, dir: &Path) -> Vec<String> {
     }
     args.extend([
         "-chardev".into(),
-        format!("socket,id=vsock,path={}", dir.join(VHOST_SOCKET).display()),
+        format!("socket,id=vsock,path={VHOST_SOCKET}"),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ]);
@@ -333,15 +352,19 @@ async fn watch_guest(
     exit: watch::Sender<Option<ExitInfo>>,
 ) {
     let (status, requested) = tokio::select! {
-        status = qemu.wait() => (status, false),
+        status = qemu.wait() => (status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string()), false),
+        // Without its vsock device the guest is unreachable: it ends too.
+        backend_status = backend.wait() => {
+            let _ = qemu.kill().await;
+            (format!("the vsock backend exited ({})", backend_status.map_or_else(|e| e.to_string(), |s| s.to_string())), false)
+        }
         // A stop, or the guest's handle dropped.
         _ = stop => {
-            let _ = qemu.start_kill();
-            (qemu.wait().await, true)
+            let _ = qemu.kill().await;
+            (qemu.wait().await.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string()), true)
         }
     };
     let _ = backend.kill().await;
-    let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
     let log_tail = format!(
         "{} | {}",
         tail(&dir.join(QEMU_LOG)),
@@ -393,15 +416,13 @@ impl Drop for Leftovers {
 }
 
 /// Kills the processes a dead server's guest directory records, if they still run that guest (their
-/// command line names the directory: a recycled pid belongs to someone else).
+/// working directory is the guest's: a recycled pid belongs to someone else).
 async fn kill_recorded(dir: &Path) {
     let Ok(pids) = std::fs::read_to_string(dir.join(PIDS_FILE)) else {
         return;
     };
-    let needle = dir.display().to_string();
     for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir) {
             let _ = voltrun_sandbox::process::kill(pid);
         }
     }
@@ -473,7 +494,7 @@ mod tests {
             scratch_mib: 16,
             code: Some("/code/abc.ext4".into()),
         };
-        let args = qemu_args(&spec, Path::new("/run/emu-1"));
+        let args = qemu_args(&spec, "emu-1");
         let drives: Vec<&String> = args
             .iter()
             .filter(|a| a.starts_with("id=") && a.contains("format=raw"))
@@ -482,7 +503,7 @@ mod tests {
             drives,
             [
                 "id=root,file=/images/rootfs.ext4,format=raw,if=none,readonly=on",
-                "id=scratch,file=/run/emu-1/scratch.ext4,format=raw,if=none,readonly=off",
+                "id=scratch,file=scratch.ext4,format=raw,if=none,readonly=off",
                 "id=code,file=/code/abc.ext4,format=raw,if=none,readonly=on",
             ]
         );

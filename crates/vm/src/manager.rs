@@ -234,22 +234,7 @@ impl VmManager {
             std::fs::create_dir_all(&jailer.chroot_base)
                 .map_err(|e| VmError::io(Step::Prepare, "creating", &jailer.chroot_base, e))?;
         }
-        let lock_path = config.run_dir.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| VmError::io(Step::Prepare, "opening", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(VmError::RunDirInUse(config.run_dir.clone()));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(VmError::io(Step::Prepare, "locking", &lock_path, e));
-            }
-        }
+        let lock = lock_run_dir(&config.run_dir)?;
         let manager = Self {
             config,
             _lock: lock,
@@ -963,6 +948,26 @@ impl Drop for Vm {
     fn drop(&mut self) {
         // Dropping the kill sender wakes the watcher, which kills the process and cleans up.
         self.kill.take();
+    }
+}
+
+/// Takes the run directory for this process (an exclusive `flock` on its lock file, held while the
+/// returned file lives): what is left in it then belongs to a dead server, and a second server on
+/// the same directory is refused rather than allowed to sweep the first one's VMs.
+pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File, VmError> {
+    let lock_path = run_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| VmError::io(Step::Prepare, "opening", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(VmError::RunDirInUse(run_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(VmError::io(Step::Prepare, "locking", &lock_path, e))
+        }
     }
 }
 
