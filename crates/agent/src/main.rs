@@ -119,6 +119,9 @@ fn init_guest() {
 
 async fn serve_vsock(port: u32, pid1: bool) -> std::io::Result<()> {
     let listener = std::sync::Arc::new(vsock_listen(port)?);
+    if pid1 {
+        eprintln!("{} port {port}", vsock::LISTENING_LINE);
+    }
     let mut agent = guest::Agent::new(pid1);
     loop {
         let listener = listener.clone();

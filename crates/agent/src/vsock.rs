@@ -83,6 +83,10 @@ async fn attempt(uds: &Path, port: u32) -> Result<UnixStream, HandshakeError> {
     }
 }
 
+/// What the agent, as a guest's init, writes on the console once it listens on its vsock port: a
+/// host that can read the console (the emulated backend) connects only then.
+pub const LISTENING_LINE: &str = "voltrun-agent: listening on vsock";
+
 /// The pause between two handshake attempts while a Firecracker guest boots (in about 100 ms).
 pub const RETRY_PAUSE: Duration = Duration::from_millis(5);
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use voltrun_agent::vsock::LISTENING_LINE;
 use voltrun_vm::emulated::{EmulatedGuest, Emulator, EmulatorConfig};
 use voltrun_vm::images::Manifest;
 
@@ -126,9 +127,17 @@ impl GuestLauncher for EmulatedLauncher {
             .boot(&vm_spec, GUEST_CID)
             .await
             .map_err(|e| e.to_string())?;
+        // vhost-device-vsock 0.3.0 stops answering for good when a connection reaches it while the
+        // guest's vsock driver comes up (reproduced under load even with 200 ms between attempts):
+        // connect only once the agent says on the console that it listens.
+        let started = std::time::Instant::now();
+        guest
+            .wait_for_console(LISTENING_LINE, started + self.boot_timeout)
+            .await;
+        let left = self.boot_timeout.saturating_sub(started.elapsed());
         let hello = agent_hello(
             &guest.vsock_path(),
-            (self.boot_timeout, HANDSHAKE_PAUSE),
+            (left.max(Duration::from_secs(1)), HANDSHAKE_PAUSE),
             guest.wait_exit(),
             "said hello",
         )

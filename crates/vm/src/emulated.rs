@@ -459,6 +459,21 @@ impl EmulatedGuest {
         tail(&self.dir.join(CONSOLE))
     }
 
+    /// Waits until the guest's console shows `line` (then true), QEMU has exited, or `deadline`.
+    pub async fn wait_for_console(&self, line: &str, deadline: Instant) -> bool {
+        let console = self.dir.join(CONSOLE);
+        loop {
+            let text = std::fs::read(&console).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains(line) {
+                return true;
+            }
+            if self.exit.borrow().is_some() || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// How long ago QEMU was started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
