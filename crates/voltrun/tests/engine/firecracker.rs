@@ -313,7 +313,8 @@ async fn auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why(
 }
 
 /// The full boot: runs only where `voltrun vm doctor`'s boot probe passes with the images in
-/// `VM_IMAGES_DIR` (default `data/vm/images`, as `voltrun vm images build` writes them); elsewhere
+/// `VM_IMAGES_DIR` (default `data/vm/images`, as `voltrun vm images build` writes them, else
+/// `target/emulated-guest/images`); elsewhere
 /// it prints the probe's reason and does not count as passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_boot_runs_python_and_node_functions_in_microvms() {
@@ -322,9 +323,19 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
         Ok(binary) => binary,
         Err(why) => return skip(test, &why),
     };
+    // The images `voltrun vm images build` writes by default, else those the test command builds for
+    // the emulated guest (the same kernel and root images), so that the probe's reason is the host's.
     let images = std::env::var_os("VM_IMAGES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("data/vm/images"));
+        .unwrap_or_else(|| {
+            let built = repo_root().join("data/vm/images");
+            let emulated = repo_root().join("target/emulated-guest/images");
+            if !built.join("manifest.json").exists() && emulated.join("manifest.json").exists() {
+                emulated
+            } else {
+                built
+            }
+        });
     let mut search = BinarySearch::from_env();
     search.firecracker_bin = Some(binary.clone());
     let probe = voltrun_vm::doctor::capability(&voltrun_vm::doctor::DoctorConfig {
