@@ -18,6 +18,7 @@ use voltrun_vm::images::Manifest;
 
 use crate::microvm::{
     Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, code_image, guest_vm_spec,
+    warn_of_leftovers,
 };
 
 /// Between two attempts to reach a booting guest's agent: vhost-device-vsock stops answering for good
@@ -43,6 +44,8 @@ pub struct EmulatedConfig {
 pub struct EmulatedLauncher {
     emulator: Emulator,
     manifest: Manifest,
+    /// The image set's bzImage, which QEMU boots.
+    kernel: String,
     images_dir: PathBuf,
     boot_timeout: Duration,
 }
@@ -56,18 +59,19 @@ impl EmulatedLauncher {
         manifest
             .verify(&config.images_dir)
             .map_err(|e| e.to_string())?;
-        if manifest.bzimage.is_none() {
+        let Some(kernel) = manifest.bzimage.as_ref().map(|k| k.file.clone()) else {
             return Err(format!(
                 "the image set in {} has no bzImage for the emulator (build it with `voltrun vm images build --kernel … --bzimage …`; scripts/build-guest-kernel.sh makes both)",
                 config.images_dir.display()
             ));
-        }
+        };
         let emulator = Emulator::new(config.emulator)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Self {
             emulator,
             manifest,
+            kernel,
             images_dir: config.images_dir,
             boot_timeout: config.boot_timeout,
         })
@@ -81,10 +85,7 @@ struct EmulatedBody(EmulatedGuest);
 #[async_trait]
 impl GuestBody for EmulatedBody {
     async fn stop(self: Box<Self>) {
-        let exit = self.0.stop().await;
-        if !exit.cleanup_errors.is_empty() {
-            tracing::warn!(errors = ?exit.cleanup_errors, "an emulated guest left files behind");
-        }
+        warn_of_leftovers(&self.0.stop().await);
     }
 }
 
@@ -115,13 +116,7 @@ impl GuestLauncher for EmulatedLauncher {
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
         let code = code_image(&spec.code_dir).await?;
-        let kernel = self
-            .manifest
-            .bzimage
-            .as_ref()
-            .map(|k| k.file.clone())
-            .unwrap_or_default();
-        let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &kernel, spec, code)?;
+        let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &self.kernel, spec, code)?;
         let guest = self
             .emulator
             .boot(&vm_spec, GUEST_CID)

@@ -322,6 +322,13 @@ impl Machines {
     }
 }
 
+/// Says what an ended guest left on the host that could not be removed.
+pub(crate) fn warn_of_leftovers(exit: &ExitInfo) {
+    if !exit.cleanup_errors.is_empty() {
+        tracing::warn!(errors = ?exit.cleanup_errors, "a microVM left files behind");
+    }
+}
+
 /// A VM as a guest body.
 #[derive(Debug)]
 struct VmBody(Vm);
@@ -329,10 +336,7 @@ struct VmBody(Vm);
 #[async_trait]
 impl GuestBody for VmBody {
     async fn stop(self: Box<Self>) {
-        let exit = self.0.stop().await;
-        if !exit.cleanup_errors.is_empty() {
-            tracing::warn!(errors = ?exit.cleanup_errors, "a microVM left files behind");
-        }
+        warn_of_leftovers(&self.0.stop().await);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
-use crate::{deploy, engine_app, unavailable};
+use crate::{deploy_python, engine_app, unavailable};
 
 async fn wait_terminal(app: &TestApp, token: &str, id: &str) -> Value {
     let started = Instant::now();
@@ -42,18 +42,8 @@ async fn async_executions_retry_with_backoff_and_record_each_attempt() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
-    let id = deploy(
-        &app,
-        &user.access_token,
-        "flaky",
-        &python,
-        "main.handler",
-        &[("main.py", FLAKY)],
-        json!({}),
-    )
-    .await;
+    let id = deploy_python(&app, &user.access_token, "flaky", FLAKY, json!({})).await;
     let queued = app
         .client
         .post(format!("{}/api/functions/{id}/execute", app.base))
@@ -85,13 +75,11 @@ async fn async_executions_retry_with_backoff_and_record_each_attempt() {
     assert_eq!(history[2]["status"], "succeeded");
 
     // With retries off, the first failure is final.
-    let strict = deploy(
+    let strict = deploy_python(
         &app,
         &user.access_token,
         "strict",
-        &python,
-        "main.handler",
-        &[("main.py", FLAKY)],
+        FLAKY,
         json!({"max_retries": 0}),
     )
     .await;
@@ -300,19 +288,9 @@ async fn a_full_queue_answers_429_and_queues_nothing(backend: crate::helpers::Ba
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let token = user.access_token.as_str();
-    let id = deploy(
-        &app,
-        token,
-        "sleeper",
-        &python,
-        "main.handler",
-        &[("main.py", SLEEPER)],
-        json!({"timeout_s": 120}),
-    )
-    .await;
+    let id = deploy_python(&app, token, "sleeper", SLEEPER, json!({"timeout_s": 120})).await;
     let long = enqueue(&app, token, &id, json!({"sleep": 60}))
         .await
         .expect(202);
@@ -388,16 +366,7 @@ async fn a_full_queue_answers_429_and_queues_nothing(backend: crate::helpers::Ba
 
     // The queue is per user.
     let other = app.register().await;
-    let theirs = deploy(
-        &app,
-        &other.access_token,
-        "sleeper",
-        &python,
-        "main.handler",
-        &[("main.py", SLEEPER)],
-        json!({}),
-    )
-    .await;
+    let theirs = deploy_python(&app, &other.access_token, "sleeper", SLEEPER, json!({})).await;
     enqueue(&app, &other.access_token, &theirs, json!({}))
         .await
         .expect(202);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, unique};
-use crate::{deploy, engine_app, invoke, skip};
+use crate::{deploy, deploy_python, engine_app, invoke, skip};
 
 /// A tmpfs of `size` mounted at `dir` (made if missing), unmounted and removed on drop.
 struct Tmpfs {
@@ -90,16 +90,7 @@ async fn unreferenced_code_is_collected_but_never_from_under_an_instance() {
     let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let token = user.access_token.as_str();
-    let kept = deploy(
-        &app,
-        token,
-        "kept",
-        &python,
-        "main.handler",
-        &[("main.py", KEPT)],
-        json!({}),
-    )
-    .await;
+    let kept = deploy_python(&app, token, "kept", KEPT, json!({})).await;
     let late = deploy(
         &app,
         token,
@@ -220,16 +211,7 @@ async fn a_full_code_cache_answers_503_storage_full_and_the_server_carries_on() 
     app.send(reqwest::Method::GET, "/health", None, None)
         .await
         .expect(200);
-    let small = deploy(
-        &app,
-        token,
-        "small",
-        &python,
-        "main.handler",
-        &[("main.py", HELLO)],
-        json!({}),
-    )
-    .await;
+    let small = deploy_python(&app, token, "small", HELLO, json!({})).await;
     let done = invoke(&app, token, &small, json!({})).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"], "hello");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
-use crate::{deploy, engine_app, skip};
+use crate::{deploy_python, engine_app, skip};
 
 const SLOW: &str =
     "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 2))\n    return 'done'\n";
@@ -44,18 +44,8 @@ async fn a_sync_caller_that_hangs_up_does_not_cut_the_run_short() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
-    let id = deploy(
-        &app,
-        &user.access_token,
-        "hang-up",
-        &python,
-        "main.handler",
-        &[("main.py", SLOW)],
-        json!({}),
-    )
-    .await;
+    let id = deploy_python(&app, &user.access_token, "hang-up", SLOW, json!({})).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
@@ -197,15 +187,12 @@ async fn executions_in_flight_when_postgres_goes_away_end_once_it_is_back() {
     let Some(app) = engine_app(test, |raw| raw.database_url = Some(url)).await else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "outage",
-        &python,
-        "main.handler",
-        &[("main.py", SLOW)],
+        SLOW,
         json!({"max_retries": 0}),
     )
     .await;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use voltrun_vm::emulated::{DEFAULT_INSTALL_DIR, EmulatorConfig};
 
 use crate::helpers::{Backend, TestApp};
-use crate::{deploy, invoke, logs, skip};
+use crate::{deploy, deploy_python, invoke, logs, skip};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -129,21 +129,6 @@ fn guests_of(app: &TestApp) -> (Vec<String>, Vec<String>) {
     (dirs, processes)
 }
 
-/// Deploys [`PYTHON`] as `main.handler`.
-async fn deploy_python(app: &TestApp, token: &str, name: &str, extra: Value) -> String {
-    let python = app.runtime("python").await.unwrap();
-    deploy(
-        app,
-        token,
-        name,
-        &python,
-        "main.handler",
-        &[("main.py", PYTHON)],
-        extra,
-    )
-    .await
-}
-
 fn error_of(run: &Value) -> (String, String) {
     (
         run["error"]["type"].as_str().unwrap_or_default().into(),
@@ -226,7 +211,7 @@ async fn emulated_guests_run_python_and_node_functions_cold_then_warm() {
     let t = &user.access_token;
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
 
-    let id = deploy_python(&app, t, "py", json!({"memory_mb": 256})).await;
+    let id = deploy_python(&app, t, "py", PYTHON, json!({"memory_mb": 256})).await;
     let cold = invoke(&app, t, &id, json!({"n": 1})).await;
     assert_eq!(cold["status"], "succeeded", "{cold}");
     assert_eq!(cold["output"]["n"], 2);
@@ -340,7 +325,14 @@ async fn emulated_guests_end_on_timeouts_exits_and_out_of_memory() {
     };
     let user = app.register().await;
     let t = &user.access_token;
-    let id = deploy_python(&app, t, "ends", json!({"memory_mb": 128, "timeout_s": 3})).await;
+    let id = deploy_python(
+        &app,
+        t,
+        "ends",
+        PYTHON,
+        json!({"memory_mb": 128, "timeout_s": 3}),
+    )
+    .await;
 
     let reaped = invoke(&app, t, &id, json!({"action": "orphans"})).await;
     assert_eq!(reaped["status"], "succeeded", "{reaped}");
@@ -410,7 +402,7 @@ async fn an_emulated_guest_that_does_not_answer_names_the_step_and_leaves_nothin
     };
     let user = app.register().await;
     let t = &user.access_token;
-    let id = deploy_python(&app, t, "late", json!({})).await;
+    let id = deploy_python(&app, t, "late", PYTHON, json!({})).await;
     let run = invoke(&app, t, &id, json!({})).await;
     assert_eq!(run["status"], "failed", "{run}");
     let (kind, message) = error_of(&run);

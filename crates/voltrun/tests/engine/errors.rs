@@ -6,20 +6,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
-use crate::{deploy, engine_app, invoke, logs};
+use crate::{deploy, deploy_python, engine_app, invoke, logs};
 
 async fn python_case(app: &TestApp, token: &str, name: &str, source: &str, extra: Value) -> Value {
-    let python = app.runtime("python").await.unwrap();
-    let id = deploy(
-        app,
-        token,
-        name,
-        &python,
-        "main.handler",
-        &[("main.py", source)],
-        extra,
-    )
-    .await;
+    let id = deploy_python(app, token, name, source, extra).await;
     invoke(app, token, &id, json!({})).await
 }
 
@@ -390,15 +380,12 @@ async fn a_functions_reserved_concurrency_is_its_own_limit() {
         return;
     };
     let user = app.register().await;
-    let python = app.runtime("python").await.unwrap();
     let source = "import time\ndef handler(e, c):\n    time.sleep(e['s'])\n    return e['s']\n";
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "reserved",
-        &python,
-        "main.handler",
-        &[("main.py", source)],
+        source,
         json!({"max_concurrency": 1}),
     )
     .await;

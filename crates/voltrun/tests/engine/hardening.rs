@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{deploy, engine_app, invoke};
+use crate::{deploy, deploy_python, engine_app, invoke};
 
 /// Host processes (in this process's PID namespace, so outside every sandbox) whose environment or
 /// command line contains `needle`, and how many bubblewrap launchers there are.
@@ -125,15 +125,12 @@ async fn seccomp_refuses_calls_the_kernel_would_otherwise_allow() {
         .output()
         .expect("python3 runs on the host");
     let control: Value = serde_json::from_slice(&control.stdout).expect("control probe output");
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "seccomp-probe",
-        &python,
-        "main.handler",
-        &[("main.py", SECCOMP_PROBE)],
+        SECCOMP_PROBE,
         json!({}),
     )
     .await;
@@ -171,15 +168,12 @@ async fn functions_run_whatever_the_data_directorys_mode() {
     use std::os::unix::fs::PermissionsExt;
     // What a careful operator (or systemd's StateDirectory=) leaves: nobody else may enter.
     std::fs::set_permissions(app.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "private",
-        &python,
-        "main.handler",
-        &[("main.py", "def handler(e, c):\n    return 'ran'\n")],
+        "def handler(e, c):\n    return 'ran'\n",
         json!({}),
     )
     .await;
@@ -260,26 +254,21 @@ async fn a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server(
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let attacker = app.register().await;
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &attacker.access_token,
         "spammer",
-        &python,
-        "main.handler",
-        &[("main.py", SPAMMER)],
+        SPAMMER,
         json!({"timeout_s": 60, "memory_mb": 256}),
     )
     .await;
     let bystander = app.register().await;
-    let echo = deploy(
+    let echo = deploy_python(
         &app,
         &bystander.access_token,
         "bystander",
-        &python,
-        "main.handler",
-        &[("main.py", "def handler(e, c):\n    return e\n")],
+        "def handler(e, c):\n    return e\n",
         json!({}),
     )
     .await;
@@ -466,16 +455,13 @@ async fn lowering_or_deleting_releases_the_warm_floor() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let name = format!("floor-{}", &crate::helpers::unique()[..8]);
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         &name,
-        &python,
-        "main.handler",
-        &[("main.py", "def handler(e, c):\n    return 1\n")],
+        "def handler(e, c):\n    return 1\n",
         json!({"min_instances": 1}),
     )
     .await;

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::{deploy, engine_app, invoke};
+use crate::{deploy, deploy_python, engine_app, invoke};
 
 /// A Python probe that tries many escapes and reports what it saw.
 const PROBE: &str = r#"
@@ -142,16 +142,7 @@ async fn escapes_fail_from_inside_a_function() {
         "the other tenant's code is on this host's disk"
     );
 
-    let id = deploy(
-        &app,
-        &user.access_token,
-        "probe",
-        &python,
-        "main.handler",
-        &[("main.py", PROBE)],
-        json!({}),
-    )
-    .await;
+    let id = deploy_python(&app, &user.access_token, "probe", PROBE, json!({})).await;
     let data_dir = app
         .database_url
         .trim_start_matches("sqlite://")
@@ -279,16 +270,13 @@ async fn a_fork_bomb_is_contained() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let bomb = "import os, time\ndef handler(e, c):\n    n = 0\n    while True:\n        try:\n            if os.fork() == 0:\n                time.sleep(60)\n                os._exit(0)\n            n += 1\n        except OSError:\n            return n\n";
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "bomb",
-        &python,
-        "main.handler",
-        &[("main.py", bomb)],
+        bomb,
         json!({"timeout_s": 5}),
     )
     .await;
@@ -310,19 +298,9 @@ async fn tmp_is_size_limited() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let fill = "def handler(e, c):\n    try:\n        with open('/tmp/big', 'wb') as f:\n            f.write(b'x' * (16 * 1024 * 1024))\n        return 'wrote'\n    except OSError as err:\n        return err.strerror\n";
-    let id = deploy(
-        &app,
-        &user.access_token,
-        "filler",
-        &python,
-        "main.handler",
-        &[("main.py", fill)],
-        json!({}),
-    )
-    .await;
+    let id = deploy_python(&app, &user.access_token, "filler", fill, json!({})).await;
     let run = invoke(&app, &user.access_token, &id, json!({})).await;
     assert_eq!(run["output"], "No space left on device", "{run}");
 }

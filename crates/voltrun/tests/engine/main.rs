@@ -115,6 +115,27 @@ pub async fn deploy(
     reply.body["id"].as_str().unwrap().to_string()
 }
 
+/// Deploys one Python file, `main.py`, with the handler `main.handler`, on this server's Python.
+pub async fn deploy_python(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    source: &str,
+    extra: Value,
+) -> String {
+    let python = app.runtime("python").await.unwrap();
+    deploy(
+        app,
+        token,
+        name,
+        &python,
+        "main.handler",
+        &[("main.py", source)],
+        extra,
+    )
+    .await
+}
+
 pub async fn invoke(app: &TestApp, token: &str, id: &str, event: Value) -> Value {
     app.post(&format!("/api/functions/{id}/execute"), token, event)
         .await

@@ -40,6 +40,28 @@ async fn deploy_builtin(
     reply.body["id"].as_str().unwrap().to_string()
 }
 
+/// Deploys `code` (`index.handler`) twice: on the built-in Node.js runtime `node`, and beside
+/// aws-lambda-ric as `provided` (`<name>-oracle`). Returns both ids.
+async fn deploy_node_pair(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    node: &str,
+    code: Files,
+) -> (String, String) {
+    let builtin = deploy_builtin(app, token, name, node, "index.handler", &code).await;
+    let bundle = with_node_ric(code);
+    let oracle = deploy_bundle(
+        app,
+        token,
+        &format!("{name}-oracle"),
+        "index.handler",
+        &bundle,
+    )
+    .await;
+    (builtin, oracle)
+}
+
 /// A log's lines (`<time> <stream> <line>` each) without the platform's own (`START`, `END`,
 /// `REPORT`), stdout's in order and then stderr's (the two are separate pipes: how they interleave is
 /// not the runtime's doing), with the request id and every ISO-8601 UTC timestamp
@@ -283,10 +305,7 @@ async fn node_response_streaming_matches_aws_lambda_ric() {
         ("http-stream", NODE_HTTP_STREAMING_HANDLER),
     ] {
         let code: Files = vec![("index.mjs".into(), source.into(), 0o100644)];
-        let builtin = deploy_builtin(&app, t, name, &node, "index.handler", &code).await;
-        let bundle = with_node_ric(code.clone());
-        let oracle =
-            deploy_bundle(&app, t, &format!("{name}-oracle"), "index.handler", &bundle).await;
+        let (builtin, oracle) = deploy_node_pair(&app, t, name, &node, code).await;
         let events = [json!({"name": "ada"}), json!({"name": "grace"})];
         let seen = same_on_both(&app, t, (&builtin, &oracle), &events).await;
         assert_eq!(seen[0].status, "succeeded", "{name}: {:?}", seen[0]);
@@ -331,9 +350,7 @@ async fn node_console_and_context_match_aws_lambda_ric() {
     let t = &user.access_token;
     let node = app.runtime("nodejs").await.unwrap();
     let code: Files = vec![("index.mjs".into(), NODE_CONSOLE_HANDLER.into(), 0o100644)];
-    let builtin = deploy_builtin(&app, t, "console", &node, "index.handler", &code).await;
-    let bundle = with_node_ric(code.clone());
-    let oracle = deploy_bundle(&app, t, "console-oracle", "index.handler", &bundle).await;
+    let (builtin, oracle) = deploy_node_pair(&app, t, "console", &node, code).await;
     let seen = same_on_both(
         &app,
         t,

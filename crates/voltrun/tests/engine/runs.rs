@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{deploy, engine_app, invoke, logs};
+use crate::{deploy, deploy_python, engine_app, invoke, logs};
 
 const PY_ECHO: &str = r#"
 import os
@@ -19,17 +19,16 @@ async fn python_runs_cold_then_warm_with_logs() {
     let Some(app) = engine_app("python_runs_cold_then_warm_with_logs", |_| {}).await else {
         return;
     };
-    let Some(python) = app.runtime("python").await else {
-        panic!("no python runtime detected")
-    };
+    assert!(
+        app.runtime("python").await.is_some(),
+        "no python runtime detected"
+    );
     let user = app.register().await;
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "echo",
-        &python,
-        "main.handler",
-        &[("main.py", PY_ECHO)],
+        PY_ECHO,
         json!({"env": {"GREETING": "hi"}}),
     )
     .await;
@@ -76,19 +75,9 @@ async fn a_new_version_gets_new_instances() {
     let Some(app) = engine_app("a_new_version_gets_new_instances", |_| {}).await else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let v1 = "def handler(e, c):\n    return 'v1'\n";
-    let id = deploy(
-        &app,
-        &user.access_token,
-        "versioned",
-        &python,
-        "main.handler",
-        &[("main.py", v1)],
-        json!({}),
-    )
-    .await;
+    let id = deploy_python(&app, &user.access_token, "versioned", v1, json!({})).await;
     let a = invoke(&app, &user.access_token, &id, json!({})).await;
     assert_eq!(a["output"], "v1");
     app.put(
@@ -201,16 +190,13 @@ async fn min_instances_are_prewarmed_and_survive_keep_alive() {
     else {
         return;
     };
-    let python = app.runtime("python").await.unwrap();
     let user = app.register().await;
     let source = "import os\ndef handler(e, c):\n    return os.getpid()\n";
-    let id = deploy(
+    let id = deploy_python(
         &app,
         &user.access_token,
         "warm",
-        &python,
-        "main.handler",
-        &[("main.py", source)],
+        source,
         json!({"min_instances": 1}),
     )
     .await;
