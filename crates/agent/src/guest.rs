@@ -421,6 +421,10 @@ async fn relay<W: AsyncWrite + Unpin>(
                 Some(RuntimeSignal::Ready) => {
                     let init_ms = u32::try_from(runtime.started.elapsed().as_millis()).unwrap_or(u32::MAX);
                     runtime.init_ms = Some(init_ms);
+                    // The initialisation's lines belong before `Ready`: the host files what comes
+                    // after it under the first invocation.
+                    drain(&*runtime.output).await;
+                    forward_pending(runtime, write).await?;
                     protocol::write_message(write, &Message::Ready { init_ms }).await?;
                 }
                 Some(RuntimeSignal::InitError(InitFailure { error_type, message })) => {

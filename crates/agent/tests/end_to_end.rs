@@ -208,6 +208,47 @@ async fn python_functions_run_end_to_end() {
     agent.finish().await;
 }
 
+/// Every line the initialisation wrote is the start's, none the first invocation's: the agent
+/// sends `Ready` only once its readers have forwarded what the runtime wrote before asking for work.
+#[tokio::test]
+async fn every_init_line_arrives_before_ready() {
+    const LINES: usize = 3000;
+    let source = format!(
+        "import sys\nfor i in range({LINES}):\n    print('init', i)\n    print('err', i, file=sys.stderr)\n\ndef handler(event, context):\n    return 1\n"
+    );
+    let agent = Agent::start(&[("app.py", &source)]).await;
+    let mut session = agent.connect().await;
+    let started = session
+        .start(agent.spec(python(), "app.handler"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(started, StartOutcome::Ready { .. }), "{started:?}");
+    let init_logs = session.take_logs();
+    let count = |stream: Stream, prefix: &str| {
+        init_logs
+            .iter()
+            .filter(|l| l.stream == stream && l.line.starts_with(prefix))
+            .count()
+    };
+    assert_eq!(count(Stream::Stdout, "init "), LINES);
+    assert_eq!(count(Stream::Stderr, "err "), LINES);
+
+    let outcome = session
+        .invoke("r1", b"{}".to_vec(), deadline(), "arn", TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(outcome, InvokeOutcome::Response(b"1".to_vec()));
+    let logs = session.take_logs();
+    assert!(
+        logs.iter()
+            .all(|l| !l.line.starts_with("init ") && !l.line.starts_with("err ")),
+        "{} init lines landed on the invocation",
+        logs.len()
+    );
+    session.shutdown().await;
+    agent.finish().await;
+}
+
 #[tokio::test]
 async fn python_errors_and_init_errors_come_back_typed() {
     let agent = Agent::start(&[("app.py", PY_HANDLER)]).await;
