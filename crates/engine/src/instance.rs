@@ -219,6 +219,8 @@ struct SandboxedRuntime {
     output: [Arc<ReadProgress>; 2],
     tasks: Vec<tokio::task::JoinHandle<()>>,
     healthy: bool,
+    /// Whether its processes are stopped by the cgroup freezer (between invocations).
+    frozen: bool,
     /// The host uid the sandbox runs as: given back only once the sandbox is dead, so no other
     /// instance gets it while any process of this one lives.
     uid: Option<UidLease>,
@@ -264,7 +266,10 @@ impl SandboxedRuntime {
             Self::wire(sandbox).map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
         let failure = tokio::select! {
             signal = instance.signals.recv() => match signal {
-                Some(RuntimeSignal::Ready) => return Ok(instance),
+                Some(RuntimeSignal::Ready) => {
+                    instance.freeze_while_idle();
+                    return Ok(instance);
+                }
                 Some(RuntimeSignal::InitError(failure)) => Failure::Init(failure),
                 None => Failure::Sandbox("runtime API stopped".into()),
             },
@@ -321,12 +326,24 @@ impl SandboxedRuntime {
             output,
             tasks,
             healthy: true,
+            frozen: false,
             uid: None,
         })
     }
 
     fn is_healthy(&self) -> bool {
         self.healthy
+    }
+
+    /// Stops every process of the instance until its next invocation, as Lambda freezes an idle
+    /// sandbox: a thread or process the function left running gets no CPU while nobody invokes it.
+    /// Where the host has no freezer they keep running (the sandbox reports itself degraded).
+    fn freeze_while_idle(&mut self) {
+        let Some(sandbox) = &self.sandbox else { return };
+        match sandbox.freeze() {
+            Ok(frozen) => self.frozen = frozen,
+            Err(e) => tracing::warn!(error = %e, "could not freeze an idle instance"),
+        }
     }
 
     fn exit_failure(&mut self) -> Failure {
@@ -360,6 +377,15 @@ impl SandboxedRuntime {
         function_arn: String,
     ) -> InvokeResult {
         if let Some(sandbox) = &self.sandbox {
+            if self.frozen {
+                if let Err(e) = sandbox.thaw() {
+                    self.healthy = false;
+                    return InvokeResult::Failed(Failure::Sandbox(format!(
+                        "could not thaw the instance: {e}"
+                    )));
+                }
+                self.frozen = false;
+            }
             sandbox.reset_memory_peak();
         }
         let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
@@ -375,7 +401,7 @@ impl SandboxedRuntime {
             self.healthy = false;
             return InvokeResult::Failed(Failure::Sandbox("runtime API is gone".into()));
         }
-        tokio::select! {
+        let result = tokio::select! {
             reply = reply_rx => match reply {
                 Ok(reply) => InvokeResult::Replied(reply),
                 Err(_) => InvokeResult::Failed(Failure::Sandbox("runtime API dropped the invocation".into())),
@@ -392,7 +418,11 @@ impl SandboxedRuntime {
                 self.kill().await;
                 InvokeResult::Failed(Failure::TimedOut)
             }
+        };
+        if self.healthy {
+            self.freeze_while_idle();
         }
+        result
     }
 
     /// The log lines written since the last call. Waits (briefly) for output the runtime wrote before

@@ -1,7 +1,9 @@
 //! Resource limits through cgroups. Each instance gets its own cgroup below this process's own (never
 //! the root): `memory` caps memory at the function's `memory_mb` (the kernel OOM-kills at the limit),
 //! `pids` caps the process count (a fork bomb stops there), `cpu` gives a share proportional to
-//! memory, as Lambda does.
+//! memory, as Lambda does, and the freezer stops every process of an idle instance between
+//! invocations, as Lambda freezes its sandboxes (a process a function leaves running gets no CPU
+//! while nobody is invoking it).
 //!
 //! Hosts differ: cgroup v1 (separate hierarchies per controller), v2 (one unified tree), or neither
 //! writable (inside some containers). [`CgroupSupport::detect`] finds what works; with neither, the
@@ -30,6 +32,7 @@ pub enum CgroupSupport {
         memory: PathBuf,
         pids: Option<PathBuf>,
         cpu: Option<PathBuf>,
+        freezer: Option<PathBuf>,
     },
     /// The unified v2 hierarchy: one base directory with memory, pids and cpu enabled below it.
     V2 { base: PathBuf },
@@ -99,7 +102,13 @@ impl CgroupSupport {
         let memory = make_base(&memory_own)?;
         let pids = own_v1_dir("pids").and_then(|own| make_base(&own).ok());
         let cpu = own_v1_dir("cpu").and_then(|own| make_base(&own).ok());
-        Ok(Self::V1 { memory, pids, cpu })
+        let freezer = own_v1_dir("freezer").and_then(|own| make_base(&own).ok());
+        Ok(Self::V1 {
+            memory,
+            pids,
+            cpu,
+            freezer,
+        })
     }
 
     fn detect_v2() -> Result<Self, SandboxError> {
@@ -140,6 +149,14 @@ impl CgroupSupport {
 
     pub fn describe(&self) -> String {
         match self {
+            Self::V1 {
+                memory,
+                freezer: None,
+                ..
+            } => format!(
+                "cgroup v1 under {} (no freezer: idle instances are not frozen)",
+                memory.display()
+            ),
             Self::V1 { memory, .. } => format!("cgroup v1 under {}", memory.display()),
             Self::V2 { base } => format!("cgroup v2 under {}", base.display()),
             Self::Unavailable { reason } => {
@@ -169,12 +186,18 @@ impl CgroupSupport {
                 .map_err(|e| cgroup_error(&dir, e))
         };
         match self {
-            Self::V1 { memory, pids, cpu } => {
+            Self::V1 {
+                memory,
+                pids,
+                cpu,
+                freezer,
+            } => {
                 let mut cgroup = Cgroup {
                     dirs: vec![],
                     memory: mkdir(memory.join(name))?,
                     pids: None,
                     cpu: None,
+                    freezer: None,
                     v2: false,
                 };
                 cgroup.dirs.push(cgroup.memory.clone());
@@ -185,11 +208,12 @@ impl CgroupSupport {
                     cgroup.dirs.push(dir.clone());
                     Ok(Some(dir))
                 };
-                let made = add(pids).and_then(|p| Ok((p, add(cpu)?)));
+                let made = add(pids).and_then(|p| Ok((p, add(cpu)?, add(freezer)?)));
                 match made {
-                    Ok((pids, cpu)) => {
+                    Ok((pids, cpu, freezer)) => {
                         cgroup.pids = pids;
                         cgroup.cpu = cpu;
+                        cgroup.freezer = freezer;
                         Ok(Some(cgroup))
                     }
                     Err(e) => {
@@ -204,7 +228,9 @@ impl CgroupSupport {
                     dirs: vec![dir.clone()],
                     memory: dir.clone(),
                     pids: Some(dir.clone()),
-                    cpu: Some(dir),
+                    cpu: Some(dir.clone()),
+                    // `cgroup.freeze` exists in every non-root v2 cgroup since Linux 5.2.
+                    freezer: dir.join("cgroup.freeze").exists().then_some(dir),
                     v2: true,
                 }))
             }
@@ -215,9 +241,19 @@ impl CgroupSupport {
     /// Removes instance cgroups left by server processes that no longer exist (a crash).
     pub fn sweep_stale(&self) {
         let bases: Vec<&PathBuf> = match self {
-            Self::V1 { memory, pids, cpu } => {
-                std::iter::once(memory).chain(pids).chain(cpu).collect()
-            }
+            Self::V1 {
+                memory,
+                pids,
+                cpu,
+                freezer,
+            } => freezer
+                .iter()
+                // The freezer first: a crashed server's idle instances are frozen, and a frozen
+                // process dies of SIGKILL only once thawed, which sweeping it there does.
+                .chain(std::iter::once(memory))
+                .chain(pids)
+                .chain(cpu)
+                .collect(),
             Self::V2 { base } => vec![base],
             Self::Unavailable { .. } => vec![],
         };
@@ -242,11 +278,14 @@ impl CgroupSupport {
                 let stale = entry.path();
                 if let Ok(children) = fs::read_dir(&stale) {
                     for child in children.flatten().filter(|c| c.path().is_dir()) {
+                        // Any of the hierarchies may hold it; a frozen one must be thawed for its
+                        // processes to die, so each directory is also treated as a freezer.
                         let cg = Cgroup {
                             dirs: vec![child.path()],
                             memory: child.path(),
                             pids: None,
                             cpu: None,
+                            freezer: Some(child.path()),
                             v2: matches!(self, Self::V2 { .. }),
                         };
                         cg.kill_all();
@@ -267,6 +306,8 @@ pub struct Cgroup {
     memory: PathBuf,
     pids: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// The v1 freezer directory, or the v2 directory when it has `cgroup.freeze`.
+    freezer: Option<PathBuf>,
     v2: bool,
 }
 
@@ -380,10 +421,46 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
+    /// Whether [`freeze`](Self::freeze) can stop this cgroup's processes.
+    pub fn can_freeze(&self) -> bool {
+        self.freezer.is_some()
+    }
+
+    /// Stops every process in the cgroup where it stands (they get no CPU until
+    /// [`thaw`](Self::thaw)). It does not wait for the last ones to stop: a process in the middle of
+    /// a system call stops when it returns to user space.
+    pub fn freeze(&self) -> Result<(), SandboxError> {
+        self.set_frozen(true)
+    }
+
+    pub fn thaw(&self) -> Result<(), SandboxError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), SandboxError> {
+        let Some(dir) = &self.freezer else {
+            return Ok(());
+        };
+        let (file, value) = match (self.v2, frozen) {
+            (true, _) => ("cgroup.freeze", if frozen { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        write(&dir.join(file), value)
+    }
+
     /// SIGKILLs every process in the cgroup and waits (briefly) until it is empty.
     pub fn kill_all(&self) {
         if self.v2 && fs::write(self.memory.join("cgroup.kill"), "1").is_ok() {
             // cgroup.kill is atomic; the loop below only waits for the exits.
+        }
+        if self.freezer.is_some() {
+            // A frozen process dies of SIGKILL only once thawed (v1), so the signal goes first and
+            // the thaw after it: no process of the instance runs its own code in between.
+            for pid in self.pids() {
+                sys::kill(pid, libc::SIGKILL);
+            }
+            let _ = self.thaw();
         }
         for _ in 0..200 {
             let pids = self.pids();

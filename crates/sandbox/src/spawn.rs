@@ -78,6 +78,19 @@ impl Sandbox {
         }
     }
 
+    /// Stops every process of the sandbox until [`thaw`](Self::thaw); `false` when this host has no
+    /// freezer (the processes keep running).
+    pub fn freeze(&self) -> Result<bool, SandboxError> {
+        match &self.cgroup {
+            Some(cg) if cg.can_freeze() => cg.freeze().map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    pub fn thaw(&self) -> Result<(), SandboxError> {
+        self.cgroup.as_ref().map_or(Ok(()), Cgroup::thaw)
+    }
+
     pub fn oom_kills(&self) -> u64 {
         self.cgroup.as_ref().map(Cgroup::oom_kills).unwrap_or(0)
     }

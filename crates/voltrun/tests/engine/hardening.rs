@@ -551,3 +551,99 @@ async fn the_same_source_under_another_name_is_not_shared_between_tenants() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], "mine");
 }
+
+/// A function that leaves a thread and a forked process ticking every 20 ms. Each invocation
+/// reports when it ran and every tick so far (both ticker kinds), on the sandbox's monotonic clock.
+const TICKERS: &str = r#"
+import os, threading, time
+
+TICKS = "/tmp/child-ticks"
+thread_ticks = []
+
+def tick_forever(record):
+    while True:
+        record(time.monotonic())
+        time.sleep(0.02)
+
+def append_to_file(t):
+    with open(TICKS, "a") as f:
+        f.write("%f\n" % t)
+
+def handler(event, context):
+    if event.get("start"):
+        threading.Thread(target=tick_forever, args=(thread_ticks.append,), daemon=True).start()
+        open(TICKS, "a").close()
+        if os.fork() == 0:
+            tick_forever(append_to_file)
+    with open(TICKS) as f:
+        child_ticks = [float(line) for line in f if line.strip()]
+    time.sleep(0.1)
+    return {"now": time.monotonic(), "thread": thread_ticks[:], "child": child_ticks}
+"#;
+
+/// Lambda freezes an idle sandbox; so does the engine: what a function leaves running (a thread, a
+/// forked process) gets no CPU between invocations, and a frozen instance still dies when deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_function_leaves_running_gets_no_cpu_between_invocations() {
+    let test = "what_a_function_leaves_running_gets_no_cpu_between_invocations";
+    let Some(app) = engine_app(test, |_| {}).await else {
+        return;
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/freezer").exists()
+        && !std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .starts_with("0::")
+    {
+        crate::skip(test, "this host has no cgroup freezer (v1) nor cgroup v2");
+        return;
+    }
+    let user = app.register().await;
+    let name = format!("ticker-{}", &crate::helpers::unique()[..8]);
+    let id = deploy_python(&app, &user.access_token, &name, TICKERS, json!({})).await;
+    let first = invoke(&app, &user.access_token, &id, json!({"start": true})).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let idle_from = first["output"]["now"].as_f64().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let second = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    let output = &second["output"];
+    // The invocation began at least 100 ms before `now` (its sleep): anything ticking between the
+    // two invocations, with a margin each side for the thaw and the reply, ran while it was idle.
+    let idle_until = output["now"].as_f64().unwrap() - 0.1;
+    for ticker in ["thread", "child"] {
+        let ticks: Vec<f64> = output[ticker]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        assert!(
+            ticks.len() >= 3,
+            "the {ticker} ticked while invoked: {ticks:?}"
+        );
+        let while_idle = ticks
+            .iter()
+            .filter(|&&t| t > idle_from + 0.1 && t < idle_until - 0.1)
+            .count();
+        assert_eq!(
+            while_idle,
+            0,
+            "the {ticker} ran {while_idle} times in the {:.1} s the instance was idle",
+            idle_until - idle_from
+        );
+    }
+
+    // A frozen process dies of SIGKILL only once thawed: bounded, so a kill that forgets to thaw
+    // fails here rather than hanging the suite.
+    let deleted = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.delete(&format!("/api/functions/{id}"), &user.access_token),
+    )
+    .await
+    .expect("deleting a function with a frozen instance answered within 10 s");
+    deleted.expect(204);
+    assert!(
+        wait_for_processes(&name, false, std::time::Duration::from_secs(3)).await,
+        "deleting the function killed its frozen instance"
+    );
+}
