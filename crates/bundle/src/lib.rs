@@ -15,11 +15,15 @@
 //!   component is opened with `O_NOFOLLOW | O_DIRECTORY` relative to its parent, files are created
 //!   `O_EXCL | O_NOFOLLOW`, and links are made last with `symlinkat` on such a descriptor. No path is
 //!   ever resolved through a link, whatever the validator missed.
+//! - [`unprivileged`] runs the writing with no more privilege than it needs: on a thread of its own
+//!   whose uid, gid and groups are an unprivileged user's (which also empties its capabilities), given
+//!   only a descriptor of the directory it fills ([`extract_at`], [`write_file_at`]). Whatever a bug
+//!   in the walk let an archive name, the kernel refuses it outside that directory.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -351,12 +355,24 @@ impl Walk<'_> {
 /// Checks `bytes` with [`inspect`] and writes the bundle into `dest`, an existing directory the
 /// caller made for it (empty). Directories get mode 0755, files 0644 or 0755, never other bits.
 pub fn extract(bytes: &[u8], dest: &Path) -> Result<Manifest, BundleError> {
+    extract_at(bytes, open_destination(dest)?.as_fd())
+}
+
+/// [`extract`] into the directory `root` is open on: no path above it is ever looked up, so the
+/// caller may hand it to a thread that could not reach the directory by its path
+/// (see [`unprivileged`]).
+pub fn extract_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, BundleError> {
     let manifest = inspect(bytes)?;
     let write_error = |path: &str| {
         let path = path.to_string();
         move |source: std::io::Error| BundleError::Write { path, source }
     };
-    let root = open_root(dest)?;
+    let root = rustix::fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(|e| {
+        BundleError::Write {
+            path: ".".into(),
+            source: e.into(),
+        }
+    })?;
     let mut archive = open_archive(bytes)?;
     let mut budget = MAX_UNZIPPED_BYTES;
     let mut made_dirs: HashSet<String> = HashSet::new();
@@ -401,22 +417,75 @@ pub fn write_file(
     contents: &[u8],
     executable: bool,
 ) -> Result<(), BundleError> {
+    write_file_at(open_destination(dest)?.as_fd(), path, contents, executable)
+}
+
+/// [`write_file`] into the directory `root` is open on (see [`extract_at`]).
+pub fn write_file_at(
+    root: BorrowedFd<'_>,
+    path: &str,
+    contents: &[u8],
+    executable: bool,
+) -> Result<(), BundleError> {
     let path = normalise_path(path).map_err(BundleError::BadPath)?;
-    let root = open_root(dest)?;
+    let root = rustix::fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(|e| {
+        BundleError::Write {
+            path: ".".into(),
+            source: e.into(),
+        }
+    })?;
     let mut file = create_file(&root, &path, executable, &mut HashSet::new())?;
     file.write_all(contents)
         .map_err(|source| BundleError::Write { path, source })
 }
 
-fn open_root(dest: &Path) -> Result<OwnedFd, BundleError> {
-    rustix::fs::open(
-        dest,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| BundleError::Write {
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Opens the directory a bundle is unpacked into (itself not a link).
+pub fn open_destination(dest: &Path) -> Result<OwnedFd, BundleError> {
+    rustix::fs::open(dest, DIR_FLAGS, Mode::empty()).map_err(|e| BundleError::Write {
         path: ".".into(),
         source: e.into(),
+    })
+}
+
+/// Whether this process's (this thread's) effective uid is root's, as [`unprivileged`] needs.
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// An unprivileged user to unpack code as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unprivileged {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Runs `work` on a thread of its own that first becomes `user`: no supplementary groups, then real,
+/// effective and saved gid and uid all set. These are the kernel's per-thread system calls (libc's
+/// wrappers would change every thread of the server), and leaving uid 0 on all three empties the
+/// thread's capability sets, so `work` has exactly that user's rights and no way back. The thread,
+/// and its credentials with it, end with `work`. Needs the privilege to change them (root).
+pub fn unprivileged<T: Send>(
+    user: Unprivileged,
+    work: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    use rustix::process::{Gid, Uid};
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| -> std::io::Result<T> {
+            let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+            // Groups and gid first: changing them needs the capabilities the uid change drops.
+            rustix::thread::set_thread_groups(&[])?;
+            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+            Ok(work())
+        });
+        thread
+            .join()
+            .map_err(|_| std::io::Error::other("the unprivileged thread panicked"))?
     })
 }
 
@@ -458,7 +527,7 @@ fn open_dir(
     relative: &str,
     made: &mut HashSet<String>,
 ) -> std::io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = DIR_FLAGS;
     let mut dir = rustix::fs::openat(root, ".", flags, Mode::empty())?;
     let mut walked = String::new();
     for name in relative.split('/').filter(|part| !part.is_empty()) {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use voltrun_bundle::{BundleError, extract, inspect};
+use voltrun_bundle::{Unprivileged, extract_at, open_destination, unprivileged};
 
 /// A directory of its own for one case: `<tmp>/voltrun-bundle-<pid>-<n>/dest`, whose parent must
 /// stay empty apart from `dest`.
@@ -288,4 +289,58 @@ fn extracting_into_a_link_is_refused() {
     let bytes = zip_of(&[("f".into(), Kind::File)]);
     assert!(extract(&bytes, Path::new(&link)).is_err());
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+/// The extractor's second wall: run as an unprivileged user on a thread of its own, given only a
+/// descriptor of its directory, it unpacks there, but a write anywhere else (what a bug in the walk
+/// would amount to) is refused by the kernel, and the rest of the process keeps its credentials.
+#[test]
+fn the_unprivileged_extractor_writes_only_where_it_is_given() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED the_unprivileged_extractor_writes_only_where_it_is_given: needs root to change a thread's uid (this test did not run)"
+        );
+        return;
+    }
+    let scratch = Scratch::new();
+    let user = Unprivileged {
+        uid: 3_999_999,
+        gid: 3_999_999,
+    };
+    std::os::unix::fs::chown(scratch.dest(), Some(user.uid), Some(user.gid)).unwrap();
+    // Both opened by root: the thread resolves no path itself.
+    let outer = open_destination(&scratch.outer).unwrap();
+    let dest = open_destination(&scratch.dest()).unwrap();
+    let bytes = zip_of(&[("app/main.py".into(), Kind::File)]);
+    let (extracted, planted, capabilities) = unprivileged(user, || {
+        use std::os::fd::AsFd;
+        let extracted = extract_at(&bytes, dest.as_fd());
+        let planted = rustix::fs::openat(
+            &outer,
+            "planted",
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        );
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let capabilities = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        (extracted, planted.map(drop), capabilities)
+    })
+    .unwrap();
+    extracted.unwrap();
+    assert_eq!(planted, Err(rustix::io::Errno::ACCESS));
+    assert_eq!(capabilities, "0000000000000000");
+    assert!(scratch.escaped().is_empty(), "{:?}", scratch.escaped());
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(scratch.dest().join("app/main.py")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (user.uid, user.gid));
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "only that thread changed"
+    );
 }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,6 +45,9 @@ fn lock(uses: &Uses) -> MutexGuard<'_, HashMap<String, Use>> {
 pub struct CodeCache {
     root: PathBuf,
     uses: Uses,
+    /// Who unpacks archives: an unprivileged user where the server runs as root, else the server's
+    /// own (already unprivileged) user.
+    extractor: Option<voltrun_bundle::Unprivileged>,
 }
 
 /// An instance's hold on its code entry: while one is out, the entry is not collected.
@@ -63,12 +67,16 @@ impl Drop for CodeLease {
 }
 
 impl CodeCache {
-    pub fn new(root: PathBuf) -> std::io::Result<Self> {
+    pub fn new(
+        root: PathBuf,
+        extractor: Option<voltrun_bundle::Unprivileged>,
+    ) -> std::io::Result<Self> {
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;
         Ok(Self {
             root,
             uses: Uses::default(),
+            extractor,
         })
     }
 
@@ -120,14 +128,15 @@ impl CodeCache {
                     function.code_sha256
                 ))
             })?;
-        let (root, kind, filename, target) = (
+        let (root, kind, filename, target, extractor) = (
             self.root.clone(),
             function.code_kind,
             function.code_filename.clone(),
             dir.clone(),
+            self.extractor,
         );
         tokio::task::spawn_blocking(move || {
-            materialise(&root, kind, &bytes, filename.as_deref(), &target)
+            materialise(&root, kind, &bytes, filename.as_deref(), &target, extractor)
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
@@ -296,31 +305,52 @@ pub(crate) fn is_storage_full(e: &std::io::Error) -> bool {
     )
 }
 
+/// Writes the code into the empty directory `staging`, as `extractor` where one is given: it owns the
+/// directory and is handed a descriptor of it, and nothing else (see `voltrun_bundle::unprivileged`).
+fn unpack(
+    staging: &Path,
+    kind: CodeKind,
+    bytes: &[u8],
+    filename: Option<&str>,
+    extractor: Option<voltrun_bundle::Unprivileged>,
+) -> std::io::Result<()> {
+    let io_error = |e: voltrun_bundle::BundleError| match &e {
+        // Keeps the kind of a failed write (a full disk) for the caller to report as such.
+        voltrun_bundle::BundleError::Write { source, .. } => std::io::Error::new(source.kind(), e),
+        _ => std::io::Error::other(e),
+    };
+    let dir = voltrun_bundle::open_destination(staging).map_err(io_error)?;
+    // The same validator and descriptor-walking writer as the upload check: a bundle that reached
+    // storage by other means is still refused, and nothing is written through a link.
+    let write = || match kind {
+        CodeKind::Source => {
+            let name = filename.unwrap_or("main");
+            // A provided runtime's bootstrap must be executable; other single files need not be.
+            voltrun_bundle::write_file_at(dir.as_fd(), name, bytes, name == "bootstrap")
+        }
+        CodeKind::Zip => voltrun_bundle::extract_at(bytes, dir.as_fd()).map(drop),
+    };
+    match extractor {
+        Some(user) => {
+            std::os::unix::fs::chown(staging, Some(user.uid), Some(user.gid))?;
+            voltrun_bundle::unprivileged(user, write)?.map_err(io_error)
+        }
+        None => write().map_err(io_error),
+    }
+}
+
 fn materialise(
     root: &Path,
     kind: CodeKind,
     bytes: &[u8],
     filename: Option<&str>,
     target: &Path,
+    extractor: Option<voltrun_bundle::Unprivileged>,
 ) -> std::io::Result<()> {
     let staging = root.join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir_all(&staging)?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))?;
-    // The same validator and descriptor-walking writer as the upload check: a bundle that reached
-    // storage by other means is still refused, and nothing is written through a link.
-    let result = match kind {
-        CodeKind::Source => {
-            let name = filename.unwrap_or("main");
-            // A provided runtime's bootstrap must be executable; other single files need not be.
-            voltrun_bundle::write_file(&staging, name, bytes, name == "bootstrap")
-        }
-        CodeKind::Zip => voltrun_bundle::extract(bytes, &staging).map(drop),
-    }
-    // Keeps the kind of a failed write (a full disk) for the caller to report as such.
-    .map_err(|e| match &e {
-        voltrun_bundle::BundleError::Write { source, .. } => std::io::Error::new(source.kind(), e),
-        _ => std::io::Error::other(e),
-    });
+    let result = unpack(&staging, kind, bytes, filename, extractor);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);

@@ -195,8 +195,11 @@ impl LocalEngine {
         let runtime_dir = config.work_dir.join("runtime");
         write_runtime_files(&runtime_dir)
             .map_err(|e| EngineError::Unavailable(format!("writing runtime files: {e}")))?;
-        let code = CodeCache::new(config.work_dir.join("code"))
-            .map_err(|e| EngineError::Unavailable(format!("code directory: {e}")))?;
+        let code = CodeCache::new(
+            config.work_dir.join("code"),
+            code_extractor(config.uid_base),
+        )
+        .map_err(|e| EngineError::Unavailable(format!("code directory: {e}")))?;
         let memory = Arc::new(Semaphore::new(
             usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4),
         ));
@@ -941,6 +944,13 @@ impl Engine for LocalEngine {
             Some((duration, peak, instance_id)),
         ))
     }
+}
+
+/// Who unpacks tenants' archives: where the server runs as root, the uid (and gid) just below the
+/// sandboxes' range, which no instance ever runs as; otherwise the server's own user.
+fn code_extractor(sandbox_uid_base: u32) -> Option<voltrun_bundle::Unprivileged> {
+    let id = sandbox_uid_base.checked_sub(1)?;
+    voltrun_bundle::running_as_root().then_some(voltrun_bundle::Unprivileged { uid: id, gid: id })
 }
 
 impl LocalEngine {

@@ -647,3 +647,49 @@ async fn what_a_function_leaves_running_gets_no_cpu_between_invocations() {
         "deleting the function killed its frozen instance"
     );
 }
+
+/// Archives are unpacked by an unprivileged user (the uid just below the sandboxes' range), not by
+/// the server's root: every file and directory of the unpacked code is that user's, and the
+/// function reads it as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_is_unpacked_by_an_unprivileged_user() {
+    let Some(app) = engine_app("code_is_unpacked_by_an_unprivileged_user", |_| {}).await else {
+        return;
+    };
+    let python = app.runtime("python").await.unwrap();
+    let user = app.register().await;
+    let token = user.access_token.as_str();
+    let reader = "def handler(e, c):\n    return open('lib/data.txt').read()\n";
+    let id = deploy(
+        &app,
+        token,
+        "unpacked",
+        &python,
+        "main.handler",
+        &[("main.py", reader), ("lib/data.txt", "unpacked")],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, token, &id, json!({})).await;
+    assert_eq!(run["output"], "unpacked", "{run}");
+    let sha = app
+        .get(&format!("/api/functions/{id}"), token)
+        .await
+        .expect(200)
+        .body["code_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = crate::code_entry(&app, &sha, None);
+    use std::os::unix::fs::MetadataExt;
+    // The default ENGINE_SANDBOX_UID_BASE is 200000.
+    let extractor = 199_999;
+    for path in ["", "main.py", "lib", "lib/data.txt"] {
+        let meta = std::fs::symlink_metadata(dir.join(path)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (extractor, extractor),
+            "{path:?} in the unpacked code"
+        );
+    }
+}
