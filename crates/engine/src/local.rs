@@ -131,13 +131,19 @@ impl LocalEngine {
             .map_err(|e| EngineError::Unavailable(format!("work directory: {e}")))?;
         let spawner =
             Spawner::new(&config.work_dir).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let warnings = if spawner.cgroups().is_available() {
-            vec![]
-        } else {
+        let cgroups = spawner.cgroups();
+        let warnings = if !cgroups.is_available() {
             vec![format!(
                 "resource limits are degraded: {}; memory and process caps are per-process rlimits, CPU is not shared fairly",
-                spawner.cgroups().describe()
+                cgroups.describe()
             )]
+        } else if !cgroups.can_freeze() {
+            vec![format!(
+                "idle instances are not frozen: {} has no freezer, so what a function leaves running keeps using CPU between invocations",
+                cgroups.describe()
+            )]
+        } else {
+            vec![]
         };
         let detail = format!("bubblewrap sandboxes; {}", spawner.cgroups().describe());
         if !spawner.cgroups().is_available() {

@@ -147,16 +147,18 @@ impl CgroupSupport {
         !matches!(self, Self::Unavailable { .. })
     }
 
+    /// Whether instances' cgroups can be frozen (the v1 freezer hierarchy, or v2's `cgroup.freeze`,
+    /// Linux 5.2 and later).
+    pub fn can_freeze(&self) -> bool {
+        match self {
+            Self::V1 { freezer, .. } => freezer.is_some(),
+            Self::V2 { base } => base.join("cgroup.freeze").exists(),
+            Self::Unavailable { .. } => false,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            Self::V1 {
-                memory,
-                freezer: None,
-                ..
-            } => format!(
-                "cgroup v1 under {} (no freezer: idle instances are not frozen)",
-                memory.display()
-            ),
             Self::V1 { memory, .. } => format!("cgroup v1 under {}", memory.display()),
             Self::V2 { base } => format!("cgroup v2 under {}", base.display()),
             Self::Unavailable { reason } => {
