@@ -365,6 +365,8 @@ impl Setup {
             max_retries: 0,
             max_concurrency: None,
             min_instances: 0,
+            log_format: Default::default(),
+            log_level: None,
             version: 1,
             created_at: now,
             updated_at: now,

@@ -31,6 +31,11 @@ pub struct FunctionRecord {
     pub max_concurrency: Option<i32>,
     /// Instances kept warm (started after deploy and at server start, never reaped).
     pub min_instances: i32,
+    /// How the runtime formats its log lines (Lambda's `LoggingConfig.LogFormat`).
+    pub log_format: LogFormat,
+    /// The lowest level the runtime's logger keeps (Lambda's `ApplicationLogLevel`); set exactly when
+    /// `log_format` is JSON, as Lambda allows it only there.
+    pub log_level: Option<LogLevel>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -58,6 +63,119 @@ impl CodeKind {
             "zip" => Some(Self::Zip),
             _ => None,
         }
+    }
+}
+
+/// Lambda's log formats: plain text lines, or one JSON object per line from the runtime's logger
+/// (`AWS_LAMBDA_LOG_FORMAT=JSON`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        match raw {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(ValidationError::new("log_format", "must be text or json")),
+        }
+    }
+}
+
+/// Lambda's application log levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+}
+
+impl LogLevel {
+    const ALL: [Self; 6] = [
+        Self::Trace,
+        Self::Debug,
+        Self::Info,
+        Self::Warn,
+        Self::Error,
+        Self::Fatal,
+    ];
+
+    /// Lambda's default where JSON logs are on and no level is given.
+    pub const DEFAULT: Self = Self::Info;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+            Self::Fatal => "fatal",
+        }
+    }
+
+    /// The value of `AWS_LAMBDA_LOG_LEVEL`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            Self::Trace => "TRACE",
+            Self::Debug => "DEBUG",
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+            Self::Fatal => "FATAL",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|level| level.as_str() == raw)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "log_level",
+                    "must be one of trace, debug, info, warn, error, fatal",
+                )
+            })
+    }
+}
+
+/// The logging settings a create or update ends with: `format` and `level` as given (`None`: keep
+/// `current`'s). A level needs the JSON format, as Lambda's `ApplicationLogLevel` does; turning JSON on
+/// without one takes Lambda's default (INFO), and turning it off drops the level.
+pub fn resolve_logging(
+    current: (LogFormat, Option<LogLevel>),
+    format: Option<&str>,
+    level: Option<&str>,
+) -> Result<(LogFormat, Option<LogLevel>), ValidationError> {
+    let format = format.map(LogFormat::parse).transpose()?;
+    let level = level.map(LogLevel::parse).transpose()?;
+    let resolved_format = format.unwrap_or(current.0);
+    match (resolved_format, level) {
+        (LogFormat::Text, Some(_)) => Err(ValidationError::new(
+            "log_level",
+            "needs log_format json (as Lambda's application log level does)",
+        )),
+        (LogFormat::Text, None) => Ok((LogFormat::Text, None)),
+        (LogFormat::Json, Some(level)) => Ok((LogFormat::Json, Some(level))),
+        (LogFormat::Json, None) => Ok((
+            LogFormat::Json,
+            Some(current.1.unwrap_or(LogLevel::DEFAULT)),
+        )),
     }
 }
 
@@ -342,6 +460,45 @@ mod tests {
             "x'; DROP TABLE functions;--",
         ] {
             assert!(FunctionName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn logging_follows_lambdas_rules() {
+        use LogFormat::{Json, Text};
+        let text = (Text, None);
+        let json_warn = (Json, Some(LogLevel::Warn));
+        assert_eq!(resolve_logging(text, None, None).unwrap(), text);
+        assert_eq!(
+            resolve_logging(text, Some("json"), None).unwrap(),
+            (Json, Some(LogLevel::Info))
+        );
+        assert_eq!(
+            resolve_logging(text, Some("json"), Some("warn")).unwrap(),
+            json_warn
+        );
+        // An update that leaves the format keeps the level, or changes it alone.
+        assert_eq!(resolve_logging(json_warn, None, None).unwrap(), json_warn);
+        assert_eq!(
+            resolve_logging(json_warn, None, Some("debug")).unwrap(),
+            (Json, Some(LogLevel::Debug))
+        );
+        assert_eq!(
+            resolve_logging(json_warn, Some("text"), None).unwrap(),
+            text
+        );
+        for (format, level) in [
+            (None, Some("info")),
+            (Some("text"), Some("info")),
+            (Some("JSON"), None),
+            (Some("xml"), None),
+            (Some("json"), Some("INFO")),
+            (Some("json"), Some("verbose")),
+        ] {
+            assert!(
+                resolve_logging(text, format, level).is_err(),
+                "{format:?} {level:?} accepted"
+            );
         }
     }
 

@@ -15,20 +15,58 @@ const [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
 // writes one line to stdout, `<ISO time>\t<request id>\t<LEVEL>\t<message>`, with the message's own
 // newlines turned into carriage returns (so a stack trace stays one log event); `console.log` is
 // INFO; levels below AWS_LAMBDA_LOG_LEVEL (default TRACE: all) are dropped. The request id is the
-// invocation in progress ("-" before the first).
+// invocation in progress ("-" before the first). Where the function's log format is JSON
+// (AWS_LAMBDA_LOG_FORMAT), each line is instead one JSON object (see `jsonLine`).
 let currentRequestId = '-';
+let currentTenantId;
+const JSON_LOGS = (process.env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON';
 const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+const { format } = require('util');
 {
-  const { format } = require('util');
   const wanted = (process.env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase();
   const least = Math.max(0, LEVELS.indexOf(wanted));
   for (const [rank, level] of LEVELS.entries()) {
     console[level.toLowerCase()] = rank < least ? () => {} : (message, ...params) => {
-      const text = format(message, ...params).replace(/\n/g, '\r');
-      process.stdout.write(`${new Date().toISOString()}\t${currentRequestId}\t${level}\t${text}\n`);
+      const time = new Date().toISOString();
+      const line = JSON_LOGS ? jsonLine(time, level, message, params)
+        : `${time}\t${currentRequestId}\t${level}\t${format(message, ...params)}`;
+      process.stdout.write(`${line.replace(/\n/g, '\r')}\n`);
     };
   }
   console.log = console.info;
+}
+
+// An error as a JSON log line shows it: its type, message and stack lines, then its own properties.
+function errorFields(_key, value) {
+  if (!(value instanceof Error)) return value;
+  const stackTrace = typeof value.stack === 'string' ? value.stack.split('\n') : value.stack;
+  return { errorType: value.constructor?.name ?? 'UnknownError', errorMessage: value.message, stackTrace, ...value };
+}
+
+// Lambda's JSON log line: `timestamp`, `level`, `requestId` (absent before the first invocation),
+// `tenantId` when the invocation has one, and `message`. A lone argument stays what it is (an
+// object stays an object, an error becomes its fields); with several, the message is formatted as
+// console.log would, and the first error among them adds `errorType`, `errorMessage`, `stackTrace`.
+function jsonLine(timestamp, level, message, params) {
+  const fields = { timestamp, level, requestId: currentRequestId === '-' ? undefined : currentRequestId };
+  if (currentTenantId) fields.tenantId = currentTenantId;
+  if (params.length === 0) {
+    fields.message = message;
+    try {
+      return JSON.stringify(fields, errorFields);
+    } catch {
+      fields.message = format(message);
+      return JSON.stringify(fields);
+    }
+  }
+  fields.message = format(message, ...params);
+  const error = params.find((p) => p instanceof Error);
+  if (error) {
+    fields.errorType = error.constructor?.name ?? 'UnknownError';
+    fields.errorMessage = error.message;
+    fields.stackTrace = typeof error.stack === 'string' ? error.stack.split('\n') : [];
+  }
+  return JSON.stringify(fields);
 }
 const BASE = '/2018-06-01/runtime';
 
@@ -251,8 +289,13 @@ async function invokeStreaming(handler, event, context) {
 }
 
 // An error as Lambda's runtime logs it: the message, then a tab and the error as JSON (its type,
-// message, code, own properties and stack lines), all on one line.
+// message, code, own properties and stack lines), all on one line; or, where the log format is JSON,
+// the error alone as a JSON line's message.
 function logError(message, err) {
+  if (JSON_LOGS) {
+    console.error(err);
+    return;
+  }
   const fields = { errorType: err.name, errorMessage: err.message, code: err.code, ...err };
   if (typeof err.stack === 'string') fields.stack = err.stack.split('\n');
   let json;
@@ -366,6 +409,7 @@ async function main() {
     const next = await request('GET', `${BASE}/invocation/next`);
     const requestId = next.headers['lambda-runtime-aws-request-id'];
     currentRequestId = requestId;
+    currentTenantId = next.headers['lambda-runtime-aws-tenant-id'];
     const deadline = Number(next.headers['lambda-runtime-deadline-ms'] || 0);
     const arn = next.headers['lambda-runtime-invoked-function-arn'] || '';
     let result;

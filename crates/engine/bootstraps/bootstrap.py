@@ -116,12 +116,57 @@ class Client:
 
 # The invocation in progress, for log records (Lambda's `aws_request_id` attribute).
 REQUEST_ID = ""
+TENANT_ID = None
+# Lambda's log format for the function (its advanced logging controls): JSON or plain text.
+JSON_LOGS = os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+UTC_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
+# A log record's own attributes, never copied into a JSON line as `extra` fields.
+RECORD_FIELDS = {
+    "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module", "exc_info",
+    "exc_text", "stack_info", "lineno", "funcName", "created", "msecs", "relativeCreated", "thread",
+    "threadName", "processName", "process", "aws_request_id", "tenant_id",
+}
+
+
+def json_formatter(logging):
+    """Lambda's JSON log lines: `timestamp`, `level` (rounded down to a standard level), `message`
+    (a dict logged without arguments stays an object), `logger`, `requestId`, the exception's
+    `errorType`, `errorMessage`, `stackTrace` and `location` when one is logged, `tenantId` when the
+    invocation has one, then any `extra` attributes; fields without a value are left out."""
+    import traceback
+    encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record):
+            record.levelno = min(50, max(0, record.levelno)) // 10 * 10
+            record.levelname = logging.getLevelName(record.levelno)
+            exc = record.exc_info
+            fields = {
+                "timestamp": self.formatTime(record, UTC_SECONDS),
+                "level": record.levelname,
+                "message": record.msg if isinstance(record.msg, dict) and not record.args
+                else record.getMessage(),
+                "logger": record.name,
+                "stackTrace": traceback.format_tb(exc[2]) if exc else None,
+                "errorType": exc[0].__name__ if exc else None,
+                "errorMessage": str(exc[1]) if exc else None,
+                "requestId": getattr(record, "aws_request_id", None),
+                "location": f"{record.pathname}:{record.funcName}:{record.lineno}" if exc else None,
+            }
+            if getattr(record, "tenant_id", None) is not None:
+                fields["tenantId"] = record.tenant_id
+            fields.update((k, v) for k, v in record.__dict__.items()
+                          if k not in RECORD_FIELDS and k not in fields)
+            return encode({k: v for k, v in fields.items() if v is not None}) + "\n"
+
+    return JsonFormatter()
 
 
 def install_lambda_logging(logging):
     """Lambda's handler on the root logger, as its Python runtime installs it: each record written to
-    stdout as `[LEVEL]\t<UTC time>\t<request id>\t<message>`, with timestamps in UTC, and the root
-    level set from AWS_LAMBDA_LOG_LEVEL when that names one (TRACE counts as DEBUG)."""
+    stdout as `[LEVEL]\t<UTC time>\t<request id>\t<message>` (or as one JSON object where the
+    function's log format is JSON), with timestamps in UTC, and the root level set from
+    AWS_LAMBDA_LOG_LEVEL when that names one (TRACE counts as DEBUG)."""
 
     class LambdaHandler(logging.Handler):
         def emit(self, record):
@@ -133,11 +178,12 @@ def install_lambda_logging(logging):
     class RequestId(logging.Filter):
         def filter(self, record):
             record.aws_request_id = REQUEST_ID
+            record.tenant_id = TENANT_ID
             return True
 
     logging.Formatter.converter = time.gmtime
     handler = LambdaHandler()
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(json_formatter(logging) if JSON_LOGS else logging.Formatter(
         "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n",
         "%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(RequestId())
@@ -232,6 +278,32 @@ class Context:
         return {}
 
 
+def log_invoke_error(e):
+    """Logs an invocation's unhandled exception, as Lambda's runtime does: the traceback on stderr
+    as Python prints it, or one JSON line on stdout (`timestamp`, `level`, `errorMessage`,
+    `errorType`, `requestId`, and `stackTrace`: the function's own frames) where the log format is
+    JSON. Returns the stack for the error document."""
+    import traceback  # only on this path: it costs milliseconds at every start
+
+    frames = traceback.extract_tb(e.__traceback__)
+    # The first frames are this bootstrap's call into the handler.
+    while frames and frames[0].filename == __file__:
+        frames.pop(0)
+    stack = traceback.format_list(frames)
+    if not JSON_LOGS:
+        print("".join(traceback.format_exception(type(e), e, e.__traceback__)), end="", file=sys.stderr)
+        return stack
+    print(json.dumps({
+        "timestamp": time.strftime(UTC_SECONDS, time.gmtime()),
+        "level": "ERROR",
+        "errorMessage": str(e),
+        "errorType": type(e).__name__,
+        "requestId": REQUEST_ID,
+        "stackTrace": stack,
+    }))
+    return stack
+
+
 def json_header(response, name):
     value = response.getheader(name)
     return json.loads(value) if value else None
@@ -261,7 +333,7 @@ def load_handler():
 
 
 def main():
-    global REQUEST_ID
+    global REQUEST_ID, TENANT_ID
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     if "logging" in sys.modules:
@@ -281,6 +353,7 @@ def main():
         response, body = client.request("GET", f"{BASE}/invocation/next")
         request_id = response.getheader("Lambda-Runtime-Aws-Request-Id")
         REQUEST_ID = request_id
+        TENANT_ID = response.getheader("Lambda-Runtime-Aws-Tenant-Id")
         deadline = int(response.getheader("Lambda-Runtime-Deadline-Ms", "0"))
         arn = response.getheader("Lambda-Runtime-Invoked-Function-Arn", "")
         try:
@@ -291,12 +364,9 @@ def main():
             event = json.loads(body) if body else {}
             result = handler(event, context)
         except Exception as e:
-            import traceback  # only on this path: it costs milliseconds at every start
-
-            tb = traceback.format_exception(type(e), e, e.__traceback__)
-            print("".join(tb), end="", file=sys.stderr)
+            stack = log_invoke_error(e)
             client.request("POST", f"{BASE}/invocation/{request_id}/error",
-                           error_body(type(e).__name__, str(e), tb[1:]),
+                           error_body(type(e).__name__, str(e), stack),
                            {"Lambda-Runtime-Function-Error-Type": "Unhandled"})
             continue
         try:

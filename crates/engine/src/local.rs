@@ -20,7 +20,7 @@ use uuid::Uuid;
 use voltrun_domain::execution::{
     ExecutionError, ExecutionOutcome, ExecutionStatus, LogLine, LogStream,
 };
-use voltrun_domain::function::{EnvVars, FunctionRecord, RuntimeFamily};
+use voltrun_domain::function::{EnvVars, FunctionRecord, LogFormat, RuntimeFamily};
 use voltrun_sandbox::{BindMount, Limits, SandboxSpec, Spawner};
 use voltrun_storage::Store;
 
@@ -571,6 +571,13 @@ impl LocalEngine {
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME".into(), "/tmp".into()),
         ]);
+        // Lambda's advanced logging controls, as its runtimes (and AWS's clients) read them.
+        if function.log_format == LogFormat::Json {
+            vars.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
+        }
+        if let Some(level) = function.log_level {
+            vars.push(("AWS_LAMBDA_LOG_LEVEL".into(), level.env_value().into()));
+        }
         Ok(RuntimeProcess { command, env: vars })
     }
 

@@ -9,7 +9,7 @@ use voltrun_domain::execution::{
     AttemptRecord, ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus,
     InvocationType, LogLine, LogStream,
 };
-use voltrun_domain::function::{CodeKind, FunctionRecord};
+use voltrun_domain::function::{CodeKind, FunctionRecord, LogFormat, LogLevel};
 use voltrun_domain::user::User;
 
 use crate::migrations::{Flavour, migrator};
@@ -129,7 +129,7 @@ macro_rules! function_cols {
     () => {
         "id, user_id, name, description, runtime, handler, code_sha256, code_size_bytes, code_kind, \
          code_filename, memory_mb, timeout_s, env_ciphertext, max_retries, max_concurrency, min_instances, version, \
-         created_at, updated_at"
+         created_at, updated_at, log_format, log_level"
     };
 }
 macro_rules! execution_cols {
@@ -194,6 +194,15 @@ macro_rules! store_impl {
                     max_retries: row.try_get("max_retries")?,
                     max_concurrency: row.try_get("max_concurrency")?,
                     min_instances: row.try_get("min_instances")?,
+                    log_format: {
+                        let raw: String = row.try_get("log_format")?;
+                        LogFormat::parse(&raw).map_err(|_| corrupt("log format", &raw))?
+                    },
+                    log_level: {
+                        let raw: Option<String> = row.try_get("log_level")?;
+                        raw.map(|raw| LogLevel::parse(&raw).map_err(|_| corrupt("log level", &raw)))
+                            .transpose()?
+                    },
                     version: row.try_get("version")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
@@ -503,8 +512,8 @@ macro_rules! store_impl {
                 sqlx::query(
                     "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
                      code_size_bytes, code_kind, code_filename, memory_mb, timeout_s, env_ciphertext, version, \
-                     created_at, updated_at, max_retries, max_concurrency, min_instances) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                     created_at, updated_at, max_retries, max_concurrency, min_instances, log_format, log_level) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
                 )
                 .bind($ids::id(f.id))
                 .bind($ids::id(f.user_id))
@@ -525,6 +534,8 @@ macro_rules! store_impl {
                 .bind(f.max_retries)
                 .bind(f.max_concurrency)
                 .bind(f.min_instances)
+                .bind(f.log_format.as_str())
+                .bind(f.log_level.map(LogLevel::as_str))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -598,7 +609,7 @@ macro_rules! store_impl {
                     "UPDATE functions SET name = $1, description = $2, runtime = $3, handler = $4, \
                      code_sha256 = $5, code_size_bytes = $6, code_kind = $7, code_filename = $8, memory_mb = $9, \
                      timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13, max_retries = $17, \
-                     max_concurrency = $18, min_instances = $19 \
+                     max_concurrency = $18, min_instances = $19, log_format = $20, log_level = $21 \
                      WHERE id = $14 AND user_id = $15 AND version = $16",
                 )
                 .bind(&f.name)
@@ -620,6 +631,8 @@ macro_rules! store_impl {
                 .bind(f.max_retries)
                 .bind(f.max_concurrency)
                 .bind(f.min_instances)
+                .bind(f.log_format.as_str())
+                .bind(f.log_level.map(LogLevel::as_str))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;

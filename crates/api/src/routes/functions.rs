@@ -11,8 +11,9 @@ use uuid::Uuid;
 use voltrun_domain::ValidationError;
 use voltrun_domain::function::{
     CodeKind, DEFAULT_MAX_RETRIES, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, EnvVars, FunctionName,
-    FunctionRecord, Handler, RuntimeFamily, parse_description, parse_max_concurrency,
-    parse_max_retries, parse_memory_mb, parse_min_instances, parse_timeout_s, validate_env,
+    FunctionRecord, Handler, LogFormat, LogLevel, RuntimeFamily, parse_description,
+    parse_max_concurrency, parse_max_retries, parse_memory_mb, parse_min_instances,
+    parse_timeout_s, resolve_logging, validate_env,
 };
 
 use crate::SharedState;
@@ -66,6 +67,16 @@ pub struct CreateFunctionRequest {
     /// Instances kept warm, 0–10 (default 0).
     #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
+    /// `text` (default) or `json`: Lambda's log formats. With `json`, the built-in runtimes' loggers
+    /// (Python `logging`, Node.js `console`) write one JSON object per line, and
+    /// `AWS_LAMBDA_LOG_FORMAT=JSON` tells any other runtime so.
+    #[schema(pattern = "^(text|json)$")]
+    pub log_format: Option<String>,
+    /// The lowest level the runtime's logger keeps (`AWS_LAMBDA_LOG_LEVEL`): `trace`, `debug`,
+    /// `info` (the default with `json`), `warn`, `error` or `fatal`. Only with `log_format` `json`, as
+    /// Lambda's application log level.
+    #[schema(pattern = "^(trace|debug|info|warn|error|fatal)$")]
+    pub log_level: Option<String>,
 }
 
 /// A partial update: only the fields present change.
@@ -96,6 +107,12 @@ pub struct UpdateFunctionRequest {
     pub max_concurrency: Option<i64>,
     #[schema(minimum = 0, maximum = 10)]
     pub min_instances: Option<i64>,
+    /// Switching to `text` drops the log level; switching to `json` without one takes `info`.
+    #[schema(pattern = "^(text|json)$")]
+    pub log_format: Option<String>,
+    /// Needs the function's (resulting) `log_format` to be `json`.
+    #[schema(pattern = "^(trace|debug|info|warn|error|fatal)$")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -116,6 +133,9 @@ pub struct FunctionResponse {
     pub max_concurrency: Option<i32>,
     /// Instances kept warm.
     pub min_instances: i32,
+    pub log_format: LogFormat,
+    /// Set exactly when `log_format` is `json`.
+    pub log_level: Option<LogLevel>,
     /// Increments on every code or configuration change.
     pub version: i64,
     pub code_sha256: String,
@@ -139,6 +159,8 @@ impl FunctionResponse {
             max_retries: f.max_retries,
             max_concurrency: f.max_concurrency,
             min_instances: f.min_instances,
+            log_format: f.log_format,
+            log_level: f.log_level,
             version: f.version,
             code_sha256: f.code_sha256,
             code_size_bytes: f.code_size_bytes,
@@ -288,6 +310,11 @@ pub async fn create(
         .map(parse_min_instances)
         .transpose()?
         .unwrap_or(0);
+    let (log_format, log_level) = resolve_logging(
+        (LogFormat::Text, None),
+        req.log_format.as_deref(),
+        req.log_level.as_deref(),
+    )?;
     let env = req.env.unwrap_or_default();
     validate_env(&env)?;
     let code_input = req.code;
@@ -314,6 +341,8 @@ pub async fn create(
         max_retries,
         max_concurrency,
         min_instances,
+        log_format,
+        log_level,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -451,11 +480,23 @@ pub async fn update(
     let max_retries = req.max_retries.map(parse_max_retries).transpose()?;
     let max_concurrency = parse_concurrency_setting(req.max_concurrency)?;
     let min_instances = req.min_instances.map(parse_min_instances).transpose()?;
+    // Each value checked on its own before anything is read; the pair against the stored settings
+    // once they are.
+    req.log_format
+        .as_deref()
+        .map(LogFormat::parse)
+        .transpose()?;
+    req.log_level.as_deref().map(LogLevel::parse).transpose()?;
     if let Some(env) = &req.env {
         validate_env(env)?;
     }
 
     let current = stored_function(&state, user_id, id).await?;
+    let (log_format, log_level) = resolve_logging(
+        (current.log_format, current.log_level),
+        req.log_format.as_deref(),
+        req.log_level.as_deref(),
+    )?;
     let runtime = req
         .runtime
         .clone()
@@ -518,6 +559,7 @@ pub async fn update(
     if let Some(min_instances) = min_instances {
         next.min_instances = min_instances;
     }
+    (next.log_format, next.log_level) = (log_format, log_level);
     let env = match &req.env {
         Some(env) => {
             next.env_ciphertext = seal_env(&state, env)?;
@@ -542,6 +584,8 @@ pub async fn update(
         || next.max_retries != current.max_retries
         || next.max_concurrency != current.max_concurrency
         || next.min_instances != current.min_instances
+        || next.log_format != current.log_format
+        || next.log_level != current.log_level
         || next.code_sha256 != current.code_sha256
         || next.code_filename != current.code_filename;
     if !changed {

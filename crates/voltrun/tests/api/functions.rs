@@ -130,6 +130,11 @@ both_databases! {
             (json!({"max_concurrency": 1001}), "max_concurrency"),
             (json!({"max_concurrency": -1}), "max_concurrency"),
             (json!({"min_instances": 11}), "min_instances"),
+            (json!({"log_format": "JSON"}), "log_format"),
+            (json!({"log_format": "xml"}), "log_format"),
+            (json!({"log_level": "info"}), "log_level"),
+            (json!({"log_format": "text", "log_level": "debug"}), "log_level"),
+            (json!({"log_format": "json", "log_level": "verbose"}), "log_level"),
             (json!({"code": {"source": "echo", "filename": "../bootstrap"}}), "code.filename"),
             (json!({"code": {"source": "echo", "filename": "not-bootstrap"}}), "code"),
             (json!({"code": {}}), "code"),
@@ -151,6 +156,40 @@ both_databases! {
             .expect(422);
         assert!(runtime_reply.body["error"]["message"].as_str().unwrap().contains("provided"), "lists the offered runtimes");
         assert_eq!(app.get("/api/functions", &user.access_token).await.expect(200).body["data"], json!([]));
+    }
+
+    // Lambda's logging controls: a format, and an application log level only with JSON (INFO
+    // unless given); switching back to text drops the level; each change is a new version.
+    async fn logging_settings_follow_lambdas_rules(app) {
+        let user = app.register().await;
+        let token = &user.access_token;
+        let f = app.create_function(token, "logs").await;
+        assert_eq!((&f["log_format"], &f["log_level"]), (&json!("text"), &Value::Null));
+        let path = format!("/api/functions/{}", f["id"].as_str().unwrap());
+
+        let json_on = app.put(&path, token, json!({"log_format": "json"})).await.expect(200).body;
+        assert_eq!((&json_on["log_format"], &json_on["log_level"]), (&json!("json"), &json!("info")));
+        assert_eq!(json_on["version"], 2);
+        let debug = app.put(&path, token, json!({"log_level": "debug"})).await.expect(200).body;
+        assert_eq!((&debug["log_format"], &debug["log_level"], &debug["version"]), (&json!("json"), &json!("debug"), &json!(3)));
+        // A level with a text format, stored or asked for, is refused and changes nothing.
+        let refused = app.put(&path, token, json!({"log_format": "text", "log_level": "warn"})).await.expect_error(422, "validation_failed");
+        assert_eq!(refused.body["error"]["field"], "log_level");
+        assert_eq!(app.get(&path, token).await.expect(200).body["version"], 3);
+        let text = app.put(&path, token, json!({"log_format": "text"})).await.expect(200).body;
+        assert_eq!((&text["log_format"], &text["log_level"], &text["version"]), (&json!("text"), &Value::Null, &json!(4)));
+        app.put(&path, token, json!({"log_level": "warn"})).await.expect_error(422, "validation_failed");
+        // The same settings again are no change.
+        assert_eq!(app.put(&path, token, json!({"log_format": "text"})).await.expect(200).body["version"], 4);
+
+        let mut body = function_body("logs-json");
+        body["log_format"] = json!("json");
+        body["log_level"] = json!("error");
+        let created = app.post("/api/functions", token, body).await.expect(201).body;
+        assert_eq!((&created["log_format"], &created["log_level"]), (&json!("json"), &json!("error")));
+        let listed = app.get("/api/functions", token).await.expect(200).body;
+        let stored = listed["data"].as_array().unwrap().iter().find(|f| f["name"] == "logs-json").unwrap().clone();
+        assert_eq!(stored["log_level"], "error");
     }
 
     async fn failed_updates_change_nothing(app) {

@@ -7,10 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{self, TestApp};
-use crate::ric::{
-    NODE_STREAMING_HANDLER, PY_BOOTSTRAP, PY_RIC_VERSION, deploy_bundle, not_installed, ric_dir,
-    tree, with_node_ric,
-};
+use crate::ric::{NODE_STREAMING_HANDLER, deploy_bundle, with_node_ric, with_python_ric};
 use crate::{engine_app, invoke, logs};
 
 type Files = Vec<(String, Vec<u8>, u32)>;
@@ -59,6 +56,22 @@ async fn deploy_node_pair(
         &bundle,
     )
     .await;
+    (builtin, oracle)
+}
+
+/// Deploys `code` twice: on the built-in Python runtime `python`, and beside awslambdaric as
+/// `provided` (`<name>-oracle`). Returns both ids.
+async fn deploy_python_pair(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    python: &str,
+    handler: &str,
+    code: Files,
+) -> (String, String) {
+    let builtin = deploy_builtin(app, token, name, python, handler, &code).await;
+    let bundle = with_python_ric(code);
+    let oracle = deploy_bundle(app, token, &format!("{name}-oracle"), handler, &bundle).await;
     (builtin, oracle)
 }
 
@@ -199,22 +212,12 @@ async fn python_dotted_handlers_and_logging_match_awslambdaric() {
     else {
         return;
     };
-    let installed = ric_dir().join("python");
-    if !installed
-        .join(format!("awslambdaric-{PY_RIC_VERSION}.dist-info"))
-        .is_dir()
-    {
-        not_installed(&format!("awslambdaric {PY_RIC_VERSION}"), &installed);
-    }
     let user = app.register().await;
     let t = &user.access_token;
     let code: Files = vec![("pkg/mod.py".into(), PY_LOGGING.into(), 0o100644)];
     let python = app.runtime("python").await.unwrap();
-    let builtin = deploy_builtin(&app, t, "py-builtin", &python, "pkg.mod.handler", &code).await;
-    let mut bundle = code.clone();
-    tree(&installed, "vendor/", &mut bundle);
-    bundle.push(("bootstrap".into(), PY_BOOTSTRAP.into(), 0o100755));
-    let oracle = deploy_bundle(&app, t, "py-oracle", "pkg.mod.handler", &bundle).await;
+    let (builtin, oracle) =
+        deploy_python_pair(&app, t, "py", &python, "pkg.mod.handler", code.clone()).await;
 
     let seen = same_on_both(
         &app,
@@ -393,4 +396,228 @@ async fn node_console_and_context_match_aws_lambda_ric() {
         json!({"name": "x", "fail": "no"}),
     )
     .await;
+}
+
+/// Sets both functions' logging controls, as a user would with an update.
+async fn set_logging(app: &TestApp, token: &str, ids: [&str; 2], settings: Value) {
+    for id in ids {
+        app.put(&format!("/api/functions/{id}"), token, settings.clone())
+            .await
+            .expect(200);
+    }
+}
+
+/// A JSON log line with what differs between two runs set aside: its `timestamp`, and in each
+/// stack trace (an array, or the lines of a message that formatted an error) the runtime's own
+/// frames and the name a frame is called by (AWS's client calls the handler as a method), keeping
+/// where in the function's code each of its frames is. Lines that are not JSON objects (a plain
+/// `print`) are kept as they are.
+fn json_normalised(lines: &[String]) -> Vec<Value> {
+    /// `None` for a runtime's frame, the location alone for a function's, other lines as they are.
+    fn own_frame(line: &str) -> Option<String> {
+        let Some(frame) = line.trim_start().strip_prefix("at ") else {
+            return Some(line.to_string());
+        };
+        let runtime = ["/node_modules/aws-lambda-ric/", "/vendor/awslambdaric/"];
+        if !frame.contains("/var/task/") || runtime.iter().any(|r| frame.contains(r)) {
+            return None;
+        }
+        let location = frame
+            .rsplit_once('(')
+            .map_or(frame, |(_, rest)| rest.trim_end_matches(')'));
+        Some(format!("at {location}"))
+    }
+    fn own_frames(value: &mut Value) {
+        match value {
+            Value::Array(frames) => {
+                *frames = frames
+                    .iter()
+                    .filter_map(|f| own_frame(f.as_str().unwrap_or("")).map(Value::from))
+                    .collect();
+            }
+            Value::String(text) if text.contains("\n    at ") => {
+                *text = text
+                    .lines()
+                    .filter_map(own_frame)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            _ => {}
+        }
+    }
+    lines
+        .iter()
+        .map(|line| {
+            let (stream, text) = line.split_once(": ").unwrap();
+            match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(mut fields)) => {
+                    if fields.contains_key("timestamp") {
+                        fields.insert("timestamp".into(), json!("<time>"));
+                    }
+                    for field in ["stackTrace", "message"] {
+                        if let Some(value) = fields.get_mut(field) {
+                            own_frames(value);
+                        }
+                    }
+                    if let Some(stack) = fields
+                        .get_mut("message")
+                        .and_then(|m| m.get_mut("stackTrace"))
+                    {
+                        own_frames(stack);
+                    }
+                    json!({ stream: fields })
+                }
+                _ => json!({ stream: text }),
+            }
+        })
+        .collect()
+}
+
+const PY_JSON_LOGGING: &str = r#"import logging
+
+logging.getLogger().warning("at init")
+logger = logging.getLogger()
+
+def handler(event, context):
+    logger.debug("debug %s", event["name"])
+    logger.info("info %s", event["name"])
+    logging.getLogger("child").warning({"a": 1, "name": event["name"]})
+    logger.info("with extra", extra={"order": 7})
+    print("a plain print")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logger.exception("caught")
+    if "fail" in event:
+        raise ValueError("boom: " + event["fail"])
+    return {"ok": event["name"]}
+"#;
+
+const NODE_JSON_LOGGING: &str = r#"export const handler = async (event, context) => {
+  console.log("handling %s", event.name, { n: 1 });
+  console.info({ structured: true, name: event.name });
+  console.debug("debugging");
+  console.warn("two\nlines");
+  console.error("with an error", new TypeError("inner"));
+  if (event.fail) throw new RangeError(`boom: ${event.fail}`);
+  return { hello: event.name };
+};
+"#;
+
+/// Lambda's JSON log format (`log_format: json`, `AWS_LAMBDA_LOG_FORMAT=JSON`) and application log
+/// level (`AWS_LAMBDA_LOG_LEVEL`): the same JSON objects from the built-in runtimes' loggers as from
+/// AWS's clients, for messages, structured messages, `extra` fields, logged exceptions and unhandled
+/// errors, with the level filtering the same records, before and after a level change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_log_levels_match_awslambdaric_and_aws_lambda_ric() {
+    let Some(app) = engine_app(
+        "json_logs_and_log_levels_match_awslambdaric_and_aws_lambda_ric",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let user = app.register().await;
+    let t = &user.access_token;
+
+    // Python.
+    let code: Files = vec![("main.py".into(), PY_JSON_LOGGING.into(), 0o100644)];
+    let python = app.runtime("python").await.unwrap();
+    let (builtin, oracle) =
+        deploy_python_pair(&app, t, "py-json", &python, "main.handler", code).await;
+    let pair = (builtin.as_str(), oracle.as_str());
+    set_logging(
+        &app,
+        t,
+        [pair.0, pair.1],
+        json!({"log_format": "json", "log_level": "debug"}),
+    )
+    .await;
+    let events = [json!({"name": "ada"}), json!({"name": "x", "fail": "no"})];
+    let debug = json_seen(&app, t, pair, &events).await;
+    let first = &debug[0];
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "WARNING", "message": "at init", "logger": "root", "requestId": ""}})), "{first:#?}");
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "DEBUG", "message": "debug ada", "logger": "root", "requestId": "<request-id>"}})), "{first:#?}");
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "WARNING", "message": {"a": 1, "name": "ada"}, "logger": "child", "requestId": "<request-id>"}})), "{first:#?}");
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "INFO", "message": "with extra", "logger": "root", "requestId": "<request-id>", "order": 7}})), "{first:#?}");
+    assert!(
+        first.contains(&json!({"stdout": "a plain print"})),
+        "{first:#?}"
+    );
+    assert!(
+        debug[1]
+            .iter()
+            .any(|l| l["stdout"]["errorType"] == "ValueError"
+                && l["stdout"]["errorMessage"] == "boom: no"),
+        "{:#?}",
+        debug[1]
+    );
+    set_logging(&app, t, [pair.0, pair.1], json!({"log_level": "warn"})).await;
+    let warn = json_seen(&app, t, pair, &events[..1]).await;
+    assert!(
+        !warn[0]
+            .iter()
+            .any(|l| l["stdout"]["level"] == "INFO" || l["stdout"]["level"] == "DEBUG"),
+        "{:#?}",
+        warn[0]
+    );
+
+    // Node.js.
+    let node = app.runtime("nodejs").await.unwrap();
+    let code: Files = vec![("index.mjs".into(), NODE_JSON_LOGGING.into(), 0o100644)];
+    let (builtin, oracle) = deploy_node_pair(&app, t, "node-json", &node, code).await;
+    let pair = (builtin.as_str(), oracle.as_str());
+    set_logging(&app, t, [pair.0, pair.1], json!({"log_format": "json"})).await;
+    let info = json_seen(&app, t, pair, &events).await;
+    let first = &info[0];
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "INFO", "requestId": "<request-id>", "message": "handling ada { n: 1 }"}})), "{first:#?}");
+    assert!(first.contains(&json!({"stdout": {"timestamp": "<time>", "level": "INFO", "requestId": "<request-id>", "message": {"structured": true, "name": "ada"}}})), "{first:#?}");
+    assert!(
+        !first.iter().any(|l| l["stdout"]["level"] == "DEBUG"),
+        "INFO is the default level: {first:#?}"
+    );
+    assert!(
+        first.iter().any(|l| l["stdout"]["errorType"] == "TypeError"
+            && l["stdout"]["errorMessage"] == "inner"
+            && l["stdout"]["message"]
+                == "with an error TypeError: inner\nat file:///var/task/index.mjs:6:34"),
+        "an error among several arguments adds its fields: {first:#?}"
+    );
+    assert!(
+        info[1]
+            .iter()
+            .any(|l| l["stdout"]["message"]["errorType"] == "RangeError"
+                && l["stdout"]["message"]["errorMessage"] == "boom: no"),
+        "{:#?}",
+        info[1]
+    );
+}
+
+/// Sends each event to both functions; requires the same status, output, error and normalised JSON
+/// log lines; returns the built-in's lines per event.
+async fn json_seen(
+    app: &TestApp,
+    token: &str,
+    (builtin, oracle): (&str, &str),
+    events: &[Value],
+) -> Vec<Vec<Value>> {
+    let mut all = Vec::new();
+    for event in events {
+        let ours = seen(app, token, builtin, event.clone()).await;
+        let theirs = seen(app, token, oracle, event.clone()).await;
+        assert_eq!(
+            (&ours.status, &ours.output, &ours.error),
+            (&theirs.status, &theirs.output, &theirs.error),
+            "{event}"
+        );
+        let (ours_lines, theirs_lines) =
+            (json_normalised(&ours.lines), json_normalised(&theirs.lines));
+        assert_eq!(
+            ours_lines, theirs_lines,
+            "the built-in runtime and AWS's client log differently on {event}"
+        );
+        all.push(ours_lines);
+    }
+    all
 }

@@ -193,17 +193,7 @@ async fn awslambdaric_runs_as_a_provided_runtime() {
     let Some(app) = engine_app("awslambdaric_runs_as_a_provided_runtime", |_| {}).await else {
         return;
     };
-    let installed = ric_dir().join("python");
-    if !installed
-        .join(format!("awslambdaric-{PY_RIC_VERSION}.dist-info"))
-        .is_dir()
-    {
-        not_installed(&format!("awslambdaric {PY_RIC_VERSION}"), &installed);
-    }
-    let mut files = Vec::new();
-    tree(&installed, "vendor/", &mut files);
-    files.push(("main.py".into(), PY_HANDLER.into(), 0o100644));
-    files.push(("bootstrap".into(), PY_BOOTSTRAP.into(), 0o100755));
+    let files = with_python_ric(vec![("main.py".into(), PY_HANDLER.into(), 0o100644)]);
 
     let user = app.register().await;
     let id = deploy_bundle(&app, &user.access_token, "py-ric", "main.handler", &files).await;
@@ -281,6 +271,23 @@ async fn aws_lambda_ric_runs_as_a_provided_runtime() {
 /// chunked stream and reports a failure in its trailers, which must fail the execution.
 /// `code` with aws-lambda-ric beside it and a `bootstrap` that starts it: a `provided` bundle. The
 /// package alone is enough at run time (its index.mjs bundles its JavaScript dependencies).
+/// `code` with awslambdaric (vendored) and the bootstrap that starts it: the bundle of a `provided`
+/// function running the code on AWS's Python client.
+pub(crate) fn with_python_ric(
+    mut code: Vec<(String, Vec<u8>, u32)>,
+) -> Vec<(String, Vec<u8>, u32)> {
+    let installed = ric_dir().join("python");
+    if !installed
+        .join(format!("awslambdaric-{PY_RIC_VERSION}.dist-info"))
+        .is_dir()
+    {
+        not_installed(&format!("awslambdaric {PY_RIC_VERSION}"), &installed);
+    }
+    tree(&installed, "vendor/", &mut code);
+    code.push(("bootstrap".into(), PY_BOOTSTRAP.into(), 0o100755));
+    code
+}
+
 pub(crate) fn with_node_ric(mut code: Vec<(String, Vec<u8>, u32)>) -> Vec<(String, Vec<u8>, u32)> {
     let package = node_ric().join("node_modules/aws-lambda-ric");
     tree(&package, "node_modules/aws-lambda-ric/", &mut code);
