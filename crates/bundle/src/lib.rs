@@ -464,6 +464,73 @@ pub struct Unprivileged {
     pub gid: u32,
 }
 
+/// Hands the tree below `root`, which `user` has just written (see [`unprivileged`]), to root: every
+/// entry must be `user`'s (an entry that is not was not written by the extractor, and is refused),
+/// and each one's owner becomes root, so that no uid, the extractor's included, can change unpacked
+/// code afterwards. The walk goes through directory descriptors opened `O_NOFOLLOW` and changes
+/// links themselves, never what they point at.
+pub fn hand_to_root(root: BorrowedFd<'_>, user: Unprivileged) -> Result<(), BundleError> {
+    use rustix::fs::{AtFlags, FileType};
+    let error = |path: &str| {
+        let path = path.to_string();
+        move |e: rustix::io::Errno| BundleError::Write {
+            path,
+            source: e.into(),
+        }
+    };
+    let root_id = (
+        Some(rustix::process::Uid::ROOT),
+        Some(rustix::process::Gid::ROOT),
+    );
+    let not_written = |path: &str| BundleError::Write {
+        path: path.to_string(),
+        source: std::io::Error::other("not written by the unprivileged extractor"),
+    };
+    let dir = rustix::fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(error("."))?;
+    if rustix::fs::fstat(&dir).map_err(error("."))?.st_uid != user.uid {
+        return Err(not_written("."));
+    }
+    // (directory, its path, depth): depth-first, bounded as the validator bounds paths.
+    let mut pending = vec![(dir, String::new(), 0usize)];
+    while let Some((dir, path, depth)) = pending.pop() {
+        if depth > MAX_PATH_DEPTH {
+            return Err(BundleError::BadPath(format!("{path:?} is nested too deep")));
+        }
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir).map_err(error(&path))? {
+            let entry = entry.map_err(error(&path))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(entry.file_name().to_owned());
+            }
+        }
+        for name in names {
+            let child = format!("{path}/{}", name.to_string_lossy());
+            let stat = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(error(&child))?;
+            if stat.st_uid != user.uid {
+                return Err(not_written(&child));
+            }
+            rustix::fs::chownat(
+                &dir,
+                name.as_c_str(),
+                root_id.0,
+                root_id.1,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(error(&child))?;
+            // From the entry's own mode: some file systems give no type in the listing.
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                let sub = rustix::fs::openat(&dir, name.as_c_str(), DIR_FLAGS, Mode::empty())
+                    .map_err(error(&child))?;
+                pending.push((sub, child, depth + 1));
+            }
+        }
+        rustix::fs::fchown(&dir, root_id.0, root_id.1).map_err(error(&path))?;
+    }
+    Ok(())
+}
+
 /// Runs `work` on a thread of its own that first becomes `user`: no supplementary groups, then real,
 /// effective and saved gid and uid all set. These are the kernel's per-thread system calls (libc's
 /// wrappers would change every thread of the server), and leaving uid 0 on all three empties the

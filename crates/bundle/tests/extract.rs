@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use voltrun_bundle::{BundleError, extract, inspect};
-use voltrun_bundle::{Unprivileged, extract_at, open_destination, unprivileged};
+use voltrun_bundle::{Unprivileged, extract_at, hand_to_root, open_destination, unprivileged};
 
 /// A directory of its own for one case: `<tmp>/voltrun-bundle-<pid>-<n>/dest`, whose parent must
 /// stay empty apart from `dest`.
@@ -312,8 +312,8 @@ fn the_unprivileged_extractor_writes_only_where_it_is_given() {
     let outer = open_destination(&scratch.outer).unwrap();
     let dest = open_destination(&scratch.dest()).unwrap();
     let bytes = zip_of(&[("app/main.py".into(), Kind::File)]);
+    use std::os::fd::AsFd;
     let (extracted, planted, capabilities) = unprivileged(user, || {
-        use std::os::fd::AsFd;
         let extracted = extract_at(&bytes, dest.as_fd());
         let planted = rustix::fs::openat(
             &outer,
@@ -342,5 +342,31 @@ fn the_unprivileged_extractor_writes_only_where_it_is_given() {
         rustix::process::geteuid().as_raw(),
         0,
         "only that thread changed"
+    );
+
+    // Handed to root: every entry, the directory itself included, and no link followed.
+    let chown = |path: &str| {
+        std::os::unix::fs::lchown(scratch.dest().join(path), Some(user.uid), Some(user.gid))
+            .unwrap()
+    };
+    std::os::unix::fs::symlink("/etc/hostname", scratch.dest().join("app/link")).unwrap();
+    chown("app/link");
+    hand_to_root(dest.as_fd(), user).unwrap();
+    for path in ["", "app", "app/main.py", "app/link"] {
+        let meta = std::fs::symlink_metadata(scratch.dest().join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path:?}");
+    }
+    assert_eq!(std::fs::metadata("/etc/hostname").unwrap().uid(), 0);
+    // An entry the extractor did not write is refused, not adopted.
+    for path in ["", "app", "app/main.py", "app/link"] {
+        chown(path);
+    }
+    std::fs::write(scratch.dest().join("app/planted-by-root"), "x").unwrap();
+    let refused = hand_to_root(dest.as_fd(), user).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not written by the unprivileged extractor"),
+        "{refused}"
     );
 }

@@ -333,7 +333,10 @@ fn unpack(
     match extractor {
         Some(user) => {
             std::os::unix::fs::chown(staging, Some(user.uid), Some(user.gid))?;
-            voltrun_bundle::unprivileged(user, write)?.map_err(io_error)
+            voltrun_bundle::unprivileged(user, write)?.map_err(io_error)?;
+            // Then root's, checked to be all the extractor's first: no uid may alter unpacked code
+            // (every tenant's is unpacked as that one uid).
+            voltrun_bundle::hand_to_root(dir.as_fd(), user).map_err(io_error)
         }
         None => write().map_err(io_error),
     }

@@ -102,7 +102,10 @@ impl Sandbox {
             return;
         }
         self.killed = true;
-        sys::kill(self.child.id() as i32, libc::SIGKILL);
+        // Not by pid number: once the launcher has been reaped (its exit seen through `try_wait`),
+        // the number may belong to another process. `Child::kill` signals only a child not yet
+        // reaped, whose pid cannot have been reused.
+        let _ = self.child.kill();
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
         }

@@ -151,7 +151,7 @@ pub struct RawSettings {
     /// Seconds an invocation waits for capacity before 429 [default: 10]
     #[arg(long, env = "ENGINE_QUEUE_TIMEOUT_S")]
     pub engine_queue_timeout_s: Option<String>,
-    /// First host uid of the range sandboxes run as [default: 200000]
+    /// First host uid of the range sandboxes run as; the uid just below it unpacks code, so neither may belong to anything else on the host [default: 200000]
     #[arg(long, env = "ENGINE_SANDBOX_UID_BASE")]
     pub engine_sandbox_uid_base: Option<String>,
     /// How many host uids from the base sandboxes may use: each live instance holds one of its own [default: 10000]

@@ -649,8 +649,9 @@ async fn what_a_function_leaves_running_gets_no_cpu_between_invocations() {
 }
 
 /// Archives are unpacked by an unprivileged user (the uid just below the sandboxes' range), not by
-/// the server's root: every file and directory of the unpacked code is that user's, and the
-/// function reads it as usual.
+/// the server's root, and then handed to root after a check that the extractor wrote every entry:
+/// a server that unpacked as root fails that check (the function cannot start), and no uid, the
+/// extractor's included, can alter any tenant's unpacked code afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_is_unpacked_by_an_unprivileged_user() {
     let Some(app) = engine_app("code_is_unpacked_by_an_unprivileged_user", |_| {}).await else {
@@ -682,13 +683,11 @@ async fn code_is_unpacked_by_an_unprivileged_user() {
         .to_string();
     let dir = crate::code_entry(&app, &sha, None);
     use std::os::unix::fs::MetadataExt;
-    // The default ENGINE_SANDBOX_UID_BASE is 200000.
-    let extractor = 199_999;
     for path in ["", "main.py", "lib", "lib/data.txt"] {
         let meta = std::fs::symlink_metadata(dir.join(path)).unwrap();
         assert_eq!(
             (meta.uid(), meta.gid()),
-            (extractor, extractor),
+            (0, 0),
             "{path:?} in the unpacked code"
         );
     }
