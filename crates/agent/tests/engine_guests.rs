@@ -301,6 +301,7 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         keep_alive: Duration::from_secs(600),
         max_concurrency_per_function: 4,
         memory_budget_mb: 4096,
+        user_memory_mb: 4096,
         queue_timeout: Duration::from_secs(10),
         uid_base: 200_000,
         uid_count: 100,

@@ -18,6 +18,7 @@ use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
 use crate::code_cache::CodeLease;
 use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
 use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
+use crate::shares::MemoryShare;
 use crate::uids::UidLease;
 
 /// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
@@ -77,6 +78,8 @@ pub struct Instance {
     /// Its hold on the code it mounts, given back when it ends (after `body`, for the same reason:
     /// the code cache may remove the code once nobody holds it).
     code: Option<CodeLease>,
+    /// Its part of its user's share of the memory budget.
+    share: Option<MemoryShare>,
 }
 
 /// What isolates the runtime.
@@ -127,6 +130,7 @@ impl Instance {
             body,
             _memory: memory,
             code: None,
+            share: None,
         }
     }
 
@@ -134,6 +138,17 @@ impl Instance {
     pub fn holding_code(mut self, lease: CodeLease) -> Self {
         self.code = Some(lease);
         self
+    }
+
+    /// Keeps `share` of its user's memory for as long as the instance lives.
+    pub fn holding_share(mut self, share: MemoryShare) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// The user whose function this instance runs, where it holds a share.
+    pub fn user(&self) -> Option<uuid::Uuid> {
+        self.share.as_ref().map(MemoryShare::user)
     }
 
     /// Keeps `lease` for as long as the instance lives.

@@ -14,6 +14,7 @@ pub mod local;
 mod metrics;
 pub mod microvm;
 pub mod runtimes;
+mod shares;
 mod uids;
 
 use async_trait::async_trait;

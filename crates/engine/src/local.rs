@@ -28,6 +28,7 @@ use crate::code_cache::CodeCache;
 use crate::instance::{Failure, Instance};
 use crate::microvm::{GuestLauncher, GuestSpec};
 use crate::runtime_api::RuntimeReply;
+use crate::shares::UserShares;
 use crate::uids::{UidLease, UidPool};
 use crate::{Engine, EngineError, EngineStatus, Invocation, InvocationResult, RuntimeInfo};
 
@@ -39,6 +40,8 @@ pub struct LocalEngineConfig {
     pub keep_alive: Duration,
     pub max_concurrency_per_function: usize,
     pub memory_budget_mb: u64,
+    /// The most of the budget one user's live instances may hold at once.
+    pub user_memory_mb: u64,
     pub queue_timeout: Duration,
     /// Sandboxes run as host uids `uid_base .. uid_base + uid_count`, one per instance at a time.
     pub uid_base: u32,
@@ -101,6 +104,8 @@ pub struct LocalEngine {
     /// Per (function, version): how many idle instances the reaper must leave warm (`min_instances`).
     warm_floor: Mutex<HashMap<PoolKey, usize>>,
     memory: Arc<Semaphore>,
+    /// Each user's part of `memory`.
+    shares: Arc<UserShares>,
     uids: Arc<UidPool>,
     detail: String,
     warnings: Vec<String>,
@@ -210,6 +215,7 @@ impl LocalEngine {
             usize::try_from(config.memory_budget_mb).unwrap_or(usize::MAX >> 4),
         ));
         let uids = UidPool::new(config.uid_base, config.uid_count);
+        let shares = UserShares::new(config.user_memory_mb);
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -222,6 +228,7 @@ impl LocalEngine {
             concurrency: Mutex::new(HashMap::new()),
             warm_floor: Mutex::new(HashMap::new()),
             memory,
+            shares,
             uids,
             detail,
             warnings,
@@ -373,16 +380,7 @@ impl LocalEngine {
     /// Takes an idle instance of this exact version; idle instances of older versions are drained.
     async fn take_warm(&self, key: PoolKey) -> (Option<Instance>, Vec<Instance>) {
         let mut idle = self.idle.lock().await;
-        let stale_keys: Vec<PoolKey> = idle
-            .keys()
-            .filter(|(f, v)| *f == key.0 && *v != key.1)
-            .copied()
-            .collect();
-        let stale: Vec<Instance> = stale_keys
-            .iter()
-            .filter_map(|k| idle.remove(k))
-            .flatten()
-            .collect();
+        let stale = other_versions(&mut idle, key);
         let warm = idle.get_mut(&key).and_then(Vec::pop);
         self.publish_idle(&idle);
         (warm, stale)
@@ -420,10 +418,18 @@ impl LocalEngine {
 
     /// Takes the idle instance unused the longest out of the pools, if there is one.
     async fn take_oldest_idle(&self) -> Option<Instance> {
+        self.take_oldest_idle_where(|_| true).await
+    }
+
+    /// [`take_oldest_idle`](Self::take_oldest_idle) among the instances `pick` accepts.
+    async fn take_oldest_idle_where(&self, pick: impl Fn(&Instance) -> bool) -> Option<Instance> {
         let mut idle = self.idle.lock().await;
         let key = idle
             .iter()
-            .filter_map(|(k, list)| list.iter().map(|i| i.last_used).min().map(|t| (*k, t)))
+            .filter_map(|(k, list)| {
+                let oldest = list.iter().filter(|i| pick(i)).map(|i| i.last_used).min();
+                oldest.map(|t| (*k, t))
+            })
             .min_by_key(|(_, t)| *t)
             .map(|(k, _)| k);
         let evicted = key.and_then(|k| {
@@ -431,12 +437,49 @@ impl LocalEngine {
             let pos = list
                 .iter()
                 .enumerate()
+                .filter(|(_, i)| pick(i))
                 .min_by_key(|(_, i)| i.last_used)
                 .map(|(p, _)| p)?;
             Some(list.remove(pos))
         });
         self.publish_idle(&idle);
         evicted
+    }
+
+    /// The user's share of the memory budget for a new instance of `function`: its idle instances
+    /// (the oldest first) make way for it, then it waits up to the queue timeout for its busy ones.
+    async fn reserve_share(
+        &self,
+        function: &FunctionRecord,
+    ) -> Result<crate::shares::MemoryShare, EngineError> {
+        let (user, mb) = (
+            function.user_id,
+            u64::try_from(function.memory_mb).unwrap_or(0),
+        );
+        if mb > self.shares.cap_mb() {
+            return Err(EngineError::Internal(format!(
+                "the function's {mb} MB exceed this server's memory share per user of {} MB (ENGINE_USER_MEMORY_MB)",
+                self.shares.cap_mb()
+            )));
+        }
+        loop {
+            if let Some(share) = self.shares.try_take(user, mb) {
+                return Ok(share);
+            }
+            match self
+                .take_oldest_idle_where(|i| i.user() == Some(user))
+                .await
+            {
+                Some(instance) => instance.stop().await,
+                None => {
+                    return self
+                        .shares
+                        .take(user, mb, self.config.queue_timeout)
+                        .await
+                        .ok_or(EngineError::Overloaded);
+                }
+            }
+        }
     }
 
     /// A host uid of its own for a new sandbox, evicting idle instances (oldest first) while every
@@ -468,6 +511,7 @@ impl LocalEngine {
         runtime: &RuntimeInfo,
         env: &EnvVars,
     ) -> Result<Result<Instance, (Failure, Vec<LogLine>)>, EngineError> {
+        let share = self.reserve_share(function).await?;
         let memory = self.reserve_memory(function.memory_mb).await?;
         let (code_dir, code_lease) = self.code.ensure(self.store.as_ref(), function).await?;
         let name = format!("i-{}", Uuid::now_v7().simple());
@@ -478,7 +522,12 @@ impl LocalEngine {
                 let spec = self.sandbox_spec(function, runtime, code_dir, name, process, uid.uid());
                 Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
                     .await
-                    .map(|instance| instance.holding_uid(uid).holding_code(code_lease))
+                    .map(|instance| {
+                        instance
+                            .holding_uid(uid)
+                            .holding_code(code_lease)
+                            .holding_share(share)
+                    })
             }
             Isolation::Guest(launcher) => {
                 let RuntimeProcess { command, env } = process;
@@ -496,7 +545,7 @@ impl LocalEngine {
                 };
                 Instance::start_guest(launcher.as_ref(), spec, Some(memory))
                     .await
-                    .map(|instance| instance.holding_code(code_lease))
+                    .map(|instance| instance.holding_code(code_lease).holding_share(share))
             }
         })
     }
@@ -660,6 +709,19 @@ fn write_runtime_files(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes the idle instances of the function `key` names at any other version out of the pool.
+fn other_versions(idle: &mut HashMap<PoolKey, Vec<Instance>>, key: PoolKey) -> Vec<Instance> {
+    let keys: Vec<PoolKey> = idle
+        .keys()
+        .filter(|(f, v)| *f == key.0 && *v != key.1)
+        .copied()
+        .collect();
+    keys.iter()
+        .filter_map(|k| idle.remove(k))
+        .flatten()
+        .collect()
+}
+
 fn platform_error(error_type: &str, message: impl Into<String>) -> ExecutionError {
     ExecutionError {
         error_type: error_type.into(),
@@ -782,7 +844,17 @@ impl Engine for LocalEngine {
                 ))
             })?
             .clone();
-        let have = self.idle.lock().await.get(&key).map_or(0, Vec::len);
+        // The new version's floor replaces the old versions' idle instances at once: each holds
+        // memory, a uid and its user's share, and an update must not add a floor to the old one.
+        let (have, stale) = {
+            let mut idle = self.idle.lock().await;
+            let stale = other_versions(&mut idle, key);
+            self.publish_idle(&idle);
+            (idle.get(&key).map_or(0, Vec::len), stale)
+        };
+        for instance in stale {
+            instance.stop().await;
+        }
         let mut started = 0;
         for _ in have..wanted {
             let mut instance = self
@@ -791,6 +863,12 @@ impl Engine for LocalEngine {
                 .map_err(|(failure, _)| {
                     EngineError::Internal(format!("pre-warming failed: {failure:?}"))
                 })?;
+            // An update made while it started has replaced this version's floor (and drained the
+            // pool of this version before this instance was in it): it is not kept.
+            if !self.warm_floor.lock().await.contains_key(&key) {
+                instance.stop().await;
+                break;
+            }
             // Its initialisation happened ahead of time: invocations on it are not cold starts.
             instance.init_duration = None;
             metrics::counter!("voltrun_prewarmed_instances_total", "runtime" => runtime.id.clone())

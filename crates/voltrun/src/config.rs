@@ -148,6 +148,9 @@ pub struct RawSettings {
     /// Memory all instances together may use, in MB [default: 3/4 of this host's memory]
     #[arg(long, env = "ENGINE_MEMORY_BUDGET_MB")]
     pub engine_memory_budget_mb: Option<String>,
+    /// Memory one user's live instances may hold at once, in MB: no tenant can take the whole budget [default: half of ENGINE_MEMORY_BUDGET_MB]
+    #[arg(long, env = "ENGINE_USER_MEMORY_MB")]
+    pub engine_user_memory_mb: Option<String>,
     /// Seconds an invocation waits for capacity before 429 [default: 10]
     #[arg(long, env = "ENGINE_QUEUE_TIMEOUT_S")]
     pub engine_queue_timeout_s: Option<String>,
@@ -212,6 +215,7 @@ pub struct EngineSettings {
     pub keep_alive_s: u64,
     pub max_concurrency: usize,
     pub memory_budget_mb: u64,
+    pub user_memory_mb: u64,
     pub queue_timeout_s: u64,
     pub sandbox_uid_base: u32,
     pub sandbox_uid_count: u32,
@@ -421,6 +425,13 @@ fn trusted_proxies(
 
 impl Settings {
     pub fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
+        let memory_budget_mb = number(
+            "ENGINE_MEMORY_BUDGET_MB",
+            raw.engine_memory_budget_mb.as_deref(),
+            default_memory_budget_mb(),
+            128,
+            u64::MAX >> 20,
+        )?;
         let environment = match raw.environment.as_deref().map(str::trim) {
             None | Some("" | "development") => Environment::Development,
             Some("production") => Environment::Production,
@@ -716,10 +727,11 @@ impl Settings {
                     1,
                     10_000,
                 )?,
-                memory_budget_mb: number(
-                    "ENGINE_MEMORY_BUDGET_MB",
-                    raw.engine_memory_budget_mb.as_deref(),
-                    default_memory_budget_mb(),
+                memory_budget_mb,
+                user_memory_mb: number(
+                    "ENGINE_USER_MEMORY_MB",
+                    raw.engine_user_memory_mb.as_deref(),
+                    (memory_budget_mb / 2).max(128),
                     128,
                     u64::MAX >> 20,
                 )?,

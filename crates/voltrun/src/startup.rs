@@ -156,6 +156,7 @@ fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineCo
         keep_alive: Duration::from_secs(e.keep_alive_s),
         max_concurrency_per_function: e.max_concurrency,
         memory_budget_mb: e.memory_budget_mb,
+        user_memory_mb: e.user_memory_mb,
         queue_timeout: Duration::from_secs(e.queue_timeout_s),
         uid_base: e.sandbox_uid_base,
         uid_count: e.sandbox_uid_count,

@@ -692,3 +692,129 @@ async fn code_is_unpacked_by_an_unprivileged_user() {
         );
     }
 }
+
+/// One tenant cannot hold the whole memory budget: its live instances hold at most its share
+/// (`ENGINE_USER_MEMORY_MB`), so a tenant asking for all of it with functions that only sleep gets
+/// 429 past its share, and another tenant's cold start still finds room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_hold_the_whole_memory_budget() {
+    let Some(app) = engine_app("one_tenant_cannot_hold_the_whole_memory_budget", |raw| {
+        raw.engine_memory_budget_mb = Some("512".into());
+        raw.engine_user_memory_mb = Some("256".into());
+        raw.engine_queue_timeout_s = Some("1".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let sleeper =
+        "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return 'ok'\n";
+    let (hog, victim) = (app.register().await, app.register().await);
+    let mut hogs = Vec::new();
+    for name in ["hog-a", "hog-b"] {
+        hogs.push(
+            deploy_python(
+                &app,
+                &hog.access_token,
+                name,
+                sleeper,
+                json!({"memory_mb": 256}),
+            )
+            .await,
+        );
+    }
+    let victims_fn = deploy_python(
+        &app,
+        &victim.access_token,
+        "victim",
+        sleeper,
+        json!({"memory_mb": 256}),
+    )
+    .await;
+    // The hog's two sleeping invocations would hold all 512 MB.
+    let busy: Vec<_> = hogs
+        .iter()
+        .map(|id| {
+            let (base, token, id) = (app.base.clone(), hog.access_token.clone(), id.clone());
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{base}/api/functions/{id}/execute"))
+                    .bearer_auth(token)
+                    .json(&json!({"s": 4}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let run = invoke(&app, &victim.access_token, &victims_fn, json!({})).await;
+    assert_eq!(
+        run["status"], "succeeded",
+        "the other tenant found room: {run}"
+    );
+    let mut statuses = Vec::new();
+    for task in busy {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 429],
+        "one of the hog's two cold starts is past its share"
+    );
+}
+
+/// An update replaces the warm floor rather than adding to it: the old version's idle instances stop
+/// as the new version's start, so updates cannot pile up warm instances (each holding memory, a uid
+/// and CPU during its initialisation) without a single invocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_replace_the_warm_floor_instead_of_adding_to_it() {
+    let Some(app) = engine_app(
+        "updates_replace_the_warm_floor_instead_of_adding_to_it",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let user = app.register().await;
+    let name = format!("floor-{}", &crate::helpers::unique()[..8]);
+    let id = deploy_python(
+        &app,
+        &user.access_token,
+        &name,
+        "def handler(e, c):\n    return 1\n",
+        json!({"min_instances": 2}),
+    )
+    .await;
+    let secs = std::time::Duration::from_secs;
+    let settled = async |want: usize| {
+        let deadline = std::time::Instant::now() + secs(10);
+        while std::time::Instant::now() < deadline {
+            if processes_of_function(&name) == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(settled(2).await, "two warm instances");
+    for description in ["first", "second"] {
+        app.put(
+            &format!("/api/functions/{id}"),
+            &user.access_token,
+            json!({"description": description}),
+        )
+        .await
+        .expect(200);
+    }
+    tokio::time::sleep(secs(2)).await;
+    assert!(
+        settled(2).await,
+        "still two after two updates, not {}",
+        processes_of_function(&name)
+    );
+}
