@@ -31,6 +31,8 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("too many uploads are in progress; retry shortly")]
     TooManyUploads,
+    #[error("too many code downloads are in progress; retry shortly")]
+    TooManyDownloads,
     #[error(transparent)]
     Validation(#[from] ValidationError),
     #[error("too many requests; retry in {} s", .0.0)]
@@ -94,6 +96,7 @@ impl ApiError {
             }
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::TooManyUploads => (StatusCode::SERVICE_UNAVAILABLE, "too_many_uploads"),
+            Self::TooManyDownloads => (StatusCode::SERVICE_UNAVAILABLE, "too_many_downloads"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
@@ -184,7 +187,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if matches!(self, Self::TooManyUploads) {
+        if matches!(self, Self::TooManyUploads | Self::TooManyDownloads) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

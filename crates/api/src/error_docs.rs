@@ -101,6 +101,10 @@ error_responses! {
     /// the routes that accept code, too many uploads (bodies over 1 MiB or of unknown length, two per
     /// user) are being read at once (`too_many_uploads`, retry after `Retry-After` seconds).
     UnavailableForBodies with retry_after;
+    /// The database is unavailable (`database_unavailable`), or too many large code downloads (over
+    /// 1 MiB, two per user) are being sent at once (`too_many_downloads`, retry after `Retry-After`
+    /// seconds).
+    UnavailableForDownloads with retry_after;
     /// The database is unavailable (`database_unavailable`) or out of space (`storage_full`), or too
     /// many passwords are being checked at once (`auth_busy`); retry after `Retry-After` seconds.
     AuthUnavailable with retry_after;

@@ -4,7 +4,9 @@
 //! ~67 MiB of function code; past the cap a 503 with `Retry-After`). Upload slots are taken only on
 //! the routes that accept code, after the caller is authenticated, and at most
 //! [`UPLOADS_PER_USER`] by one user: otherwise anyone could hold every slot with a few slow
-//! connections. Header timeouts and the connection cap are the server's (the binary's `edge`).
+//! connections. Large responses (a function's code, up to ~67 MiB as base64 JSON) are bounded the
+//! same way the other way round: a transfer slot each, sent in chunks within the same deadline
+//! ([`send_held`]). Header timeouts and the connection cap are the server's (the binary's `edge`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +48,10 @@ pub struct BodyGate {
     deadline: Duration,
     uploads: Arc<Semaphore>,
     per_user: Arc<KeyedSlots<Uuid>>,
+    /// The same caps for large responses: a client reading slowly must not hold the server's
+    /// memory for as long as it likes, nor hold up uploads.
+    downloads: Arc<Semaphore>,
+    downloads_per_user: Arc<KeyedSlots<Uuid>>,
 }
 
 impl BodyGate {
@@ -54,6 +60,8 @@ impl BodyGate {
             deadline: limits.deadline,
             uploads: Arc::new(Semaphore::new(limits.max_uploads)),
             per_user: KeyedSlots::new(),
+            downloads: Arc::new(Semaphore::new(limits.max_uploads)),
+            downloads_per_user: KeyedSlots::new(),
         }
     }
 }
@@ -154,6 +162,76 @@ impl FromRequestParts<SharedState> for Uploader {
             user_id,
             _slots: Some((own, server)),
         })
+    }
+}
+
+/// A large response body for `user_id`: sent in chunks while it holds a download slot (its user's,
+/// and one of the server's), failing (the connection is closed) if the client has not taken all of
+/// it within the body deadline. Small bodies go out as they are.
+pub fn send_held(state: &SharedState, user_id: Uuid, body: Bytes) -> Result<Body, ApiError> {
+    if (body.len() as u64) <= UPLOAD_BYTES {
+        return Ok(Body::from(body));
+    }
+    let gate = &state.bodies;
+    let own = gate
+        .downloads_per_user
+        .take(user_id, UPLOADS_PER_USER)
+        .ok_or(ApiError::TooManyDownloads)?;
+    let server = gate
+        .downloads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyDownloads)?;
+    Ok(Body::new(HeldBody {
+        rest: body,
+        slots: Some((own, server)),
+        deadline: Box::pin(tokio::time::sleep(gate.deadline)),
+    }))
+}
+
+/// Chunks handed to the connection as it takes them: hyper buffers at most one chunk, so the
+/// response's memory and its slots stay with this body until the last chunk goes or the client is
+/// cut off.
+struct HeldBody {
+    rest: Bytes,
+    slots: Option<(KeyedSlot<Uuid>, tokio::sync::OwnedSemaphorePermit)>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+const CHUNK_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not take the response in time")]
+struct ResponseTimedOut;
+
+impl HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.rest.is_empty() {
+            self.slots = None;
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.slots = None;
+            self.rest = Bytes::new();
+            return Poll::Ready(Some(Err(axum::Error::new(ResponseTimedOut))));
+        }
+        let take = self.rest.len().min(CHUNK_BYTES);
+        let chunk = self.rest.split_to(take);
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
@@ -22,7 +23,8 @@ use crate::code::{CodeBundle, CodeInput};
 use crate::error::{ApiError, ApiResult};
 use crate::error_docs::{
     BadRequest, ForbiddenForCode, InsufficientScope, NotFound, RequestTimeout, Unauthenticated,
-    Unavailable, UnavailableForBodies, UnsupportedMediaType, ValidationFailed,
+    Unavailable, UnavailableForBodies, UnavailableForDownloads, UnsupportedMediaType,
+    ValidationFailed,
 };
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::limits::Uploader;
@@ -408,12 +410,12 @@ pub async fn get(
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = CodeResponse), (status = 401, response = Unauthenticated),
         (status = 403, response = InsufficientScope), (status = 404, response = NotFound),
-        (status = 503, response = Unavailable)))]
+        (status = 503, response = UnavailableForDownloads)))]
 pub async fn code(
     State(state): State<SharedState>,
     FullAccess(user_id): FullAccess,
     IdPath(id): IdPath,
-) -> ApiResult<Json<CodeResponse>> {
+) -> ApiResult<axum::response::Response> {
     let f = owned_function(&state, user_id, id).await?;
     let bytes = state.store.get_code(&f.code_sha256).await?.ok_or_else(|| {
         ApiError::internal(format!(
@@ -437,7 +439,16 @@ pub async fn code(
             zip_base64: Some(STANDARD.encode(bytes)),
         },
     };
-    Ok(Json(response))
+    let json = serde_json::to_vec(&response).map_err(ApiError::internal)?;
+    let body = crate::limits::send_held(&state, user_id, json.into())?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// Update a function; only the fields given change. Any change increments `version`.

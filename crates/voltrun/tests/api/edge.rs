@@ -302,3 +302,77 @@ async fn one_address_holds_at_most_its_share_of_connections() {
         .await
         .expect(200);
 }
+
+/// Large code downloads are bounded like uploads: a client that asks for a function's code and
+/// never reads it holds a download slot (two per user) only until the body deadline, not the
+/// server's memory for as long as it likes; past the slots a 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_large_code_hold_slots_only_until_the_deadline() {
+    let app = edge_app(|raw| raw.http_body_timeout_s = Some("3".into())).await;
+    let user = app.register().await;
+    // 16 MiB that does not compress: about 22 MiB of base64 JSON, more than loopback's buffers hold.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let zip = crate::helpers::zip_of(&[
+        ("bootstrap", b"#!/bin/sh\n".as_slice(), 0o100755),
+        ("noise.bin", &noise, 0o100644),
+    ]);
+    let created = app
+        .post(
+            "/api/functions",
+            &user.access_token,
+            serde_json::json!({"name": "big", "runtime": "provided", "handler": "x.handler",
+                               "code": {"zip_base64": crate::helpers::b64(&zip)}}),
+        )
+        .await
+        .expect(201);
+    let path = format!(
+        "/api/functions/{}/code",
+        created.body["id"].as_str().unwrap()
+    );
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        user.access_token
+    );
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        readers.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = app.get(&path, &user.access_token).await;
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        &refused.text[..refused.text.len().min(200)]
+    );
+    assert!(
+        refused.text.contains("too_many_downloads"),
+        "{}",
+        refused.text
+    );
+
+    // Past the deadline the stalled transfers are cut off and their slots are free again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let served = app.get(&path, &user.access_token).await.expect(200);
+    assert_eq!(served.body["kind"], "zip");
+    for mut reader in readers {
+        let mut sink = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut sink)).await;
+        assert!(
+            read.is_ok() && sink.len() < 22 << 20,
+            "the stalled transfer was cut off ({} bytes read)",
+            sink.len()
+        );
+    }
+}
