@@ -353,9 +353,18 @@ async function loadHandler() {
   return handler;
 }
 
+// Calls the handler: async (its promise), callback style (its callback), or a plain return. A
+// callback's outcome is held, as Lambda's Node.js runtime holds it, until the event loop has nothing
+// left of the function's (timers, sockets, pending I/O) while `context.callbackWaitsForEmptyEventLoop`
+// is true (the default); set to false, it goes at once, and what is left runs on in later
+// invocations (the instance is frozen in between).
 function invoke(handler, event, context) {
   return new Promise((resolve, reject) => {
-    const callback = (err, result) => (err ? reject(err) : resolve(result));
+    const callback = (err, result) => {
+      const settle = () => (err ? reject(err) : resolve(result));
+      if (context.callbackWaitsForEmptyEventLoop) afterEventLoopEmpties(settle);
+      else settle();
+    };
     let returned;
     try {
       returned = handler(event, context, callback);
@@ -365,6 +374,16 @@ function invoke(handler, event, context) {
     }
     if (returned && typeof returned.then === 'function') returned.then(resolve, reject);
     else if (handler.length < 3) resolve(returned);
+  });
+}
+
+// Runs `then` once nothing but the runtime's own connection keeps the event loop going: that
+// connection stops counting until then (Node's 'beforeExit' comes when the loop is empty).
+function afterEventLoopEmpties(then) {
+  if (client.socket) client.socket.unref();
+  process.once('beforeExit', () => {
+    if (client.socket) client.socket.ref();
+    then();
   });
 }
 

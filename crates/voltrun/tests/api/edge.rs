@@ -107,10 +107,12 @@ async fn connections_past_the_cap_wait_until_one_ends() {
         holders.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Timed from before the spawn: the task may start a moment after it, while the holder below is
+    // released 700 ms after it.
+    let started = Instant::now();
     let waiting = tokio::spawn({
         let url = format!("{}/health", app.base);
         async move {
-            let started = Instant::now();
             let status = reqwest::get(url).await.map(|r| r.status().as_u16());
             (status, started.elapsed())
         }

@@ -621,3 +621,44 @@ async fn json_seen(
     }
     all
 }
+
+/// `context.callbackWaitsForEmptyEventLoop` both ways, as Lambda's managed Node.js runtime has it
+/// (aws-lambda-ric 4 has neither the property nor callback waiting, so this one has no oracle): a
+/// callback's result waits for the function's pending timer by default (the timer has fired when the
+/// next invocation looks), and goes at once with the property set to false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_callbacks_wait_for_the_event_loop_unless_told_not_to() {
+    let Some(app) = engine_app(
+        "node_callbacks_wait_for_the_event_loop_unless_told_not_to",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let user = app.register().await;
+    let t = &user.access_token;
+    let node = app.runtime("nodejs").await.unwrap();
+    let source = r#"let fired = 0;
+exports.handler = (event, context, callback) => {
+  if (event.wait === false) context.callbackWaitsForEmptyEventLoop = false;
+  const seen = fired;
+  setTimeout(() => { fired += 1; }, 700);
+  callback(null, { firedBefore: seen });
+};
+"#;
+    let code: Files = vec![("index.js".into(), source.into(), 0o100644)];
+    let id = deploy_builtin(&app, t, "waits", &node, "index.handler", &code).await;
+    let waited = invoke(&app, t, &id, json!({})).await;
+    assert_eq!(waited["status"], "succeeded", "{waited}");
+    assert!(
+        waited["duration_ms"].as_i64().unwrap() >= 650,
+        "the result waited for the timer: {waited}"
+    );
+    let at_once = invoke(&app, t, &id, json!({"wait": false})).await;
+    assert_eq!(at_once["output"], json!({"firedBefore": 1}), "{at_once}");
+    assert!(
+        at_once["duration_ms"].as_i64().unwrap() < 500,
+        "the result went before the timer: {at_once}"
+    );
+}
