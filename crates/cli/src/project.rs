@@ -11,6 +11,10 @@
 //! memory_mb = 128           # optional, server default 128
 //! timeout_s = 30            # optional, server default 30
 //! max_retries = 2           # optional: retries of a failed asynchronous invocation
+//! max_concurrency = 10      # optional: invocations at once (0: the server's default)
+//! min_instances = 0         # optional: instances kept warm
+//! log_format = "json"       # optional: "text" (the default) or Lambda's JSON log lines
+//! log_level = "info"        # optional, with log_format "json": trace, debug, info, warn, error, fatal
 //!
 //! [env]                     # optional; replaces the function's environment on every deploy
 //! GREETING = "hello"
@@ -40,6 +44,14 @@ pub struct Manifest {
     pub timeout_s: Option<i64>,
     #[serde(default)]
     pub max_retries: Option<i64>,
+    #[serde(default)]
+    pub max_concurrency: Option<i64>,
+    #[serde(default)]
+    pub min_instances: Option<i64>,
+    #[serde(default)]
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub log_level: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -133,9 +145,19 @@ impl Manifest {
         if let Some(timeout_s) = self.timeout_s {
             body["timeout_s"] = json!(timeout_s);
         }
-        // Sent only when set, so servers that predate the setting keep accepting deploys.
-        if let Some(max_retries) = self.max_retries {
-            body["max_retries"] = json!(max_retries);
+        // Sent only when set, so servers that predate a setting keep accepting deploys (and a
+        // setting left out of the manifest keeps its value on the server).
+        let optional = [
+            ("max_retries", self.max_retries.map(Value::from)),
+            ("max_concurrency", self.max_concurrency.map(Value::from)),
+            ("min_instances", self.min_instances.map(Value::from)),
+            ("log_format", self.log_format.clone().map(Value::from)),
+            ("log_level", self.log_level.clone().map(Value::from)),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                body[key] = value;
+            }
         }
         body
     }
@@ -157,7 +179,29 @@ mod tests {
         let body = m.to_request();
         assert_eq!(body["env"]["A"], "1");
         assert!(body.get("timeout_s").is_none());
-        assert!(body.get("max_retries").is_none());
+        for unset in [
+            "max_retries",
+            "max_concurrency",
+            "min_instances",
+            "log_format",
+            "log_level",
+        ] {
+            assert!(body.get(unset).is_none(), "{unset}");
+        }
+        let logs = Manifest::parse(
+            "name = \"hello\"\nruntime = \"provided\"\nhandler = \"f.h\"\nlog_format = \"json\"\nlog_level = \"warn\"\nmin_instances = 1\nmax_concurrency = 3\n",
+        )
+        .unwrap()
+        .to_request();
+        assert_eq!(
+            (
+                &logs["log_format"],
+                &logs["log_level"],
+                &logs["min_instances"],
+                &logs["max_concurrency"]
+            ),
+            (&json!("json"), &json!("warn"), &json!(1), &json!(3))
+        );
     }
 
     #[test]

@@ -143,6 +143,23 @@ async fn deploy_creates_then_updates_and_functions_list_and_get_show_it() {
             != 0
     );
 
+    // Lambda's logging controls from the manifest.
+    let manifest = std::fs::read_to_string(dir.join("voltrun.toml")).unwrap();
+    let with_logs = manifest.replacen(
+        "\n[env]",
+        "\nlog_format = \"json\"\nlog_level = \"warn\"\n\n[env]",
+        1,
+    );
+    assert_ne!(with_logs, manifest, "the template has an [env] table");
+    write(&dir.join("voltrun.toml"), &with_logs);
+    let logged = cli.run(&["deploy", "hello"]).await.ok();
+    assert!(
+        logged.stdout.trim_end().ends_with("version 3"),
+        "{}",
+        logged.stdout
+    );
+    write(&dir.join("voltrun.toml"), &manifest);
+
     let list = cli.run(&["functions", "list"]).await.ok();
     let header = list.stdout.lines().next().unwrap();
     assert!(
@@ -152,7 +169,7 @@ async fn deploy_creates_then_updates_and_functions_list_and_get_show_it() {
     );
     let row = list.stdout.lines().nth(1).unwrap();
     assert!(
-        row.starts_with("hello") && row.contains("provided") && row.contains(" 2 "),
+        row.starts_with("hello") && row.contains("provided") && row.contains(" 3 "),
         "{}",
         list.stdout
     );
@@ -176,7 +193,11 @@ async fn deploy_creates_then_updates_and_functions_list_and_get_show_it() {
         .await
         .ok()
         .json();
-    assert_eq!(got["version"], 2);
+    assert_eq!(got["version"], 3);
+    assert_eq!(
+        (&got["log_format"], &got["log_level"]),
+        (&serde_json::json!("json"), &serde_json::json!("warn"))
+    );
     assert_eq!(got["runtime"], "provided");
     assert_eq!(got["code_kind"], "zip");
     assert_eq!(got["env"]["GREETING"], "hello");
