@@ -165,12 +165,19 @@ impl FromRequestParts<SharedState> for Uploader {
     }
 }
 
-/// A large response body for `user_id`: sent in chunks while it holds a download slot (its user's,
-/// and one of the server's), failing (the connection is closed) if the client has not taken all of
-/// it within the body deadline. Small bodies go out as they are.
-pub fn send_held(state: &SharedState, user_id: Uuid, body: Bytes) -> Result<Body, ApiError> {
-    if (body.len() as u64) <= UPLOAD_BYTES {
-        return Ok(Body::from(body));
+/// A download slot: its user's, and one of the server's.
+pub type DownloadSlots = (KeyedSlot<Uuid>, tokio::sync::OwnedSemaphorePermit);
+
+/// The slots a response of about `bytes` for `user_id` needs, taken before it is built (building a
+/// large one is already the memory the slots bound): none for a small one, or
+/// `503 too_many_downloads` when none is free.
+pub fn download_slots(
+    state: &SharedState,
+    user_id: Uuid,
+    bytes: u64,
+) -> Result<Option<DownloadSlots>, ApiError> {
+    if bytes <= UPLOAD_BYTES {
+        return Ok(None);
     }
     let gate = &state.bodies;
     let own = gate
@@ -182,11 +189,20 @@ pub fn send_held(state: &SharedState, user_id: Uuid, body: Bytes) -> Result<Body
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyDownloads)?;
-    Ok(Body::new(HeldBody {
-        rest: body,
-        slots: Some((own, server)),
-        deadline: Box::pin(tokio::time::sleep(gate.deadline)),
-    }))
+    Ok(Some((own, server)))
+}
+
+/// The response body, holding `slots` (see [`download_slots`]) while it is sent in chunks, failing
+/// (the connection is closed) if the client has not taken all of it within the body deadline.
+pub fn send_held(state: &SharedState, body: Bytes, slots: Option<DownloadSlots>) -> Body {
+    match slots {
+        None => Body::from(body),
+        Some(slots) => Body::new(HeldBody {
+            rest: body,
+            slots: Some(slots),
+            deadline: Box::pin(tokio::time::sleep(state.bodies.deadline)),
+        }),
+    }
 }
 
 /// Chunks handed to the connection as it takes them: hyper buffers at most one chunk, so the
@@ -194,7 +210,7 @@ pub fn send_held(state: &SharedState, user_id: Uuid, body: Bytes) -> Result<Body
 /// cut off.
 struct HeldBody {
     rest: Bytes,
-    slots: Option<(KeyedSlot<Uuid>, tokio::sync::OwnedSemaphorePermit)>,
+    slots: Option<DownloadSlots>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 

@@ -51,6 +51,7 @@ fn engine_failure(e: &EngineError) -> ExecutionOutcome {
     let error_type = match e {
         EngineError::Unavailable(_) => "Platform.EngineUnavailable",
         EngineError::Overloaded => "Platform.Overloaded",
+        EngineError::MemoryTooLarge(_) => "Platform.MemoryTooLarge",
         EngineError::StorageFull(_) => "Platform.StorageFull",
         EngineError::Internal(_) | EngineError::StorageUnavailable(_) => "Platform.Internal",
     };

@@ -67,6 +67,10 @@ pub enum EngineError {
     Unavailable(String),
     #[error("too many concurrent invocations")]
     Overloaded,
+    /// The function asks for more memory than this server grants one instance (its budget, or one
+    /// user's share of it): no wait would help, and the function's configuration has to change.
+    #[error("{0}")]
+    MemoryTooLarge(String),
     /// A write the platform needed (unpacking code, storing the outcome) failed for want of disk
     /// space.
     #[error("storage full: {0}")]

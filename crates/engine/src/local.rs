@@ -391,7 +391,7 @@ impl LocalEngine {
     async fn reserve_memory(&self, memory_mb: i32) -> Result<OwnedSemaphorePermit, EngineError> {
         let wanted = u32::try_from(memory_mb).unwrap_or(u32::MAX);
         if u64::from(wanted) > self.config.memory_budget_mb {
-            return Err(EngineError::Internal(format!(
+            return Err(EngineError::MemoryTooLarge(format!(
                 "the function's {memory_mb} MB exceed this host's memory budget of {} MB",
                 self.config.memory_budget_mb
             )));
@@ -457,12 +457,18 @@ impl LocalEngine {
             u64::try_from(function.memory_mb).unwrap_or(0),
         );
         if mb > self.shares.cap_mb() {
-            return Err(EngineError::Internal(format!(
+            return Err(EngineError::MemoryTooLarge(format!(
                 "the function's {mb} MB exceed this server's memory share per user of {} MB (ENGINE_USER_MEMORY_MB)",
                 self.shares.cap_mb()
             )));
         }
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
         loop {
+            // Armed before looking: a share given back, or an instance of the user's going idle
+            // (which can then make way), in between still ends the wait below.
+            let changed = self.shares.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if let Some(share) = self.shares.try_take(user, mb) {
                 return Ok(share);
             }
@@ -472,11 +478,9 @@ impl LocalEngine {
             {
                 Some(instance) => instance.stop().await,
                 None => {
-                    return self
-                        .shares
-                        .take(user, mb, self.config.queue_timeout)
-                        .await
-                        .ok_or(EngineError::Overloaded);
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(EngineError::Overloaded);
+                    }
                 }
             }
         }
@@ -1010,6 +1014,9 @@ impl Engine for LocalEngine {
             let mut idle = self.idle.lock().await;
             idle.entry(key).or_default().push(instance);
             self.publish_idle(&idle);
+            drop(idle);
+            // A cold start of the same user's waiting for its share may now evict this one.
+            self.shares.notify_changed();
         } else {
             instance.stop().await;
             // A kept-warm instance died (timeout, crash, OOM): start its replacement in the background.

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -62,27 +61,16 @@ impl UserShares {
         })
     }
 
-    /// [`try_take`](Self::try_take), waiting up to `patience` for the user's other instances to
-    /// give back enough.
-    pub async fn take(
-        self: &Arc<Self>,
-        user: Uuid,
-        mb: u64,
-        patience: Duration,
-    ) -> Option<MemoryShare> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            // Registered before looking, so a share given back in between still wakes this wait.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(share) = self.try_take(user, mb) {
-                return Some(share);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return None;
-            }
-        }
+    /// Completes at the next give-back or [`notify_changed`](Self::notify_changed); arm it with
+    /// `enable` before looking, so that one in between is not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// Wakes the waits: something changed that may let a waiting user go on (one of its instances
+    /// went idle, and can now be evicted to make way).
+    pub fn notify_changed(&self) {
+        self.freed.notify_waiters();
     }
 }
 
@@ -106,10 +94,12 @@ impl Drop for MemoryShare {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
-    async fn a_user_holds_at_most_the_cap_and_waits_for_its_own_shares() {
+    async fn a_user_holds_at_most_the_cap_and_waiters_hear_of_give_backs() {
         let shares = UserShares::new(512);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let first = shares.try_take(a, 256).unwrap();
@@ -117,20 +107,21 @@ mod tests {
         assert!(shares.try_take(a, 128).is_none(), "over the cap");
         // Another user has a share of its own.
         let _other = shares.try_take(b, 512).unwrap();
-        assert!(
-            shares
-                .take(a, 128, Duration::from_millis(50))
-                .await
-                .is_none()
-        );
         let waiting = {
             let shares = shares.clone();
-            tokio::spawn(async move { shares.take(a, 128, Duration::from_secs(5)).await })
+            tokio::spawn(async move {
+                let changed = shares.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                tokio::time::timeout(Duration::from_secs(5), changed)
+                    .await
+                    .is_ok()
+            })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
-        let third = waiting.await.unwrap();
-        assert!(third.is_some(), "woken by the give-back");
+        assert!(waiting.await.unwrap(), "woken by the give-back");
+        let third = shares.try_take(a, 128).unwrap();
         assert!(shares.try_take(a, 256).is_none(), "256 + 128 held");
         drop(third);
         assert!(shares.try_take(a, 256).is_some());

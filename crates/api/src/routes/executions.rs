@@ -224,6 +224,9 @@ pub async fn execute(
                     .map_err(|e| match e {
                         EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
                         EngineError::Overloaded => ApiError::Overloaded,
+                        EngineError::MemoryTooLarge(why) => {
+                            ApiError::Validation(ValidationError::new("memory_mb", why))
+                        }
                         EngineError::StorageFull(cause) => ApiError::StorageFull(cause),
                         EngineError::Internal(cause) => ApiError::internal(cause),
                         EngineError::StorageUnavailable(cause) => {

@@ -417,6 +417,9 @@ pub async fn code(
     IdPath(id): IdPath,
 ) -> ApiResult<axum::response::Response> {
     let f = owned_function(&state, user_id, id).await?;
+    // Base64 makes four bytes of three; the JSON around it is small.
+    let size = u64::try_from(f.code_size_bytes).unwrap_or(u64::MAX);
+    let slots = crate::limits::download_slots(&state, user_id, size.saturating_mul(4) / 3 + 512)?;
     let bytes = state.store.get_code(&f.code_sha256).await?.ok_or_else(|| {
         ApiError::internal(format!(
             "code {} of function {} is missing",
@@ -440,7 +443,7 @@ pub async fn code(
         },
     };
     let json = serde_json::to_vec(&response).map_err(ApiError::internal)?;
-    let body = crate::limits::send_held(&state, user_id, json.into())?;
+    let body = crate::limits::send_held(&state, json.into(), slots);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -765,6 +765,50 @@ async fn one_tenant_cannot_hold_the_whole_memory_budget() {
         [200, 429],
         "one of the hog's two cold starts is past its share"
     );
+
+    // Within its share a user's second cold start waits for the first instance to go idle and
+    // takes its place, rather than waiting out the queue timeout.
+    let quick: Vec<_> = (0..2)
+        .map(|_| {
+            let (base, token, id) = (app.base.clone(), hog.access_token.clone(), hogs[0].clone());
+            tokio::spawn(async move {
+                let reply = reqwest::Client::new()
+                    .post(format!("{base}/api/functions/{id}/execute"))
+                    .bearer_auth(token)
+                    .json(&json!({"s": 0.2}))
+                    .send()
+                    .await
+                    .unwrap();
+                reply.status().as_u16()
+            })
+        })
+        .collect();
+    for task in quick {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+
+    // A function asking for more than one user's share is refused with the reason, not a 500.
+    let too_big = deploy_python(
+        &app,
+        &hog.access_token,
+        "too-big",
+        sleeper,
+        json!({"memory_mb": 512}),
+    )
+    .await;
+    let refused = app
+        .post(
+            &format!("/api/functions/{too_big}/execute"),
+            &hog.access_token,
+            json!({}),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(
+        refused.body["error"]["field"], "memory_mb",
+        "{}",
+        refused.text
+    );
 }
 
 /// An update replaces the warm floor rather than adding to it: the old version's idle instances stop
