@@ -355,7 +355,12 @@ async fn emulated_guests_end_on_timeouts_exits_and_out_of_memory() {
     assert_eq!(kind, "Runtime.ExitError", "{exited}");
     assert!(message.contains("exit status: 3"), "{exited}");
 
-    // 300 MiB in a 128 MB guest: the guest kernel's OOM killer ends the runtime.
+    // 300 MiB in a 128 MB guest: the guest kernel's OOM killer ends the runtime. Filling 128 MB a
+    // MiB at a time under emulation can take longer than the 3 s the timeouts above needed (it
+    // timed out once in a loaded CI run), so the function gets 30 s for it.
+    app.put(&format!("/api/functions/{id}"), t, json!({"timeout_s": 30}))
+        .await
+        .expect(200);
     let hog = invoke(&app, t, &id, json!({"action": "hog", "mb": 300})).await;
     assert_eq!(hog["status"], "failed", "{hog}");
     assert_eq!(error_of(&hog).0, "Runtime.OutOfMemory", "{hog}");
