@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{deploy, deploy_python, engine_app, invoke};
+use crate::{deploy, deploy_python, engine_app, execute_in_background, invoke};
 
 /// Host processes (in this process's PID namespace, so outside every sandbox) whose environment or
 /// command line contains `needle`, and how many bubblewrap launchers there are.
@@ -381,20 +381,7 @@ async fn live_instances_never_share_a_host_uid() {
     // Two busy instances hold both uids.
     let busy: Vec<_> = ids[..2]
         .iter()
-        .map(|id| {
-            let (app_base, token, id) = (app.base.clone(), user.access_token.clone(), id.clone());
-            tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(format!("{app_base}/api/functions/{id}/execute"))
-                    .bearer_auth(token)
-                    .json(&json!({"s": 3}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+        .map(|id| execute_in_background(&app, &user.access_token, id, json!({"s": 3})))
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     // A third instance would have to share one: it is refused instead.
@@ -734,20 +721,7 @@ async fn one_tenant_cannot_hold_the_whole_memory_budget() {
     // The hog's two sleeping invocations would hold all 512 MB.
     let busy: Vec<_> = hogs
         .iter()
-        .map(|id| {
-            let (base, token, id) = (app.base.clone(), hog.access_token.clone(), id.clone());
-            tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(format!("{base}/api/functions/{id}/execute"))
-                    .bearer_auth(token)
-                    .json(&json!({"s": 4}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+        .map(|id| execute_in_background(&app, &hog.access_token, id, json!({"s": 4})))
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let run = invoke(&app, &victim.access_token, &victims_fn, json!({})).await;
@@ -769,19 +743,7 @@ async fn one_tenant_cannot_hold_the_whole_memory_budget() {
     // Within its share a user's second cold start waits for the first instance to go idle and
     // takes its place, rather than waiting out the queue timeout.
     let quick: Vec<_> = (0..2)
-        .map(|_| {
-            let (base, token, id) = (app.base.clone(), hog.access_token.clone(), hogs[0].clone());
-            tokio::spawn(async move {
-                let reply = reqwest::Client::new()
-                    .post(format!("{base}/api/functions/{id}/execute"))
-                    .bearer_auth(token)
-                    .json(&json!({"s": 0.2}))
-                    .send()
-                    .await
-                    .unwrap();
-                reply.status().as_u16()
-            })
-        })
+        .map(|_| execute_in_background(&app, &hog.access_token, &hogs[0], json!({"s": 0.2})))
         .collect();
     for task in quick {
         assert_eq!(task.await.unwrap(), 200);

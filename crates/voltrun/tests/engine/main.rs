@@ -143,6 +143,21 @@ pub async fn invoke(app: &TestApp, token: &str, id: &str, event: Value) -> Value
         .body
 }
 
+/// Starts a synchronous invocation in the background; its task ends with the HTTP status.
+pub fn execute_in_background(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    event: Value,
+) -> tokio::task::JoinHandle<u16> {
+    let request = app
+        .client
+        .post(format!("{}/api/functions/{id}/execute", app.base))
+        .bearer_auth(token)
+        .json(&event);
+    tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+}
+
 pub async fn logs(app: &TestApp, token: &str, execution_id: &str) -> String {
     app.get(
         &format!("/api/executions/{execution_id}/logs?format=text"),
