@@ -257,10 +257,24 @@ impl RuntimeFamily {
                 let path = handler.module.replace('.', "/");
                 vec![format!("{path}.py"), format!("{path}/__init__.py")]
             }
-            Self::Node => ["js", "mjs", "cjs"]
-                .iter()
-                .map(|ext| format!("{}.{ext}", handler.module))
-                .collect(),
+            // Lambda's Node.js runtime takes the module up to the first dot of the handler's last
+            // segment; the rest names the export, a path into nested objects (`index.api.get`).
+            Self::Node => {
+                let (dir, base) = handler
+                    .module
+                    .rsplit_once('/')
+                    .map_or(("", handler.module.as_str()), |(d, b)| (d, b));
+                let stem = base.split('.').next().unwrap_or(base);
+                let module = if dir.is_empty() {
+                    stem.to_string()
+                } else {
+                    format!("{dir}/{stem}")
+                };
+                ["js", "mjs", "cjs"]
+                    .iter()
+                    .map(|ext| format!("{module}.{ext}"))
+                    .collect()
+            }
             Self::Provided => vec!["bootstrap".to_string()],
         }
     }
@@ -503,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn python_modules_are_found_by_dotted_or_slashed_paths_as_files_or_packages() {
+    fn handler_modules_are_found_where_each_runtime_looks() {
         let candidates = |handler: &str| {
             RuntimeFamily::Python.module_candidates(&Handler::parse(handler).unwrap())
         };
@@ -511,6 +525,17 @@ mod tests {
         assert_eq!(candidates("pkg.mod.handler"), expected);
         assert_eq!(candidates("pkg/mod.handler"), expected);
         assert_eq!(candidates("main.handler"), ["main.py", "main/__init__.py"]);
+        let node = |handler: &str| {
+            RuntimeFamily::Node.module_candidates(&Handler::parse(handler).unwrap())
+        };
+        assert_eq!(
+            node("index.handler"),
+            ["index.js", "index.mjs", "index.cjs"]
+        );
+        assert_eq!(
+            node("v1.2/src/app.routes.get"),
+            ["v1.2/src/app.js", "v1.2/src/app.mjs", "v1.2/src/app.cjs"]
+        );
     }
 
     #[test]

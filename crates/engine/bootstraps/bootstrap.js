@@ -278,7 +278,7 @@ async function invokeStreaming(handler, event, context) {
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     logError('Invoke Error', err);
-    const body = errorBody(err.name || 'Error', err.message, (err.stack || '').split('\n').slice(1).map((l) => l.trim()));
+    const body = errorBody(err.name || 'Error', err.message, stackLines(err));
     req.addTrailers({
       'Lambda-Runtime-Function-Error-Type': err.name || 'Error',
       'Lambda-Runtime-Function-Error-Body': Buffer.from(body).toString('base64'),
@@ -307,49 +307,60 @@ function logError(message, err) {
   console.error(message, `\t${json}`);
 }
 
+// An error's stack frames, for its error document.
+function stackLines(err) {
+  return (typeof err.stack === 'string' ? err.stack : '').split('\n').slice(1).map((l) => l.trim());
+}
+
 function errorBody(errorType, message, stack) {
   return JSON.stringify({ errorType, errorMessage: message, stackTrace: stack || [] });
 }
 
+// A failed start of one of Lambda's types, named as its runtime names them (an own `name`, which
+// the logged error's JSON shows too); a syntax error keeps the stack that points into the code.
 class InitError extends Error {
-  constructor(errorType, message) {
+  constructor(errorType, message, stack) {
     super(message);
-    this.errorType = errorType;
+    this.name = errorType;
+    if (stack !== undefined) this.stack = stack;
   }
 }
 
+// Lambda's handler string: the module is the last path segment up to its first dot (with the
+// directories before it), the export is the rest, itself a dotted path into nested objects
+// (`src/index.routes.get` is `routes.get` of `src/index`).
+function parseHandler(spec) {
+  const slash = spec.lastIndexOf('/');
+  const base = spec.slice(slash + 1);
+  const dot = base.indexOf('.');
+  return { dir: spec.slice(0, slash + 1), name: base.slice(0, dot), exportPath: base.slice(dot + 1) };
+}
+
+// Loads the handler as Lambda's runtime does: the module file as it is named or with `.js`, `.mjs`
+// or `.cjs`, imported (CommonJS or ES module alike), else the module name resolved as a package
+// from the code root; then the export, or the same path under the module's default export. A syntax
+// error or a module CommonJS cannot find is an init error of Lambda's types; any other error the
+// module's own code throws is reported as itself.
 async function loadHandler() {
   const spec = process.env._HANDLER || '';
-  const dot = spec.lastIndexOf('.');
-  const modulePath = spec.slice(0, dot);
-  const functionName = spec.slice(dot + 1);
+  const { dir, name, exportPath } = parseHandler(spec);
   const root = process.env.LAMBDA_TASK_ROOT || '/var/task';
-  const file = ['.js', '.mjs', '.cjs'].map((ext) => path.join(root, modulePath + ext)).find((f) => fs.existsSync(f));
-  if (!file) throw new InitError('Runtime.ImportModuleError', `Cannot find module '${modulePath}'`);
+  const base = path.resolve(root, dir, name);
   let mod;
   try {
-    if (file.endsWith('.mjs')) {
-      mod = await import(pathToFileURL(file).href);
-    } else {
-      try {
-        mod = require(file);
-      } catch (e) {
-        if (e && e.code === 'ERR_REQUIRE_ESM') mod = await import(pathToFileURL(file).href);
-        else throw e;
-      }
-    }
+    const file = ['', '.js', '.mjs', '.cjs'].map((ext) => base + ext).find((f) => fs.existsSync(f));
+    mod = file ? await import(pathToFileURL(file).href)
+      : require(require.resolve(name, { paths: [root, path.join(root, dir)] }));
   } catch (e) {
-    if (e instanceof InitError) throw e;
-    if (e instanceof SyntaxError) throw new InitError('Runtime.UserCodeSyntaxError', `${e.name}: ${e.message}`);
-    if (e && (e.code === 'MODULE_NOT_FOUND' || e.code === 'ERR_MODULE_NOT_FOUND')) {
-      throw new InitError('Runtime.ImportModuleError', `Error: ${e.message}`);
-    }
-    throw new InitError('Runtime.Unhandled', `${(e && e.name) || 'Error'}: ${e && e.message}`);
+    if (e instanceof SyntaxError) throw new InitError('Runtime.UserCodeSyntaxError', String(e), e.stack);
+    if (e && e.code === 'MODULE_NOT_FOUND') throw new InitError('Runtime.ImportModuleError', String(e));
+    throw e;
   }
-  const handler = mod[functionName] || (mod.default && mod.default[functionName]);
-  if (typeof handler !== 'function') {
-    throw new InitError('Runtime.HandlerNotFound', `${modulePath}.${functionName} is undefined or not exported`);
-  }
+  const find = (from) => exportPath.split('.').reduce((o, key) => (o && typeof o === 'object' ? o[key] : undefined), from);
+  let handler = find(mod);
+  if (!handler && mod && typeof mod === 'object' && 'default' in mod) handler = find(mod.default);
+  if (!handler) throw new InitError('Runtime.HandlerNotFound', `${spec} is undefined or not exported`);
+  if (typeof handler !== 'function') throw new InitError('Runtime.HandlerNotFound', `${spec} is not a function`);
   return handler;
 }
 
@@ -419,9 +430,11 @@ async function main() {
   try {
     handler = await loadHandler();
   } catch (e) {
-    const type = e.errorType || 'Runtime.Unhandled';
-    console.error(`[ERROR] ${type}: ${e.message}`);
-    await request('POST', `${BASE}/init/error`, errorBody(type, e.message), { 'Lambda-Runtime-Function-Error-Type': type });
+    const err = e instanceof Error ? e : new Error(String(e));
+    const type = err.name || 'Error';
+    logError('Init Error', err);
+    await request('POST', `${BASE}/init/error`, errorBody(type, err.message, stackLines(err)),
+      { 'Lambda-Runtime-Function-Error-Type': type });
     process.exit(1);
   }
   for (;;) {
@@ -444,7 +457,7 @@ async function main() {
       const err = e instanceof Error ? e : new Error(String(e));
       logError('Invoke Error', err);
       await request('POST', `${BASE}/invocation/${requestId}/error`,
-        errorBody(err.name || 'Error', err.message, (err.stack || '').split('\n').slice(1).map((l) => l.trim())),
+        errorBody(err.name || 'Error', err.message, stackLines(err)),
         { 'Lambda-Runtime-Function-Error-Type': 'Unhandled' });
       continue;
     }

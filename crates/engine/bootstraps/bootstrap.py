@@ -223,9 +223,10 @@ class LoggingHook:
 
 
 class InitError(Exception):
-    def __init__(self, error_type, message):
+    def __init__(self, error_type, message, stack=()):
         super().__init__(message)
         self.error_type = error_type
+        self.stack = list(stack)
 
 
 class Fields:
@@ -278,30 +279,46 @@ class Context:
         return {}
 
 
-def log_invoke_error(e):
-    """Logs an invocation's unhandled exception, as Lambda's runtime does: the traceback on stderr
-    as Python prints it, or one JSON line on stdout (`timestamp`, `level`, `errorMessage`,
-    `errorType`, `requestId`, and `stackTrace`: the function's own frames) where the log format is
-    JSON. Returns the stack for the error document."""
-    import traceback  # only on this path: it costs milliseconds at every start
+def log_error(error_type, message, stack):
+    """Logs an unhandled error as Lambda's runtime does: one line on stdout, `[ERROR] <type>:
+    <message>` with `Traceback (most recent call last):` and the stack after it, separated by carriage
+    returns so that it stays one log event, its indentation as no-break spaces; or, where the log
+    format is JSON, one JSON object (`timestamp`, `level`, `errorMessage`, `errorType`, `requestId`,
+    `stackTrace`)."""
+    if JSON_LOGS:
+        print(json.dumps({
+            "timestamp": time.strftime(UTC_SECONDS, time.gmtime()),
+            "level": "ERROR",
+            "errorMessage": message,
+            "errorType": error_type,
+            "requestId": REQUEST_ID,
+            "stackTrace": stack,
+        }))
+        return
+    head = "[ERROR]"
+    if error_type:
+        head += " " + error_type
+    if message:
+        head += (":" if error_type else "") + " " + message
+    lines = [head, "Traceback (most recent call last):"]
+    for element in stack:
+        for line in element.splitlines() or [""]:
+            indent = len(line) - len(line.lstrip(" "))
+            lines.append("\u00a0" * indent + line[indent:])
+    sys.stdout.write("\r".join(lines) + "\n")
 
-    frames = traceback.extract_tb(e.__traceback__)
-    # The first frames are this bootstrap's call into the handler.
+
+def user_stack(tb):
+    """The traceback's frames from the first that is not this bootstrap's, each formatted as Python
+    prints it (Lambda's error documents and log lines leave the runtime's own calls out)."""
+    import traceback  # only on error paths: it costs milliseconds at every start
+
+    frames = traceback.extract_tb(tb)
     while frames and frames[0].filename == __file__:
         frames.pop(0)
-    stack = traceback.format_list(frames)
-    if not JSON_LOGS:
-        print("".join(traceback.format_exception(type(e), e, e.__traceback__)), end="", file=sys.stderr)
-        return stack
-    print(json.dumps({
-        "timestamp": time.strftime(UTC_SECONDS, time.gmtime()),
-        "level": "ERROR",
-        "errorMessage": str(e),
-        "errorType": type(e).__name__,
-        "requestId": REQUEST_ID,
-        "stackTrace": stack,
-    }))
-    return stack
+    # As plain tuples, as Lambda's runtime formats them: without the column markers (`^^^`) Python
+    # adds under a frame's line when it knows the columns.
+    return traceback.format_list([(f.filename, f.lineno, f.name, f.line) for f in frames])
 
 
 def json_header(response, name):
@@ -318,14 +335,18 @@ def load_handler():
     module_path, _, function_name = handler.rpartition(".")
     sys.path.insert(0, os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
     module_name = module_path.replace("/", ".")
+    if module_path.split(".")[0] in sys.builtin_module_names:
+        raise InitError("Runtime.BuiltInModuleConflict",
+                        f"Cannot use built-in module {module_path} as a handler module")
     try:
         module = importlib.import_module(module_name)
     except SyntaxError as e:
-        raise InitError("Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_path}': {e}") from e
+        raise InitError("Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_path}': {e}",
+                        [f'  File "{e.filename}" Line {e.lineno}\n    {e.text}']) from e
     except ImportError as e:
         raise InitError("Runtime.ImportModuleError", f"Unable to import module '{module_path}': {e}") from e
-    except Exception as e:  # an exception raised by the module's top-level code
-        raise InitError("Runtime.Unhandled", f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # an exception raised by the module's top-level code, reported as its own
+        raise InitError(type(e).__name__, str(e), user_stack(e.__traceback__)) from e
     function = getattr(module, function_name, None)
     if not callable(function):
         raise InitError("Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_path}'")
@@ -344,8 +365,8 @@ def main():
     try:
         handler = load_handler()
     except InitError as e:
-        print(f"[ERROR] {e.error_type}: {e}", file=sys.stderr)
-        client.request("POST", f"{BASE}/init/error", error_body(e.error_type, str(e)),
+        log_error(e.error_type, str(e), e.stack)
+        client.request("POST", f"{BASE}/init/error", error_body(e.error_type, str(e), e.stack),
                        {"Lambda-Runtime-Function-Error-Type": e.error_type})
         sys.exit(1)
 
@@ -364,7 +385,8 @@ def main():
             event = json.loads(body) if body else {}
             result = handler(event, context)
         except Exception as e:
-            stack = log_invoke_error(e)
+            stack = user_stack(e.__traceback__)
+            log_error(type(e).__name__, str(e), stack)
             client.request("POST", f"{BASE}/invocation/{request_id}/error",
                            error_body(type(e).__name__, str(e), stack),
                            {"Lambda-Runtime-Function-Error-Type": "Unhandled"})

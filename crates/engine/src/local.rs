@@ -733,6 +733,20 @@ fn platform_error(error_type: &str, message: impl Into<String>) -> ExecutionErro
     }
 }
 
+/// An error a runtime reported (at start or for an invocation): Lambda's own types (`Runtime.*`,
+/// `Function.*`) as they are; an exception's class (`ValueError`) as `Runtime.Unhandled` with the
+/// class before the message, as Lambda shows a function's unhandled error (no class: the message
+/// alone).
+fn function_error(error_type: &str, message: String) -> ExecutionError {
+    if error_type.starts_with("Runtime.") || error_type.starts_with("Function.") {
+        platform_error(error_type, message)
+    } else if error_type.is_empty() {
+        platform_error("Runtime.Unhandled", message)
+    } else {
+        platform_error("Runtime.Unhandled", format!("{error_type}: {message}"))
+    }
+}
+
 /// Maps how an invocation ended to the execution's status and error (Lambda's error types).
 fn classify(
     result: Result<RuntimeReply, Failure>,
@@ -754,15 +768,11 @@ fn classify(
         Ok(RuntimeReply::Error {
             error_type,
             message,
-        }) => {
-            let error = if error_type.starts_with("Runtime.") || error_type.starts_with("Function.")
-            {
-                platform_error(&error_type, message)
-            } else {
-                platform_error("Runtime.Unhandled", format!("{error_type}: {message}"))
-            };
-            (ExecutionStatus::Failed, None, Some(error))
-        }
+        }) => (
+            ExecutionStatus::Failed,
+            None,
+            Some(function_error(&error_type, message)),
+        ),
         Ok(RuntimeReply::ResponseTooLarge(size)) => (
             ExecutionStatus::Failed,
             None,
@@ -777,7 +787,7 @@ fn classify(
         Err(Failure::Init(init)) => (
             ExecutionStatus::Failed,
             None,
-            Some(platform_error(&init.error_type, init.message)),
+            Some(function_error(&init.error_type, init.message)),
         ),
         Err(Failure::Exited {
             out_of_memory: true,
@@ -1130,5 +1140,34 @@ fn with_selection(detail: String, selection: Option<&str>) -> String {
     match selection {
         Some(why) => format!("{detail} ({why})"),
         None => detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::function_error;
+
+    #[test]
+    fn a_runtimes_error_keeps_lambdas_types_and_names_an_exceptions_class() {
+        let shown = |t: &str, m: &str| {
+            let e = function_error(t, m.to_string());
+            (e.error_type, e.message)
+        };
+        assert_eq!(
+            shown("Runtime.ImportModuleError", "no module"),
+            ("Runtime.ImportModuleError".into(), "no module".into())
+        );
+        assert_eq!(
+            shown("Function.ResponseSizeTooLarge", "big"),
+            ("Function.ResponseSizeTooLarge".into(), "big".into())
+        );
+        assert_eq!(
+            shown("ValueError", "at import"),
+            ("Runtime.Unhandled".into(), "ValueError: at import".into())
+        );
+        assert_eq!(
+            shown("", "no class"),
+            ("Runtime.Unhandled".into(), "no class".into())
+        );
     }
 }

@@ -92,13 +92,31 @@ fn normalised_lines(text: &str, request_id: &str) -> Vec<String> {
                 .iter()
                 .any(|p| l.starts_with(p))
         })
-        .map(|(s, l)| (s, mask_timestamps(&l.replace(request_id, "<request-id>"))))
+        .map(|(s, l)| {
+            let l = mask_timestamps(&l.replace(request_id, "<request-id>"));
+            (s, own_frames_in_logged_error(&l))
+        })
         .collect();
     lines.sort_by(|a, b| b.0.cmp(&a.0));
     lines
         .into_iter()
         .map(|(s, l)| format!("{s}: {l}"))
         .collect()
+}
+
+/// A text log line that ends in an error as JSON (Node.js's `Invoke Error \t{...}`), with the
+/// runtime's own frames left out of the error's `stack`.
+fn own_frames_in_logged_error(line: &str) -> String {
+    let Some((head, json)) = line.rsplit_once('\t') else {
+        return line.to_string();
+    };
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Object(mut error)) if error.contains_key("stack") => {
+            own_frames(error.get_mut("stack").unwrap());
+            format!("{head}\t{}", Value::Object(error))
+        }
+        _ => line.to_string(),
+    }
 }
 
 fn mask_timestamps(line: &str) -> String {
@@ -142,15 +160,6 @@ async fn seen(app: &TestApp, token: &str, id: &str, event: Value) -> Seen {
         error: run["error"].clone(),
         lines: normalised_lines(&logs(app, token, execution).await, execution),
     }
-}
-
-/// Sends a failing event to both functions: the same status, error and output.
-async fn same_failure(app: &TestApp, token: &str, (builtin, oracle): (&str, &str), event: Value) {
-    let ours = invoke(app, token, builtin, event.clone()).await;
-    let theirs = invoke(app, token, oracle, event.clone()).await;
-    assert_eq!(ours["status"], "failed", "{event}: {ours}");
-    assert_eq!(ours["error"], theirs["error"], "{event}: {ours} {theirs}");
-    assert_eq!(ours["output"], theirs["output"], "{event}");
 }
 
 /// Sends each event to both functions and requires the same outcome; returns the built-in's.
@@ -227,6 +236,7 @@ async fn python_dotted_handlers_and_logging_match_awslambdaric() {
             json!({"name": "ada"}),
             json!({"name": "grace"}),
             json!({"name": "ctx", "context": true}),
+            json!({"name": "x", "fail": "no"}),
         ],
     )
     .await;
@@ -245,15 +255,16 @@ async fn python_dotted_handlers_and_logging_match_awslambdaric() {
             .contains(&"stdout: [WARNING]\t<time>\t<request-id>\tcareful with grace".to_string())
     );
 
-    // Errors: the same type and message (their logs differ: the client writes the traceback as
-    // one line, the built-in runtime as the interpreter prints it).
-    same_failure(
-        &app,
-        t,
-        (&builtin, &oracle),
-        json!({"name": "x", "fail": "no"}),
-    )
-    .await;
+    // An unhandled error: the same type and message, and the same log line: the traceback of the
+    // function's own frames joined with carriage returns (one log event), indented with no-break
+    // spaces.
+    assert_eq!(seen[3].error["message"], "ValueError: boom: no");
+    let line = "stdout: [ERROR] ValueError: boom: no\rTraceback (most recent call last):\r\u{a0}\u{a0}File \"/var/task/pkg/mod.py\", line 13, in handler\r\u{a0}\u{a0}\u{a0}\u{a0}raise ValueError(\"boom: \" + event[\"fail\"])";
+    assert!(
+        seen[3].lines.iter().any(|l| l == line),
+        "{:?}",
+        seen[3].lines
+    );
 
     // A function's own module named `logging` is imported as it is, not mistaken for the standard
     // library's (whose handler the runtime installs when it is imported).
@@ -314,9 +325,12 @@ async fn node_response_streaming_matches_aws_lambda_ric() {
         assert_eq!(seen[0].status, "succeeded", "{name}: {:?}", seen[0]);
         if name == "stream" {
             assert_eq!(seen[0].output, json!({"streamed": "ada"}));
-            for fail in ["early", "late"] {
-                let event = json!({"name": "x", "fail": fail});
-                same_failure(&app, t, (&builtin, &oracle), event).await;
+            let failures = [
+                json!({"name": "x", "fail": "early"}),
+                json!({"name": "x", "fail": "late"}),
+            ];
+            for failed in same_on_both(&app, t, (&builtin, &oracle), &failures).await {
+                assert_eq!(failed.status, "failed", "{failed:?}");
             }
         }
     }
@@ -361,6 +375,7 @@ async fn node_console_and_context_match_aws_lambda_ric() {
         &[
             json!({"name": "ada"}),
             json!({"name": "ctx", "context": true}),
+            json!({"name": "x", "fail": "no"}),
         ],
     )
     .await;
@@ -388,14 +403,16 @@ async fn node_console_and_context_match_aws_lambda_ric() {
         json!({"waits": true, "listed": false}),
         "{run}"
     );
-    // Errors: the same type and message.
-    same_failure(
-        &app,
-        t,
-        (&builtin, &oracle),
-        json!({"name": "x", "fail": "no"}),
-    )
-    .await;
+    // An unhandled error: the same type, message and `Invoke Error` line (the error as JSON, the
+    // function's frames of its stack compared).
+    assert!(
+        seen[2]
+            .lines
+            .iter()
+            .any(|l| l.contains("\tERROR\tInvoke Error \t{") && l.contains("\"errorType\":\"RangeError\"")),
+        "{:?}",
+        seen[2].lines
+    );
 }
 
 /// Sets both functions' logging controls, as a user would with an update.
@@ -407,44 +424,45 @@ async fn set_logging(app: &TestApp, token: &str, ids: [&str; 2], settings: Value
     }
 }
 
+/// `None` for a runtime's frame, the location alone for a function's, other lines as they are.
+fn own_frame(line: &str) -> Option<String> {
+    let Some(frame) = line.trim_start().strip_prefix("at ") else {
+        return Some(line.to_string());
+    };
+    let runtime = ["/node_modules/aws-lambda-ric/", "/vendor/awslambdaric/"];
+    if !frame.contains("/var/task/") || runtime.iter().any(|r| frame.contains(r)) {
+        return None;
+    }
+    let location = frame
+        .rsplit_once('(')
+        .map_or(frame, |(_, rest)| rest.trim_end_matches(')'));
+    Some(format!("at {location}"))
+}
+fn own_frames(value: &mut Value) {
+    match value {
+        Value::Array(frames) => {
+            *frames = frames
+                .iter()
+                .filter_map(|f| own_frame(f.as_str().unwrap_or("")).map(Value::from))
+                .collect();
+        }
+        Value::String(text) if text.contains("\n    at ") => {
+            *text = text
+                .lines()
+                .filter_map(own_frame)
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        _ => {}
+    }
+}
+
 /// A JSON log line with what differs between two runs set aside: its `timestamp`, and in each
 /// stack trace (an array, or the lines of a message that formatted an error) the runtime's own
 /// frames and the name a frame is called by (AWS's client calls the handler as a method), keeping
 /// where in the function's code each of its frames is. Lines that are not JSON objects (a plain
 /// `print`) are kept as they are.
 fn json_normalised(lines: &[String]) -> Vec<Value> {
-    /// `None` for a runtime's frame, the location alone for a function's, other lines as they are.
-    fn own_frame(line: &str) -> Option<String> {
-        let Some(frame) = line.trim_start().strip_prefix("at ") else {
-            return Some(line.to_string());
-        };
-        let runtime = ["/node_modules/aws-lambda-ric/", "/vendor/awslambdaric/"];
-        if !frame.contains("/var/task/") || runtime.iter().any(|r| frame.contains(r)) {
-            return None;
-        }
-        let location = frame
-            .rsplit_once('(')
-            .map_or(frame, |(_, rest)| rest.trim_end_matches(')'));
-        Some(format!("at {location}"))
-    }
-    fn own_frames(value: &mut Value) {
-        match value {
-            Value::Array(frames) => {
-                *frames = frames
-                    .iter()
-                    .filter_map(|f| own_frame(f.as_str().unwrap_or("")).map(Value::from))
-                    .collect();
-            }
-            Value::String(text) if text.contains("\n    at ") => {
-                *text = text
-                    .lines()
-                    .filter_map(own_frame)
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            _ => {}
-        }
-    }
     lines
         .iter()
         .map(|line| {
@@ -661,4 +679,192 @@ exports.handler = (event, context, callback) => {
         at_once["duration_ms"].as_i64().unwrap() < 500,
         "the result went before the timer: {at_once}"
     );
+}
+
+/// Makes a runtime's own file paths comparable: where Node.js names the module that asked for a
+/// missing one (`Require stack: - …`), the built-in runtime's file and AWS's client's differ.
+fn mask_runtime_paths(text: &str) -> String {
+    let mut out = text.replace("/var/runtime/bootstrap.js", "<runtime>");
+    while let Some(start) = out.find("/var/task/node_modules/aws-lambda-ric/") {
+        let end = out[start..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+            .map_or(out.len(), |n| start + n);
+        out.replace_range(start..end, "<runtime>");
+    }
+    out
+}
+
+/// Invokes both functions of a pair whose start fails and requires the same failure: the same
+/// error type and message and the same log lines. AWS's Python client also logs a warning that a
+/// Lambda runtime update may be the cause (`LAMBDA_WARNING: Unhandled exception…`); VoltRun has no
+/// runtime versions to roll back, so the built-in runtime leaves that line out and it is not
+/// compared.
+async fn same_init_failure(app: &TestApp, token: &str, (builtin, oracle): (&str, &str)) -> Seen {
+    let ours = seen(app, token, builtin, json!({})).await;
+    let mut theirs = seen(app, token, oracle, json!({})).await;
+    theirs.lines.retain(|l| !l.contains("LAMBDA_WARNING: "));
+    let masked = |s: &Seen| {
+        (
+            s.status.clone(),
+            mask_runtime_paths(&s.error.to_string()),
+            s.lines
+                .iter()
+                .map(|l| mask_runtime_paths(l))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        masked(&ours),
+        masked(&theirs),
+        "the built-in runtime and AWS's client fail to start differently"
+    );
+    assert_eq!(ours.status, "failed", "{ours:?}");
+    ours
+}
+
+/// Failed starts (an exception in the module's own code, a missing module, a syntax error, a missing
+/// or clashing handler) give the same error and the same log lines on the built-in runtimes as on
+/// AWS's clients; and a Node.js handler's dotted export path reaches into nested objects, as
+/// Lambda's runtime resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_errors_and_handler_resolution_match_awslambdaric_and_aws_lambda_ric() {
+    let Some(app) = engine_app(
+        "init_errors_and_handler_resolution_match_awslambdaric_and_aws_lambda_ric",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let user = app.register().await;
+    let t = &user.access_token;
+
+    let python = app.runtime("python").await.unwrap();
+    let python_cases: [(&str, &str, &str, &str, &str); 5] = [
+        (
+            "py-raises",
+            "main.handler",
+            "main.py",
+            "print('before')\nraise ValueError('at import')\ndef handler(e, c):\n    return 1\n",
+            "ValueError: at import",
+        ),
+        (
+            "py-import",
+            "main.handler",
+            "main.py",
+            "import no_such_module_xyz\ndef handler(e, c):\n    return 1\n",
+            "Unable to import module 'main': No module named 'no_such_module_xyz'",
+        ),
+        (
+            "py-syntax",
+            "main.handler",
+            "main.py",
+            "def handler(e, c):\n    return 1 +\n",
+            "Syntax error in module 'main'",
+        ),
+        (
+            "py-missing",
+            "main.handler",
+            "main.py",
+            "def other(e, c):\n    return 1\n",
+            "Handler 'handler' missing on module 'main'",
+        ),
+        (
+            "py-builtin",
+            "sys.handler",
+            "sys.py",
+            "def handler(e, c):\n    return 1\n",
+            "Cannot use built-in module sys as a handler module",
+        ),
+    ];
+    for (name, handler, file, source, message) in python_cases {
+        let code: Files = vec![(file.into(), source.into(), 0o100644)];
+        let (builtin, oracle) = deploy_python_pair(&app, t, name, &python, handler, code).await;
+        let failed = same_init_failure(&app, t, (&builtin, &oracle)).await;
+        let error = failed.error["message"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{name}: {failed:?}");
+        assert!(
+            failed
+                .lines
+                .iter()
+                .any(|l| l.starts_with("stdout: [ERROR] ")
+                    && l.contains("\rTraceback (most recent call last):")),
+            "{name}: {failed:?}"
+        );
+    }
+
+    let node = app.runtime("nodejs").await.unwrap();
+    let node_cases: [(&str, &str, &str, &str); 5] = [
+        (
+            "n-raises",
+            "index.js",
+            "console.log('before');\nthrow new TypeError('at import');\n",
+            "TypeError: at import",
+        ),
+        (
+            "n-require",
+            "index.js",
+            "require('no-such-package-xyz');\nexports.handler = async () => 1;\n",
+            "Cannot find module 'no-such-package-xyz'",
+        ),
+        (
+            "n-esm-import",
+            "index.mjs",
+            "import missing from 'no-such-package-xyz';\nexport const handler = async () => missing;\n",
+            "Cannot find package 'no-such-package-xyz'",
+        ),
+        (
+            "n-syntax",
+            "index.js",
+            "exports.handler = async () => { return 1 ",
+            "SyntaxError",
+        ),
+        (
+            "n-missing",
+            "index.js",
+            "exports.other = async () => 1;\n",
+            "index.handler is undefined or not exported",
+        ),
+    ];
+    for (name, file, source, message) in node_cases {
+        let code: Files = vec![(file.into(), source.into(), 0o100644)];
+        let (builtin, oracle) = deploy_node_pair(&app, t, name, &node, code).await;
+        let failed = same_init_failure(&app, t, (&builtin, &oracle)).await;
+        let error = failed.error["message"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{name}: {failed:?}");
+        assert!(
+            failed
+                .lines
+                .iter()
+                .any(|l| l.contains("\tERROR\tInit Error \t{") && l.contains("\"errorType\":")),
+            "{name}: {failed:?}"
+        );
+    }
+
+    // A dotted export path reaches into nested objects, in CommonJS and ES modules, on both.
+    for (name, file, source) in [
+        (
+            "n-nested",
+            "index.js",
+            "exports.api = { v1: { get: async (e) => ({ nested: e.name }) } };\n",
+        ),
+        (
+            "n-nested-esm",
+            "index.mjs",
+            "export const api = { v1: { get: async (e) => ({ nested: e.name }) } };\n",
+        ),
+    ] {
+        let code: Files = vec![(file.into(), source.into(), 0o100644)];
+        let builtin = deploy_builtin(&app, t, name, &node, "index.api.v1.get", &code).await;
+        let oracle = deploy_bundle(
+            &app,
+            t,
+            &format!("{name}-oracle"),
+            "index.api.v1.get",
+            &with_node_ric(code),
+        )
+        .await;
+        let seen = same_on_both(&app, t, (&builtin, &oracle), &[json!({"name": "ada"})]).await;
+        assert_eq!(seen[0].output, json!({"nested": "ada"}), "{name}");
+    }
 }
