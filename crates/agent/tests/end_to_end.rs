@@ -537,9 +537,7 @@ def handler(event, context):
 /// `--no-init`), serving [`ORPHANS`]; `None`, after saying why, where that needs root it lacks.
 async fn agent_as_pid_1(test: &str) -> Option<Agent> {
     if !is_root() {
-        let _ = writeln_stderr(&format!(
-            "SKIPPED {test}: a PID namespace of its own needs root (this test did not run)"
-        ));
+        voltrun_test_support::skip(test, "a PID namespace of its own needs root");
         return None;
     }
     Some(
@@ -627,11 +625,6 @@ async fn as_pid_1_the_agent_runs_the_runtime_unprivileged_within_its_process_lim
         "{report}"
     );
     session.shutdown().await;
-}
-
-fn writeln_stderr(line: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    writeln!(std::io::stderr(), "{line}")
 }
 
 const STATEFUL: &str = r#"

@@ -708,12 +708,13 @@ async fn memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest() {
     );
 
     let Some(_) = &setup.memory_cgroups else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest (its \
-             out-of-memory half): no memory cgroup for the stand-in guests: {} (it did not run)",
-            setup.unconfined.as_deref().unwrap_or("")
+        voltrun_test_support::skip(
+            "memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest (its out-of-memory \
+             half)",
+            &format!(
+                "no memory cgroup for the stand-in guests: {}",
+                setup.unconfined.as_deref().unwrap_or("")
+            ),
         );
         return;
     };

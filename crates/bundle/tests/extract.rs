@@ -297,8 +297,9 @@ fn extracting_into_a_link_is_refused() {
 #[test]
 fn the_unprivileged_extractor_writes_only_where_it_is_given() {
     if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED the_unprivileged_extractor_writes_only_where_it_is_given: needs root to change a thread's uid (this test did not run)"
+        voltrun_test_support::skip(
+            "the_unprivileged_extractor_writes_only_where_it_is_given",
+            "needs root to change a thread's uid",
         );
         return;
     }

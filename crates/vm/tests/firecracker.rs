@@ -12,16 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use voltrun_test_support::{skip, skip_without_hardware_kvm};
 use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::jailer::{CgroupVersion, JailerConfig};
 use voltrun_vm::{ManagerConfig, Step, VmError, VmManager, VmSpec, guest_probe};
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn skip(test: &str, why: &str) {
-    say(&format!("SKIPPED {test}: {why} (this test did not run)"));
 }
 
 fn repo_root() -> PathBuf {
@@ -256,7 +253,7 @@ async fn a_binary_that_is_not_firecracker_fails_at_api_ready() {
 async fn kvm_instance_start_runs_a_tiny_guest_and_stop_removes_everything() {
     let test = "kvm_instance_start_runs_a_tiny_guest_and_stop_removes_everything";
     if let Some(why) = kvm_unusable() {
-        return skip(test, &why);
+        return skip_without_hardware_kvm(test, &why);
     }
     let dir = TempDir::new("start");
     let manager = manager(&dir).await;
@@ -304,7 +301,7 @@ async fn kvm_instance_start_runs_a_tiny_guest_and_stop_removes_everything() {
 async fn kvm_snapshot_of_a_running_guest_restores_into_a_new_vmm_after_the_first_is_gone() {
     let test = "kvm_snapshot_of_a_running_guest_restores_into_a_new_vmm_after_the_first_is_gone";
     if let Some(why) = kvm_unusable() {
-        return skip(test, &why);
+        return skip_without_hardware_kvm(test, &why);
     }
     let dir = TempDir::new("snapshot");
     let manager = manager(&dir).await;
@@ -382,7 +379,7 @@ async fn restoring_a_missing_snapshot_names_the_restore_step() {
 async fn kvm_guest_code_runs_and_its_reset_ends_the_vmm() {
     let test = "kvm_guest_code_runs_and_its_reset_ends_the_vmm";
     if let Some(why) = kvm_unusable() {
-        return skip(test, &why);
+        return skip_without_hardware_kvm(test, &why);
     }
     let dir = TempDir::new("reset");
     let manager = manager(&dir).await;
@@ -411,7 +408,7 @@ async fn kvm_guest_code_runs_and_its_reset_ends_the_vmm() {
 async fn kvm_instance_start_with_a_non_elf_kernel_is_a_start_error() {
     let test = "kvm_instance_start_with_a_non_elf_kernel_is_a_start_error";
     if let Some(why) = kvm_unusable() {
-        return skip(test, &why);
+        return skip_without_hardware_kvm(test, &why);
     }
     let dir = TempDir::new("badelf");
     let manager = manager(&dir).await;

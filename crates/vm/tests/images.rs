@@ -86,10 +86,13 @@ fn images_hold_the_static_agent_the_runtimes_and_a_true_manifest() {
     let test = "images_hold_the_static_agent_the_runtimes_and_a_true_manifest";
     let agent = repo().join("target/x86_64-unknown-linux-gnu/release/voltrun-agent");
     if !is_static_elf(&agent) {
-        return say(&format!(
-            "SKIPPED {test}: no static agent at {} (run scripts/build-agent.sh) (this test did not run)",
-            agent.display()
-        ));
+        return voltrun_test_support::skip(
+            test,
+            &format!(
+                "no static agent at {} (run scripts/build-agent.sh)",
+                agent.display()
+            ),
+        );
     }
     let dir = TempDir::new("build");
     // A stand-in kernel (a tiny ELF): this test checks packaging, not booting.
@@ -196,9 +199,10 @@ fn images_hold_the_static_agent_the_runtimes_and_a_true_manifest() {
     // The extracted trees run their interpreters on their own (chroot needs root).
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
     if uid.ok() != Some(0) {
-        return say(&format!(
-            "SKIPPED {test} (chroot part): not root (the image contents were checked above)"
-        ));
+        return voltrun_test_support::skip(
+            &format!("{test} (chroot part)"),
+            "not root (the image contents were checked above)",
+        );
     }
     for (root, command) in [
         (

@@ -23,16 +23,36 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// What keeps a Firecracker test from running here.
+enum Missing {
+    /// The binary, which `scripts/install-firecracker.sh` installs.
+    Binary(String),
+    /// A usable /dev/kvm, which nothing the project installs provides.
+    Kvm(String),
+}
+
+impl Missing {
+    fn report(self, test: &str) {
+        match self {
+            Self::Binary(why) => skip(test, &why),
+            Self::Kvm(why) => voltrun_test_support::skip_without_hardware_kvm(test, &why),
+        }
+    }
+}
+
 /// The real Firecracker binary and a usable /dev/kvm, or why not.
-fn firecracker() -> Result<PathBuf, String> {
+fn firecracker() -> Result<PathBuf, Missing> {
     let mut search = BinarySearch::from_env();
     search.install_dir = Some(repo_root().join("target/firecracker/bin"));
-    let binary = search.firecracker().map_err(|e| e.to_string())?.path;
+    let binary = search
+        .firecracker()
+        .map_err(|e| Missing::Binary(e.to_string()))?
+        .path;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .map_err(|e| format!("/dev/kvm is not usable: {e}"))?;
+        .map_err(|e| Missing::Kvm(format!("/dev/kvm is not usable: {e}")))?;
     Ok(binary)
 }
 
@@ -82,8 +102,8 @@ struct Spinning {
 fn spinning(test: &str, jailed: bool) -> Option<Spinning> {
     let binary = match firecracker() {
         Ok(binary) => binary,
-        Err(why) => {
-            skip(test, &why);
+        Err(missing) => {
+            missing.report(test);
             return None;
         }
     };
@@ -321,7 +341,7 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
     let test = "full_boot_runs_python_and_node_functions_in_microvms";
     let binary = match firecracker() {
         Ok(binary) => binary,
-        Err(why) => return skip(test, &why),
+        Err(missing) => return missing.report(test),
     };
     // The images `voltrun vm images build` writes by default, else those the test command builds for
     // the emulated guest (the same kernel and root images), so that the probe's reason is the host's.
@@ -344,8 +364,9 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
         boot_deadline: Duration::from_secs(30),
     })
     .await;
+    // The images are built by the test command, so what stops a boot here is the host's KVM.
     if !probe.usable {
-        return skip(
+        return voltrun_test_support::skip_without_hardware_kvm(
             test,
             &format!("no guest boots on this host: {}", probe.reason),
         );

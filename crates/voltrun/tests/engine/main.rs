@@ -39,14 +39,7 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// Says, on the real stderr (test output capture does not hide it), that a test did not run and why.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why} (this test did not run)"
-    );
-}
+pub use voltrun_test_support::skip;
 
 /// Starts a server with the namespace engine, or returns `None` after printing why it cannot.
 pub async fn engine_app(

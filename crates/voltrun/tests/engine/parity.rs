@@ -409,7 +409,8 @@ async fn node_console_and_context_match_aws_lambda_ric() {
         seen[2]
             .lines
             .iter()
-            .any(|l| l.contains("\tERROR\tInvoke Error \t{") && l.contains("\"errorType\":\"RangeError\"")),
+            .any(|l| l.contains("\tERROR\tInvoke Error \t{")
+                && l.contains("\"errorType\":\"RangeError\"")),
         "{:?}",
         seen[2].lines
     );

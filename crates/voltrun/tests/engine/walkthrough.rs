@@ -71,8 +71,12 @@ async fn readme_walkthrough_with_the_cli() {
     .await);
     let mut families = vec!["provided".to_string()];
     for family in ["python", "nodejs"] {
-        if let Some(runtime) = app.runtime(family).await {
-            families.push(runtime);
+        match app.runtime(family).await {
+            Some(runtime) => families.push(runtime),
+            None => crate::skip(
+                &format!("the walkthrough's {family} part"),
+                &format!("this host has no {family} runtime"),
+            ),
         }
     }
     for runtime in families {
