@@ -107,6 +107,10 @@ fn init_guest() {
     if Path::new("/dev/vdc").exists() {
         drives.push(("/dev/vdc", "/var/task", "ext4", code, None));
     }
+    // The function's layers, merged, when it has any (Lambda mounts them at /opt).
+    if Path::new("/dev/vdd").exists() {
+        drives.push(("/dev/vdd", "/opt", "ext4", code, None));
+    }
     mount_all(drives);
     // The scratch disk's root belongs to root; the runtime runs unprivileged.
     if let Err(e) = make_sticky_tmp(Path::new("/tmp")) {

@@ -368,6 +368,7 @@ impl Setup {
             min_instances: 0,
             log_format: Default::default(),
             log_level: None,
+            layers: Vec::new(),
             version: 1,
             created_at: now,
             updated_at: now,

@@ -34,6 +34,8 @@ pub struct CodeBundle {
     pub bytes: Vec<u8>,
     pub filename: Option<String>,
     pub sha256: String,
+    /// What the code takes unpacked (with its layers, it must fit the unzipped limit).
+    pub unzipped_bytes: u64,
     /// Regular files in the bundle, as relative paths.
     files: Vec<String>,
 }
@@ -67,6 +69,7 @@ impl CodeBundle {
                 Self {
                     kind: CodeKind::Source,
                     sha256: sha256_hex(&bytes),
+                    unzipped_bytes: bytes.len() as u64,
                     files: vec![filename.clone()],
                     filename: Some(filename),
                     bytes,
@@ -79,20 +82,12 @@ impl CodeBundle {
                         "applies only to `source` uploads".into(),
                     ));
                 }
-                if encoded.len() > MAX_ZIPPED_BYTES / 3 * 4 + 4 {
-                    return Err(too_large());
-                }
-                let bytes = STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| invalid("code.zip_base64", "is not valid base64".into()))?;
-                if bytes.len() > MAX_ZIPPED_BYTES {
-                    return Err(too_large());
-                }
-                let files = check_archive(&bytes)?;
+                let (bytes, manifest) = decode_zip(&encoded)?;
                 Self {
                     kind: CodeKind::Zip,
                     sha256: sha256_hex(&bytes),
-                    files,
+                    unzipped_bytes: manifest.unzipped_bytes,
+                    files: manifest.files().map(str::to_string).collect(),
                     filename: None,
                     bytes,
                 }
@@ -132,13 +127,18 @@ impl CodeBundle {
         bytes: Vec<u8>,
         filename: Option<String>,
     ) -> Result<Self, ApiError> {
-        let files = match kind {
-            CodeKind::Source => filename.iter().cloned().collect(),
-            CodeKind::Zip => check_archive(&bytes)?,
+        let (files, unzipped_bytes) = match kind {
+            CodeKind::Source => (filename.iter().cloned().collect(), bytes.len() as u64),
+            CodeKind::Zip => {
+                let manifest = check_archive(&bytes)?;
+                let files = manifest.files().map(str::to_string).collect();
+                (files, manifest.unzipped_bytes)
+            }
         };
         Ok(Self {
             kind,
             sha256: sha256_hex(&bytes),
+            unzipped_bytes,
             files,
             filename,
             bytes,
@@ -157,7 +157,23 @@ fn too_large() -> ApiError {
     ))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// A base64 zip archive (`code.zip_base64`), decoded and checked: its bytes and what it holds.
+/// CPU-bound: call on a blocking thread.
+pub fn decode_zip(encoded: &str) -> Result<(Vec<u8>, voltrun_bundle::Manifest), ApiError> {
+    if encoded.len() > MAX_ZIPPED_BYTES / 3 * 4 + 4 {
+        return Err(too_large());
+    }
+    let bytes = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| invalid("code.zip_base64", "is not valid base64".into()))?;
+    if bytes.len() > MAX_ZIPPED_BYTES {
+        return Err(too_large());
+    }
+    let manifest = check_archive(&bytes)?;
+    Ok((bytes, manifest))
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -174,10 +190,10 @@ pub async fn checking<T: Send + 'static>(
     crate::routes::blocking(check).await
 }
 
-/// Checks an archive with the shared validator and returns its regular files.
-fn check_archive(bytes: &[u8]) -> Result<Vec<String>, ApiError> {
+/// Checks an archive with the shared validator.
+fn check_archive(bytes: &[u8]) -> Result<voltrun_bundle::Manifest, ApiError> {
     match voltrun_bundle::inspect(bytes) {
-        Ok(manifest) => Ok(manifest.files().map(str::to_string).collect()),
+        Ok(manifest) => Ok(manifest),
         Err(BundleError::TooLarge) => Err(ApiError::PayloadTooLarge(format!(
             "code unzips to more than {} MiB",
             MAX_UNZIPPED_BYTES >> 20

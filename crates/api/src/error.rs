@@ -117,6 +117,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::InUse(by) => Self::Conflict(format!("it is still used by function {by}")),
+            StoreError::Gone(what) => {
+                Self::Conflict(format!("the {what} was deleted meanwhile; retry"))
+            }
             _ if e.is_unavailable() => Self::DatabaseUnavailable(e.to_string()),
             StoreError::QuotaExceeded(q) => Self::from(q),
             StoreError::StorageFull(cause) => Self::StorageFull(cause.to_string()),
@@ -143,9 +147,13 @@ impl From<QuotaExceeded> for ApiError {
                  (QUOTA_FUNCTIONS_PER_USER); delete one first"
             )),
             Quota::CodeBytes => Self::QuotaExceeded(format!(
-                "code storage quota exceeded: your functions' code takes {used} bytes, this code \
-                 would add {requested}, and the limit is {limit} bytes per user \
-                 (QUOTA_CODE_MB_PER_USER, each function's code counted whole)"
+                "code storage quota exceeded: your functions' and layers' code takes {used} bytes, \
+                 this code would add {requested}, and the limit is {limit} bytes per user \
+                 (QUOTA_CODE_MB_PER_USER, each function's code and layer version counted whole)"
+            )),
+            Quota::LayerVersions => Self::QuotaExceeded(format!(
+                "layer quota exceeded: you have {used} layer versions and the limit is {limit} \
+                 per user; delete one first"
             )),
             Quota::QueuedExecutions => Self::QueueFull(format!(
                 "your queue of asynchronous executions is full: {used} queued and the limit is \

@@ -193,6 +193,16 @@ pub fn router(state: SharedState) -> Router {
             "/functions/{id}/execute",
             post(routes::executions::execute).layer(DefaultBodyLimit::max(SYNC_EVENT_LIMIT)),
         )
+        .route(
+            "/layers",
+            get(routes::layers::list)
+                .post(routes::layers::publish)
+                .layer(functions_body),
+        )
+        .route(
+            "/layers/{name}/versions/{version}",
+            get(routes::layers::get).delete(routes::layers::delete),
+        )
         .route("/executions", get(routes::executions::list))
         .route("/executions/{id}", get(routes::executions::get))
         .route("/executions/{id}/logs", get(routes::executions::logs))

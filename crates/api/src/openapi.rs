@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, executions, functions, keys, system};
+use crate::routes::{auth, executions, functions, keys, layers, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use crate::routes::{auth, executions, functions, keys, system};
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
         keys::list, keys::create, keys::delete,
         functions::create, functions::list, functions::get, functions::update, functions::delete, functions::code,
+        layers::publish, layers::list, layers::get, layers::delete,
         executions::execute, executions::list, executions::get, executions::logs,
         system::health, system::metrics, system::runtimes, system::openapi_json,
     ),
@@ -24,6 +25,7 @@ use crate::routes::{auth, executions, functions, keys, system};
         (name = "auth", description = "Accounts and sessions"),
         (name = "keys", description = "API keys"),
         (name = "functions", description = "Functions"),
+        (name = "layers", description = "Layer versions functions merge at /opt"),
         (name = "executions", description = "Invocations and their records"),
         (name = "system", description = "Health, metrics and this document"),
     )

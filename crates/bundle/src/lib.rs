@@ -362,6 +362,48 @@ pub fn extract(bytes: &[u8], dest: &Path) -> Result<Manifest, BundleError> {
 /// caller may hand it to a thread that could not reach the directory by its path
 /// (see [`unprivileged`]).
 pub fn extract_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, BundleError> {
+    extract_into(bytes, root, Existing::Refuse)
+}
+
+/// [`extract_at`] for a layer that later layers, already extracted into `root`, sit over (layers
+/// are extracted last first, so that the last one's files win, as Lambda merges layers at `/opt`):
+/// an entry whose place a later layer already took (a file or link of the same path, or a file or
+/// link where this layer has a directory) is left out, as an overlay's upper entry hides a lower
+/// one. Everything else is as [`extract_at`]: the same checks, the same descriptor walk.
+pub fn extract_under_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, BundleError> {
+    extract_into(bytes, root, Existing::Keep)
+}
+
+/// What to do where an entry's place is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Fail: a bundle never names one place twice, so something else is there.
+    Refuse,
+    /// Leave the entry out: a later layer's entry hides it.
+    Keep,
+}
+
+impl Existing {
+    /// Whether `error` from writing an entry means its place is taken and the entry is to be left
+    /// out. Within one bundle the validator rules these out (no duplicates, nothing below a file or
+    /// link), so in [`Existing::Keep`] they come only from a later layer.
+    fn hides(self, error: &std::io::Error) -> bool {
+        self == Self::Keep
+            && [
+                rustix::io::Errno::EXIST,
+                rustix::io::Errno::NOTDIR,
+                rustix::io::Errno::LOOP,
+            ]
+            .iter()
+            .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
+    }
+}
+
+fn extract_into(
+    bytes: &[u8],
+    root: BorrowedFd<'_>,
+    existing: Existing,
+) -> Result<Manifest, BundleError> {
     let manifest = inspect(bytes)?;
     let write_error = |path: &str| {
         let path = path.to_string();
@@ -378,9 +420,10 @@ pub fn extract_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, Bundle
     let mut made_dirs: HashSet<String> = HashSet::new();
     for entry in &manifest.entries {
         match &entry.kind {
-            EntryKind::Directory => {
-                open_dir(&root, &entry.path, &mut made_dirs).map_err(write_error(&entry.path))?;
-            }
+            EntryKind::Directory => match open_dir(&root, &entry.path, &mut made_dirs) {
+                Err(e) if !existing.hides(&e) => return Err(write_error(&entry.path)(e)),
+                _ => {}
+            },
             EntryKind::File { executable } => {
                 let mut zipped =
                     archive
@@ -389,7 +432,10 @@ pub fn extract_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, Bundle
                             entry: entry.path.clone(),
                             reason: e.to_string(),
                         })?;
-                let mut file = create_file(&root, &entry.path, *executable, &mut made_dirs)?;
+                let mut file = match create_file(&root, &entry.path, *executable, &mut made_dirs) {
+                    Err(BundleError::Write { source, .. }) if existing.hides(&source) => continue,
+                    other => other?,
+                };
                 inflate(&mut zipped, &entry.path, &mut budget, |chunk| {
                     file.write_all(chunk).map_err(write_error(&entry.path))
                 })?;
@@ -401,9 +447,14 @@ pub fn extract_at(bytes: &[u8], root: BorrowedFd<'_>) -> Result<Manifest, Bundle
     for entry in &manifest.entries {
         if let EntryKind::Link { target } = &entry.kind {
             let (parent, name) = split(&entry.path);
-            let dir = open_dir(&root, parent, &mut made_dirs).map_err(write_error(parent))?;
-            rustix::fs::symlinkat(target.as_str(), &dir, name)
-                .map_err(|e| write_error(&entry.path)(e.into()))?;
+            let dir = match open_dir(&root, parent, &mut made_dirs) {
+                Err(e) if existing.hides(&e) => continue,
+                other => other.map_err(write_error(parent))?,
+            };
+            match rustix::fs::symlinkat(target.as_str(), &dir, name) {
+                Err(e) if existing.hides(&e.into()) => {}
+                other => other.map_err(|e| write_error(&entry.path)(e.into()))?,
+            }
         }
     }
     Ok(manifest)

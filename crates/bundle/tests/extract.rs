@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use voltrun_bundle::{BundleError, extract, inspect};
-use voltrun_bundle::{Unprivileged, extract_at, hand_to_root, open_destination, unprivileged};
+use voltrun_bundle::{
+    Unprivileged, extract_at, extract_under_at, hand_to_root, open_destination, unprivileged,
+};
 
 /// A directory of its own for one case: `<tmp>/voltrun-bundle-<pid>-<n>/dest`, whose parent must
 /// stay empty apart from `dest`.
@@ -255,8 +257,33 @@ fn check_extraction(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Extracts `upper` and then `lower` under it, as two layers are merged; whatever either holds,
+/// nothing is written beside the destination.
+fn check_merge(upper: &[u8], lower: &[u8]) -> Result<(), TestCaseError> {
+    let scratch = Scratch::new();
+    let root = open_destination(&scratch.dest()).unwrap();
+    let _ = extract_at(upper, std::os::fd::AsFd::as_fd(&root));
+    let _ = extract_under_at(lower, std::os::fd::AsFd::as_fd(&root));
+    prop_assert!(
+        scratch.escaped().is_empty(),
+        "wrote beside dest: {:?}",
+        scratch.escaped()
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merged_random_trees_never_escape(
+        upper in prop::collection::vec(entry(), 1..8),
+        lower in prop::collection::vec(entry(), 1..8),
+    ) {
+        if let (Some(upper), Some(lower)) = (try_zip_of(&upper), try_zip_of(&lower)) {
+            check_merge(&upper, &lower)?;
+        }
+    }
 
     #[test]
     fn random_trees_never_escape(entries in prop::collection::vec(entry(), 1..8)) {
@@ -370,4 +397,81 @@ fn the_unprivileged_extractor_writes_only_where_it_is_given() {
             .contains("not written by the unprivileged extractor"),
         "{refused}"
     );
+}
+
+/// An archive of `(path, contents)` files and `(path, target)` links.
+fn layer(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+    for (path, contents) in files {
+        writer.start_file(*path, options).unwrap();
+        writer.write_all(contents.as_bytes()).unwrap();
+    }
+    for (path, target) in links {
+        writer.add_symlink(*path, *target, options).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// Layers merge as Lambda merges them at `/opt`: extracted last first, each entry a later layer
+/// already placed (the same file, or a file or link where the earlier one has a directory) hides the
+/// earlier layer's; directories merge. Extracting the earlier layer without the merge refuses the
+/// clash instead.
+#[test]
+fn a_later_layer_hides_what_an_earlier_one_has_in_the_same_place() {
+    let earlier = layer(
+        &[
+            ("python/shared.py", "earlier"),
+            ("python/only_earlier.py", "earlier"),
+            ("python/pkg/inner.py", "earlier"),
+            ("python/tool/x.py", "earlier"),
+        ],
+        &[
+            ("python/link", "only_earlier.py"),
+            ("python/taken", "shared.py"),
+        ],
+    );
+    let later = layer(
+        &[
+            ("python/shared.py", "later"),
+            ("python/only_later.py", "later"),
+            ("python/pkg/other.py", "later"),
+            (
+                "python/tool",
+                "a file where the earlier layer has a directory",
+            ),
+            ("python/taken", "a file where the earlier layer has a link"),
+        ],
+        &[],
+    );
+    let scratch = Scratch::new();
+    let root = open_destination(&scratch.dest()).unwrap();
+    extract_at(&later, std::os::fd::AsFd::as_fd(&root)).unwrap();
+    extract_under_at(&earlier, std::os::fd::AsFd::as_fd(&root)).unwrap();
+    let read = |p: &str| std::fs::read_to_string(scratch.dest().join(p)).unwrap();
+    assert_eq!(read("python/shared.py"), "later");
+    assert_eq!(read("python/only_earlier.py"), "earlier");
+    assert_eq!(read("python/only_later.py"), "later");
+    assert_eq!(read("python/pkg/inner.py"), "earlier");
+    assert_eq!(read("python/pkg/other.py"), "later");
+    assert_eq!(
+        read("python/tool"),
+        "a file where the earlier layer has a directory"
+    );
+    assert_eq!(
+        read("python/taken"),
+        "a file where the earlier layer has a link"
+    );
+    assert_eq!(
+        read("python/link"),
+        "earlier",
+        "the earlier layer's own link is made"
+    );
+    assert!(scratch.escaped().is_empty());
+
+    let again = Scratch::new();
+    let root = open_destination(&again.dest()).unwrap();
+    extract_at(&later, std::os::fd::AsFd::as_fd(&root)).unwrap();
+    let err = extract_at(&earlier, std::os::fd::AsFd::as_fd(&root)).unwrap_err();
+    assert!(matches!(err, BundleError::Write { .. }), "{err:?}");
 }

@@ -31,6 +31,7 @@ pub use crate::commands::executions::{ExecutionsCommand, LogsArgs};
 pub use crate::commands::functions::FunctionsCommand;
 pub use crate::commands::invoke::InvokeArgs;
 pub use crate::commands::keys::KeysCommand;
+pub use crate::commands::layers::LayersCommand;
 pub use crate::error::EXIT_CODES_HELP;
 pub use crate::output::OutputFormat;
 
@@ -100,6 +101,9 @@ pub enum Command {
     /// Create, list and delete API keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Publish, list and delete layer versions (shared code functions find at /opt)
+    #[command(subcommand)]
+    Layers(LayersCommand),
     /// Print a shell completion script, e.g. `voltrun completions bash > ~/.local/share/bash-completion/completions/voltrun`
     Completions {
         #[arg(value_enum)]

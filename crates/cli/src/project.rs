@@ -15,6 +15,7 @@
 //! min_instances = 0         # optional: instances kept warm
 //! log_format = "json"       # optional: "text" (the default) or Lambda's JSON log lines
 //! log_level = "info"        # optional, with log_format "json": trace, debug, info, warn, error, fatal
+//! layers = ["deps:1"]       # optional: layer versions merged at /opt (see `voltrun layers`)
 //!
 //! [env]                     # optional; replaces the function's environment on every deploy
 //! GREETING = "hello"
@@ -52,6 +53,8 @@ pub struct Manifest {
     pub log_format: Option<String>,
     #[serde(default)]
     pub log_level: Option<String>,
+    #[serde(default)]
+    pub layers: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -153,6 +156,7 @@ impl Manifest {
             ("min_instances", self.min_instances.map(Value::from)),
             ("log_format", self.log_format.clone().map(Value::from)),
             ("log_level", self.log_level.clone().map(Value::from)),
+            ("layers", self.layers.clone().map(Value::from)),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -185,11 +189,12 @@ mod tests {
             "min_instances",
             "log_format",
             "log_level",
+            "layers",
         ] {
             assert!(body.get(unset).is_none(), "{unset}");
         }
         let logs = Manifest::parse(
-            "name = \"hello\"\nruntime = \"provided\"\nhandler = \"f.h\"\nlog_format = \"json\"\nlog_level = \"warn\"\nmin_instances = 1\nmax_concurrency = 3\n",
+            "name = \"hello\"\nruntime = \"provided\"\nhandler = \"f.h\"\nlog_format = \"json\"\nlog_level = \"warn\"\nmin_instances = 1\nmax_concurrency = 3\nlayers = [\"deps:1\"]\n",
         )
         .unwrap()
         .to_request();
@@ -202,6 +207,7 @@ mod tests {
             ),
             (&json!("json"), &json!("warn"), &json!(1), &json!(3))
         );
+        assert_eq!(logs["layers"], json!(["deps:1"]));
     }
 
     #[test]

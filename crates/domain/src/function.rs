@@ -36,6 +36,8 @@ pub struct FunctionRecord {
     /// The lowest level the runtime's logger keeps (Lambda's `ApplicationLogLevel`); set exactly when
     /// `log_format` is JSON, as Lambda allows it only there.
     pub log_level: Option<LogLevel>,
+    /// The layer versions merged at `/opt`, in order.
+    pub layers: Vec<crate::layer::FunctionLayer>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

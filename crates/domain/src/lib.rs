@@ -4,6 +4,7 @@
 
 pub mod execution;
 pub mod function;
+pub mod layer;
 pub mod user;
 
 use std::fmt;

@@ -333,7 +333,10 @@ def error_body(error_type, message, tb=None):
 def load_handler():
     handler = os.environ.get("_HANDLER", "")
     module_path, _, function_name = handler.rpartition(".")
-    sys.path.insert(0, os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
+    # Lambda's module path: the function's code, then its layers' (`/opt/python/lib/<version>/
+    # site-packages` and `/opt/python`), then the runtime's.
+    site = f"/opt/python/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    sys.path[0:0] = [os.environ.get("LAMBDA_TASK_ROOT", "/var/task"), site, "/opt/python"]
     module_name = module_path.replace("/", ".")
     if module_path.split(".")[0] in sys.builtin_module_names:
         raise InitError("Runtime.BuiltInModuleConflict",

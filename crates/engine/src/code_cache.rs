@@ -1,9 +1,11 @@
-//! Function code on disk, where sandboxes mount it read-only at `/var/task`. This module owns the
-//! code directory: one directory per code sha256 (`<sha256>/`), shared by every version and
-//! instance with that code, written once (extracted to a temporary directory, then renamed into
-//! place) and never modified; the microVM code images `microvm` makes beside them
-//! (`<sha256>.ext4`); which entries live instances are using; and the removal of entries no
-//! function references any more.
+//! Function code on disk, where sandboxes mount it read-only at `/var/task`, and layers, merged
+//! where they mount them at `/opt`. This module owns the code directory: one directory per code
+//! sha256 (`<sha256>/`), shared by every version and instance with that code, and one per ordered
+//! set of layers (`opt-<sha256 of their code>/`), each written once (extracted to a temporary
+//! directory, then renamed into place) and never modified; the microVM images `microvm` makes
+//! beside them (`<entry>.ext4`); which entries live instances are using; and the removal of entries
+//! no function references any more (a layer set's is removed once unused: it is made again from
+//! storage when needed).
 //!
 //! Collection is safe against instances because each instance holds a [`CodeLease`] on its entry
 //! from before the entry is looked up until the instance has stopped, and an entry is only
@@ -12,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::Digest as _;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
+use voltrun_domain::layer::FunctionLayer;
 use voltrun_storage::Store;
 
 use crate::EngineError;
@@ -113,21 +116,7 @@ impl CodeCache {
         if dir.is_dir() {
             return Ok((dir, lease));
         }
-        let bytes = store
-            .get_code(&function.code_sha256)
-            .await
-            .map_err(|e| match e {
-                voltrun_storage::StoreError::StorageFull(cause) => {
-                    EngineError::StorageFull(format!("reading code: {cause}"))
-                }
-                other => EngineError::Internal(format!("reading code: {other}")),
-            })?
-            .ok_or_else(|| {
-                EngineError::Internal(format!(
-                    "code {} is missing from storage",
-                    function.code_sha256
-                ))
-            })?;
+        let bytes = read_code(store, &function.code_sha256).await?;
         let (root, kind, filename, target, extractor) = (
             self.root.clone(),
             function.code_kind,
@@ -140,14 +129,49 @@ impl CodeCache {
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| {
-            if is_storage_full(&e) {
-                EngineError::StorageFull(format!("unpacking code: {e}"))
-            } else {
-                EngineError::Internal(format!("unpacking code: {e}"))
-            }
-        })?;
+        .map_err(|e| unpack_error("unpacking code", &e))?;
         Ok((dir, lease))
+    }
+
+    /// The directory where `layers` are merged, materialised from storage on first use, and a lease
+    /// that keeps it there until dropped; `None` for a function without layers. Layers are
+    /// extracted last first, each under the ones after it, so that a later layer's file hides an
+    /// earlier one's of the same path (see `voltrun_bundle::extract_under_at`).
+    pub async fn ensure_layers(
+        &self,
+        store: &dyn Store,
+        layers: &[FunctionLayer],
+    ) -> Result<Option<(PathBuf, CodeLease)>, EngineError> {
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let key = layers_entry_name(layers);
+        let lease = self.lease(&key);
+        let dir = self.root.join(&key);
+        if dir.is_dir() {
+            return Ok(Some((dir, lease)));
+        }
+        let mut archives = Vec::with_capacity(layers.len());
+        for layer in layers.iter().rev() {
+            archives.push(read_code(store, &layer.code_sha256).await?);
+        }
+        let (root, target, extractor) = (self.root.clone(), dir.clone(), self.extractor);
+        tokio::task::spawn_blocking(move || {
+            materialise_with(&root, &target, extractor, |staging| {
+                for (i, archive) in archives.iter().enumerate() {
+                    if i == 0 {
+                        voltrun_bundle::extract_at(archive, staging).map(drop)?;
+                    } else {
+                        voltrun_bundle::extract_under_at(archive, staging).map(drop)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| unpack_error("unpacking layers", &e))?;
+        Ok(Some((dir, lease)))
     }
 
     /// Removes the entries (directory and code image) that no function in `store` references and
@@ -176,6 +200,11 @@ impl CodeCache {
         };
         let mut unreferenced = Vec::new();
         for sha in candidates {
+            // A layer set's entry is made again from storage whenever a function needs it.
+            if sha.starts_with(LAYERS_PREFIX) {
+                unreferenced.push(sha);
+                continue;
+            }
             // Conservative for single files: kept while any function has this code, whatever its name.
             match store.code_referenced(code_of(&sha)).await {
                 Ok(false) => unreferenced.push(sha),
@@ -283,9 +312,27 @@ pub(crate) fn entry_name(function: &FunctionRecord) -> String {
     }
 }
 
-/// `<sha256>` or `<sha256>-<16 hex digits>` (see [`entry_name`]).
+/// What a layer set's entry name starts with.
+const LAYERS_PREFIX: &str = "opt-";
+
+/// The entry an ordered set of layers merges into: a hash of their code in order (the same code in
+/// another order merges differently).
+fn layers_entry_name(layers: &[FunctionLayer]) -> String {
+    let mut hash = sha2::Sha256::new();
+    for layer in layers {
+        hash.update(layer.code_sha256.as_bytes());
+        hash.update(b"\n");
+    }
+    format!("{LAYERS_PREFIX}{}", hex::encode(hash.finalize()))
+}
+
+/// `<sha256>`, `<sha256>-<16 hex digits>` (see [`entry_name`]) or `opt-<sha256>` (see
+/// [`layers_entry_name`]).
 fn is_entry_name(name: &str) -> bool {
     let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(sha) = name.strip_prefix(LAYERS_PREFIX) {
+        return sha.len() == 64 && hex(sha);
+    }
     match name.split_once('-') {
         None => name.len() == 64 && hex(name),
         Some((sha, named)) => sha.len() == 64 && hex(sha) && named.len() == 16 && hex(named),
@@ -297,6 +344,28 @@ fn code_of(entry: &str) -> &str {
     entry.split_once('-').map_or(entry, |(sha, _)| sha)
 }
 
+/// The stored code `sha256`.
+async fn read_code(store: &dyn Store, sha256: &str) -> Result<Vec<u8>, EngineError> {
+    store
+        .get_code(sha256)
+        .await
+        .map_err(|e| match e {
+            voltrun_storage::StoreError::StorageFull(cause) => {
+                EngineError::StorageFull(format!("reading code: {cause}"))
+            }
+            other => EngineError::Internal(format!("reading code: {other}")),
+        })?
+        .ok_or_else(|| EngineError::Internal(format!("code {sha256} is missing from storage")))
+}
+
+fn unpack_error(doing: &str, e: &std::io::Error) -> EngineError {
+    if is_storage_full(e) {
+        EngineError::StorageFull(format!("{doing}: {e}"))
+    } else {
+        EngineError::Internal(format!("{doing}: {e}"))
+    }
+}
+
 /// Whether a write failed for want of space (or of the user's disk quota).
 pub(crate) fn is_storage_full(e: &std::io::Error) -> bool {
     matches!(
@@ -305,14 +374,15 @@ pub(crate) fn is_storage_full(e: &std::io::Error) -> bool {
     )
 }
 
-/// Writes the code into the empty directory `staging`, as `extractor` where one is given: it owns the
-/// directory and is handed a descriptor of it, and nothing else (see `voltrun_bundle::unprivileged`).
+/// Fills the empty directory `staging` with `write`, given a descriptor of it, as `extractor` where
+/// one is given: it owns the directory and is handed that descriptor, and nothing else (see
+/// `voltrun_bundle::unprivileged`). The writers are the upload check's own validator and
+/// descriptor-walking extractor: a bundle that reached storage by other means is still refused, and
+/// nothing is written through a link.
 fn unpack(
     staging: &Path,
-    kind: CodeKind,
-    bytes: &[u8],
-    filename: Option<&str>,
     extractor: Option<voltrun_bundle::Unprivileged>,
+    write: impl FnOnce(BorrowedFd<'_>) -> Result<(), voltrun_bundle::BundleError> + Send,
 ) -> std::io::Result<()> {
     let io_error = |e: voltrun_bundle::BundleError| match &e {
         // Keeps the kind of a failed write (a full disk) for the caller to report as such.
@@ -320,28 +390,19 @@ fn unpack(
         _ => std::io::Error::other(e),
     };
     let dir = voltrun_bundle::open_destination(staging).map_err(io_error)?;
-    // The same validator and descriptor-walking writer as the upload check: a bundle that reached
-    // storage by other means is still refused, and nothing is written through a link.
-    let write = || match kind {
-        CodeKind::Source => {
-            let name = filename.unwrap_or("main");
-            // A provided runtime's bootstrap must be executable; other single files need not be.
-            voltrun_bundle::write_file_at(dir.as_fd(), name, bytes, name == "bootstrap")
-        }
-        CodeKind::Zip => voltrun_bundle::extract_at(bytes, dir.as_fd()).map(drop),
-    };
     match extractor {
         Some(user) => {
             std::os::unix::fs::chown(staging, Some(user.uid), Some(user.gid))?;
-            voltrun_bundle::unprivileged(user, write)?.map_err(io_error)?;
+            voltrun_bundle::unprivileged(user, || write(dir.as_fd()))?.map_err(io_error)?;
             // Then root's, checked to be all the extractor's first: no uid may alter unpacked code
             // (every tenant's is unpacked as that one uid).
             voltrun_bundle::hand_to_root(dir.as_fd(), user).map_err(io_error)
         }
-        None => write().map_err(io_error),
+        None => write(dir.as_fd()).map_err(io_error),
     }
 }
 
+/// Unpacks a function's code into `target`.
 fn materialise(
     root: &Path,
     kind: CodeKind,
@@ -350,10 +411,28 @@ fn materialise(
     target: &Path,
     extractor: Option<voltrun_bundle::Unprivileged>,
 ) -> std::io::Result<()> {
+    materialise_with(root, target, extractor, |dir| match kind {
+        CodeKind::Source => {
+            let name = filename.unwrap_or("main");
+            // A provided runtime's bootstrap must be executable; other single files need not be.
+            voltrun_bundle::write_file_at(dir, name, bytes, name == "bootstrap")
+        }
+        CodeKind::Zip => voltrun_bundle::extract_at(bytes, dir).map(drop),
+    })
+}
+
+/// Makes the entry `target` with `write` (see [`unpack`]): in a staging directory first, renamed
+/// into place once whole.
+fn materialise_with(
+    root: &Path,
+    target: &Path,
+    extractor: Option<voltrun_bundle::Unprivileged>,
+    write: impl FnOnce(BorrowedFd<'_>) -> Result<(), voltrun_bundle::BundleError> + Send,
+) -> std::io::Result<()> {
     let staging = root.join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir_all(&staging)?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))?;
-    let result = unpack(&staging, kind, bytes, filename, extractor);
+    let result = unpack(&staging, extractor, write);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);

@@ -17,7 +17,7 @@ use voltrun_vm::emulated::{EmulatedGuest, Emulator, EmulatorConfig};
 use voltrun_vm::images::Manifest;
 
 use crate::microvm::{
-    Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, code_image, guest_vm_spec,
+    Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, guest_images, guest_vm_spec,
     warn_of_leftovers,
 };
 
@@ -115,8 +115,8 @@ impl GuestLauncher for EmulatedLauncher {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
-        let code = code_image(&spec.code_dir).await?;
-        let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &self.kernel, spec, code)?;
+        let images = guest_images(spec).await?;
+        let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &self.kernel, spec, images)?;
         let guest = self
             .emulator
             .boot(&vm_spec, GUEST_CID)

@@ -47,7 +47,7 @@ pub struct SnapshotStore {
     states: Mutex<HashMap<String, State>>,
     /// The code image each published snapshot's guest mounted: a restored guest must find that
     /// very image, so its snapshots go when the code cache removes it (see [`Self::forget_code`]).
-    codes: Mutex<HashMap<String, PathBuf>>,
+    codes: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 impl SnapshotStore {
@@ -140,29 +140,29 @@ impl SnapshotStore {
         Ok(dir)
     }
 
-    /// Publishes a snapshot made in `staging` as `key`'s, its guest having mounted the code image
-    /// `code`, then keeps the newest [`Self::max`].
-    pub fn publish(&self, key: &str, staging: &Path, code: Option<&Path>) -> std::io::Result<()> {
+    /// Publishes a snapshot made in `staging` as `key`'s, its guest having mounted the code (and
+    /// layers) `images`, then keeps the newest [`Self::max`].
+    pub fn publish(&self, key: &str, staging: &Path, images: Vec<PathBuf>) -> std::io::Result<()> {
         let published = std::fs::rename(staging, self.path(key));
         self.states().remove(key);
         if published.is_err() {
             let _ = std::fs::remove_dir_all(staging);
         }
         published?;
-        if let Some(code) = code {
-            self.codes().insert(key.to_string(), code.to_path_buf());
+        if !images.is_empty() {
+            self.codes().insert(key.to_string(), images);
         }
         self.evict();
         Ok(())
     }
 
-    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<PathBuf>>> {
         self.codes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Removes the snapshots whose guests mounted the code image `image`, which is gone: an image
+    /// Removes the snapshots whose guests mounted the code or layers image `image`, which is gone: an image
     /// made again at that path (the same code deployed again) is a different file system under a
     /// guest that cached the old one. Their configurations may be snapshotted again. Returns how
     /// many went.
@@ -171,7 +171,7 @@ impl SnapshotStore {
             let mut codes = self.codes();
             let keys: Vec<String> = codes
                 .iter()
-                .filter(|(_, code)| code.as_path() == image)
+                .filter(|(_, images)| images.iter().any(|i| i.as_path() == image))
                 .map(|(key, _)| key.clone())
                 .collect();
             for key in &keys {
@@ -251,6 +251,7 @@ mod tests {
             rootfs: "/images/python.ext4".into(),
             scratch_mib: 64,
             code: Some("/code/abc.ext4".into()),
+            layers: None,
         }
     }
 
@@ -286,7 +287,7 @@ mod tests {
             std::fs::write(staging.join(file), b"x").unwrap();
         }
         store
-            .publish(key, &staging, Some(Path::new("/code/abc.ext4")))
+            .publish(key, &staging, vec!["/code/abc.ext4".into()])
             .unwrap();
     }
 
@@ -339,7 +340,11 @@ mod tests {
             std::fs::write(staging.join(file), b"x").unwrap();
         }
         store
-            .publish("def", &staging, Some(Path::new("/code/def.ext4")))
+            .publish(
+                "def",
+                &staging,
+                vec!["/code/def.ext4".into(), "/code/opt-1.ext4".into()],
+            )
             .unwrap();
 
         assert_eq!(store.forget_code(Path::new("/code/abc.ext4")), 2);
@@ -353,6 +358,11 @@ mod tests {
             "its configuration cannot be snapshotted again"
         );
         assert_eq!(store.forget_code(Path::new("/code/abc.ext4")), 0);
+        assert_eq!(
+            store.forget_code(Path::new("/code/opt-1.ext4")),
+            1,
+            "a snapshot goes with the layers image its guest mounted too"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

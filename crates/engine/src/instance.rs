@@ -75,9 +75,9 @@ pub struct Instance {
     body: Body,
     /// The instance's share of the host's memory budget, given back when it ends.
     _memory: Option<OwnedSemaphorePermit>,
-    /// Its hold on the code it mounts, given back when it ends (after `body`, for the same reason:
-    /// the code cache may remove the code once nobody holds it).
-    code: Option<CodeLease>,
+    /// Its holds on the code and layers it mounts, given back when it ends (after `body`, for the
+    /// same reason: the code cache may remove them once nobody holds them).
+    code: Vec<CodeLease>,
     /// Its part of its user's share of the memory budget.
     share: Option<MemoryShare>,
 }
@@ -129,14 +129,14 @@ impl Instance {
             init_duration: Some(started.elapsed()),
             body,
             _memory: memory,
-            code: None,
+            code: Vec::new(),
             share: None,
         }
     }
 
-    /// Keeps `lease` on the instance's code for as long as the instance lives.
-    pub fn holding_code(mut self, lease: CodeLease) -> Self {
-        self.code = Some(lease);
+    /// Keeps `leases` on the instance's code and layers for as long as the instance lives.
+    pub fn holding_code(mut self, leases: impl IntoIterator<Item = Option<CodeLease>>) -> Self {
+        self.code.extend(leases.into_iter().flatten());
         self
     }
 

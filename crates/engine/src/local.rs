@@ -518,18 +518,28 @@ impl LocalEngine {
         let share = self.reserve_share(function).await?;
         let memory = self.reserve_memory(function.memory_mb).await?;
         let (code_dir, code_lease) = self.code.ensure(self.store.as_ref(), function).await?;
+        let (opt_dir, opt_lease) = self
+            .code
+            .ensure_layers(self.store.as_ref(), &function.layers)
+            .await?
+            .unzip();
+        let leases = [Some(code_lease), opt_lease];
         let name = format!("i-{}", Uuid::now_v7().simple());
         let process = self.runtime_process(function, runtime, env, &name)?;
         Ok(match &self.isolation {
             Isolation::Namespace(spawner) => {
                 let uid = self.lease_uid().await?;
-                let spec = self.sandbox_spec(function, runtime, code_dir, name, process, uid.uid());
+                let code = Mounted {
+                    task: code_dir,
+                    opt: opt_dir,
+                };
+                let spec = self.sandbox_spec(function, runtime, code, name, process, uid.uid());
                 Instance::start(spawner.clone(), spec, runtime.id.clone(), Some(memory))
                     .await
                     .map(|instance| {
                         instance
                             .holding_uid(uid)
-                            .holding_code(code_lease)
+                            .holding_code(leases)
                             .holding_share(share)
                     })
             }
@@ -541,6 +551,7 @@ impl LocalEngine {
                     memory_mb: u32::try_from(function.memory_mb).unwrap_or(128),
                     tmp_mb: u32::try_from(self.config.tmp_size_mb).unwrap_or(512),
                     code_dir,
+                    opt_dir,
                     command,
                     env,
                     runtime_api_port: RUNTIME_API_PORT,
@@ -549,7 +560,7 @@ impl LocalEngine {
                 };
                 Instance::start_guest(launcher.as_ref(), spec, Some(memory))
                     .await
-                    .map(|instance| instance.holding_code(code_lease).holding_share(share))
+                    .map(|instance| instance.holding_code(leases).holding_share(share))
             }
         })
     }
@@ -621,9 +632,33 @@ impl LocalEngine {
             ("AWS_DEFAULT_REGION".into(), "local".into()),
             ("TZ".into(), ":UTC".into()),
             ("LANG".into(), "C.UTF-8".into()),
-            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            // Lambda's: layers' programs and libraries (`/opt/bin`, `/opt/lib`) come after the
+            // system's, the function's own libraries (`/var/task/lib`) before its layers'.
+            (
+                "PATH".into(),
+                "/usr/local/bin:/usr/bin:/bin:/opt/bin".into(),
+            ),
+            (
+                "LD_LIBRARY_PATH".into(),
+                "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                    .into(),
+            ),
             ("HOME".into(), "/tmp".into()),
         ]);
+        // Lambda's module path for Node.js: layers' packages (`/opt/nodejs/node<major>/node_modules`,
+        // then `/opt/nodejs/node_modules`) before the runtime's and the function's own. (Python's
+        // bootstrap puts `/opt/python` on `sys.path` itself, as Lambda's does.)
+        // The function may set its own, as on Lambda.
+        if family == RuntimeFamily::Node && !env.contains_key("NODE_PATH") {
+            let major = runtime.id.trim_start_matches("nodejs");
+            vars.push((
+                "NODE_PATH".into(),
+                format!(
+                    "/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:\
+                     /var/runtime/node_modules:/var/runtime:/var/task"
+                ),
+            ));
+        }
         // Lambda's advanced logging controls, as its runtimes (and AWS's clients) read them.
         if function.log_format == LogFormat::Json {
             vars.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
@@ -638,14 +673,14 @@ impl LocalEngine {
         &self,
         function: &FunctionRecord,
         runtime: &RuntimeInfo,
-        code_dir: PathBuf,
+        code: Mounted,
         name: String,
         RuntimeProcess { command, env }: RuntimeProcess,
         host_uid: u32,
     ) -> SandboxSpec {
         let mut binds = vec![
             BindMount {
-                source: code_dir,
+                source: code.task,
                 dest: "/var/task".into(),
             },
             BindMount {
@@ -653,6 +688,10 @@ impl LocalEngine {
                 dest: "/var/runtime".into(),
             },
         ];
+        binds.extend(code.opt.map(|opt| BindMount {
+            source: opt,
+            dest: "/opt".into(),
+        }));
         for etc in ["passwd", "group", "hosts"] {
             binds.push(BindMount {
                 source: self.runtime_dir.join("etc").join(etc),
@@ -680,6 +719,13 @@ impl LocalEngine {
             listen_port: RUNTIME_API_PORT,
         }
     }
+}
+
+/// The code an instance mounts: the function's at `/var/task`, its layers merged at `/opt`.
+#[derive(Debug)]
+struct Mounted {
+    task: PathBuf,
+    opt: Option<PathBuf>,
 }
 
 /// A directory sandboxes read from (mode 0755, whatever the umask).

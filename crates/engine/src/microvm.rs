@@ -40,6 +40,8 @@ pub struct GuestSpec {
     /// The writable `/tmp` (a scratch disk in a VM).
     pub tmp_mb: u32,
     pub code_dir: PathBuf,
+    /// The host directory where the function's layers are merged (mounted at `/opt`), if it has any.
+    pub opt_dir: Option<PathBuf>,
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     /// The Runtime API's port on the guest's loopback.
@@ -193,10 +195,10 @@ impl FirecrackerLauncher {
         })
     }
 
-    /// The VM a guest for `spec` runs in, its code drive made if need be.
+    /// The VM a guest for `spec` runs in, its code and layers drives made if need be.
     pub async fn vm_spec(&self, spec: &GuestSpec) -> Result<VmSpec, String> {
-        let code = code_image(&spec.code_dir).await?;
-        self.shared.vm_spec(spec, code)
+        let images = guest_images(spec).await?;
+        self.shared.vm_spec(spec, images)
     }
 
     /// Where the snapshot for `spec`'s configuration is (or would be) kept; `None` without
@@ -225,13 +227,13 @@ impl FirecrackerLauncher {
 }
 
 impl Machines {
-    fn vm_spec(&self, spec: &GuestSpec, code: PathBuf) -> Result<VmSpec, String> {
+    fn vm_spec(&self, spec: &GuestSpec, images: GuestImages) -> Result<VmSpec, String> {
         let kernel = self
             .manifest
             .kernel
             .as_ref()
             .ok_or_else(|| format!("{}: the image set has no guest kernel", Step::Prepare))?;
-        guest_vm_spec(&self.manifest, &self.images_dir, &kernel.file, spec, code)
+        guest_vm_spec(&self.manifest, &self.images_dir, &kernel.file, spec, images)
     }
 
     /// Boots a VM and waits for its agent's hello.
@@ -281,7 +283,7 @@ impl Machines {
     /// snapshot, and end the VM. Runs beside the cold start that asked for it, which boots as usual.
     async fn make_snapshot(&self, key: String, spec: VmSpec, start: StartSpec) {
         let Some(store) = &self.snapshots else { return };
-        let code = spec.code.clone();
+        let images: Vec<PathBuf> = spec.code.iter().chain(&spec.layers).cloned().collect();
         let mut staging = None;
         let made = async {
             let (mut vm, mut session) = self.boot(spec).await?;
@@ -305,7 +307,7 @@ impl Machines {
         .await;
         let published = made.and_then(|dir| {
             store
-                .publish(&key, &dir, code.as_deref())
+                .publish(&key, &dir, images)
                 .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))
         });
         match published {
@@ -425,14 +427,31 @@ impl GuestLauncher for FirecrackerLauncher {
     }
 }
 
+/// The images a guest mounts besides its root image: the function's code, and its layers merged.
+#[derive(Debug)]
+pub(crate) struct GuestImages {
+    code: PathBuf,
+    layers: Option<PathBuf>,
+}
+
+/// [`GuestImages`] for `spec`, each made if need be.
+pub(crate) async fn guest_images(spec: &GuestSpec) -> Result<GuestImages, String> {
+    let code = code_image(&spec.code_dir).await?;
+    let layers = match &spec.opt_dir {
+        Some(dir) => Some(code_image(dir).await?),
+        None => None,
+    };
+    Ok(GuestImages { code, layers })
+}
+
 /// The VM a guest for `spec` runs in, from a verified image set: the runtime's root image, the given
-/// kernel file of the set, and the code image.
+/// kernel file of the set, and the code and layers images.
 pub(crate) fn guest_vm_spec(
     manifest: &Manifest,
     images_dir: &Path,
     kernel_file: &str,
     spec: &GuestSpec,
-    code: PathBuf,
+    GuestImages { code, layers }: GuestImages,
 ) -> Result<VmSpec, String> {
     let root = manifest
         .rootfs
@@ -458,6 +477,7 @@ pub(crate) fn guest_vm_spec(
         rootfs: images_dir.join(&root.image.file),
         scratch_mib: spec.tmp_mb.max(1),
         code: Some(code),
+        layers,
     })
 }
 
@@ -508,8 +528,8 @@ fn snapshot_start(mut start: StartSpec) -> StartSpec {
     start
 }
 
-/// The function's code as a read-only ext4 image next to its directory (`<sha256>.ext4`), made once
-/// and shared by every VM with that code.
+/// The function's code (or its merged layers) as a read-only ext4 image next to its directory
+/// (`<entry>.ext4`), made once and shared by every VM with that code.
 pub(crate) async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
     let image = code_dir.with_extension("ext4");
     if image.is_file() {

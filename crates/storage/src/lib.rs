@@ -13,6 +13,7 @@ use voltrun_domain::execution::{
     AttemptRecord, ExecutionOutcome, ExecutionRecord, ExecutionStatus, LogLine,
 };
 use voltrun_domain::function::FunctionRecord;
+use voltrun_domain::layer::LayerRecord;
 use voltrun_domain::user::User;
 
 pub use migrations::migrate;
@@ -25,6 +26,12 @@ pub enum StoreError {
     /// A per-user quota refused the write; nothing was written.
     #[error(transparent)]
     QuotaExceeded(QuotaExceeded),
+    /// The row is still used by the named function, so it was not deleted.
+    #[error("still used by function {0}")]
+    InUse(String),
+    /// A row the write refers to was deleted meanwhile; nothing was written.
+    #[error("the {0} no longer exists")]
+    Gone(&'static str),
     /// The database could not write for want of disk space (SQLite's `SQLITE_FULL`, PostgreSQL's
     /// `disk_full`). The statement or transaction was rolled back: what was committed before stays.
     #[error("the database's storage is full: {0}")]
@@ -93,9 +100,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum Quota {
     /// Functions a user has.
     Functions,
-    /// Bytes of code over a user's functions, each function's code counted whole (two functions
+    /// Bytes of code over a user's functions and layer versions, each counted whole (two functions
     /// with identical code count it twice, though it is stored once).
     CodeBytes,
+    /// Layer versions a user keeps ([`voltrun_domain::layer::MAX_LAYER_VERSIONS_PER_USER`]).
+    LayerVersions,
     /// A user's asynchronous executions waiting in the queue (status `queued`, retries included).
     QueuedExecutions,
 }
@@ -275,6 +284,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes the function and, when no other function uses it, its code.
     async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
 
+    /// Publishes a layer version and stores its code: the version number is the next of that name
+    /// for the user (1 for a new name; numbers are never reused), whatever `layer.version` says.
+    /// The user's layer versions and code bytes (functions' and layers' together) are checked
+    /// against their quotas first ([`StoreError::QuotaExceeded`], nothing written). Returns the
+    /// record as stored.
+    async fn publish_layer(
+        &self,
+        layer: &LayerRecord,
+        code: &[u8],
+        quotas: &UserQuotas,
+    ) -> StoreResult<LayerRecord>;
+    async fn get_layer(
+        &self,
+        user_id: Uuid,
+        name: &str,
+        version: i64,
+    ) -> StoreResult<Option<LayerRecord>>;
+    /// The user's layer versions, newest first.
+    async fn list_layers(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<LayerRecord>>;
+    /// Deletes a layer version and, when nothing else uses it, its code; [`StoreError::InUse`]
+    /// (nothing deleted) while a function uses it. False when there is no such version.
+    async fn delete_layer(&self, user_id: Uuid, name: &str, version: i64) -> StoreResult<bool>;
+
     /// Inserts a new execution as given: queued, or already running (a synchronous call starts at
     /// once, so it is recorded running in one write: `started_at`, `node` and `attempts` are stored).
     async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
@@ -348,8 +380,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// none left, up to `limit` of the executions themselves (their attempts go with them, at most a
     /// few each). Each step is one statement; all zero means nothing is left to prune.
     async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned>;
-    /// Whether any function (of any user) runs the code `sha256`: the engine's code cache keeps
-    /// what is referenced.
+    /// Whether any function or layer version (of any user) holds the code `sha256`: the engine's
+    /// code cache keeps what is referenced.
     async fn code_referenced(&self, sha256: &str) -> StoreResult<bool>;
 }
 

@@ -23,6 +23,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (4, "sessions", include_str!("../migrations/postgres/0004_sessions.sql")),
     (5, "retention and quotas", include_str!("../migrations/postgres/0005_retention_quotas.sql")),
     (6, "logging", include_str!("../migrations/postgres/0006_logging.sql")),
+    (7, "layers", include_str!("../migrations/postgres/0007_layers.sql")),
 ];
 #[rustfmt::skip]
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -32,6 +33,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (4, "sessions", include_str!("../migrations/sqlite/0004_sessions.sql")),
     (5, "retention and quotas", include_str!("../migrations/sqlite/0005_retention_quotas.sql")),
     (6, "logging", include_str!("../migrations/sqlite/0006_logging.sql")),
+    (7, "layers", include_str!("../migrations/sqlite/0007_layers.sql")),
 ];
 
 pub(crate) fn migrator(flavour: Flavour) -> Migrator {

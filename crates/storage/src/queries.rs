@@ -10,6 +10,7 @@ use voltrun_domain::execution::{
     InvocationType, LogLine, LogStream,
 };
 use voltrun_domain::function::{CodeKind, FunctionRecord, LogFormat, LogLevel};
+use voltrun_domain::layer::{FunctionLayer, LayerRecord, MAX_LAYER_VERSIONS_PER_USER};
 use voltrun_domain::user::User;
 
 use crate::migrations::{Flavour, migrator};
@@ -96,6 +97,20 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.is_unique_violation())
 }
 
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_foreign_key_violation())
+}
+
+/// What a user's stored code takes, functions' and layer versions' together (the code-bytes
+/// quota's measure); `$1` is the user. A macro, so that `concat!` builds whole statements.
+macro_rules! user_code_bytes {
+    () => {
+        "CAST((SELECT COALESCE(SUM(code_size_bytes), 0) FROM functions WHERE user_id = $1) \
+         + (SELECT COALESCE(SUM(code_size_bytes), 0) FROM layers WHERE user_id = $1) AS BIGINT)"
+    };
+}
+
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
@@ -129,7 +144,12 @@ macro_rules! function_cols {
     () => {
         "id, user_id, name, description, runtime, handler, code_sha256, code_size_bytes, code_kind, \
          code_filename, memory_mb, timeout_s, env_ciphertext, max_retries, max_concurrency, min_instances, version, \
-         created_at, updated_at, log_format, log_level"
+         created_at, updated_at, log_format, log_level, layers"
+    };
+}
+macro_rules! layer_cols {
+    () => {
+        "id, user_id, name, version, description, code_sha256, code_size_bytes, unzipped_bytes, created_at"
     };
 }
 macro_rules! execution_cols {
@@ -203,9 +223,27 @@ macro_rules! store_impl {
                         raw.map(|raw| LogLevel::parse(&raw).map_err(|_| corrupt("log level", &raw)))
                             .transpose()?
                     },
+                    layers: {
+                        let raw: String = row.try_get("layers")?;
+                        serde_json::from_str(&raw).map_err(|_| corrupt("layers", &raw))?
+                    },
                     version: row.try_get("version")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn layer_from_row(row: &$row) -> StoreResult<LayerRecord> {
+                Ok(LayerRecord {
+                    id: $ids::get(row, "id")?,
+                    user_id: $ids::get(row, "user_id")?,
+                    name: row.try_get("name")?,
+                    version: row.try_get("version")?,
+                    description: row.try_get("description")?,
+                    code_sha256: row.try_get("code_sha256")?,
+                    code_size_bytes: row.try_get("code_size_bytes")?,
+                    unzipped_bytes: row.try_get("unzipped_bytes")?,
+                    created_at: row.try_get("created_at")?,
                 })
             }
 
@@ -494,10 +532,11 @@ macro_rules! store_impl {
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 if quotas.max_functions.is_some() || quotas.max_code_bytes.is_some() {
                     Self::lock_user(&mut tx, f.user_id).await?;
-                    let row = sqlx::query(
-                        "SELECT COUNT(*) AS functions, CAST(COALESCE(SUM(code_size_bytes), 0) AS BIGINT) AS code_bytes \
-                         FROM functions WHERE user_id = $1",
-                    )
+                    let row = sqlx::query(concat!(
+                        "SELECT (SELECT COUNT(*) FROM functions WHERE user_id = $1) AS functions, ",
+                        user_code_bytes!(),
+                        " AS code_bytes"
+                    ))
                     .bind($ids::id(f.user_id))
                     .fetch_one(&mut *tx)
                     .await?;
@@ -512,8 +551,8 @@ macro_rules! store_impl {
                 sqlx::query(
                     "INSERT INTO functions (id, user_id, name, description, runtime, handler, code_sha256, \
                      code_size_bytes, code_kind, code_filename, memory_mb, timeout_s, env_ciphertext, version, \
-                     created_at, updated_at, max_retries, max_concurrency, min_instances, log_format, log_level) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+                     created_at, updated_at, max_retries, max_concurrency, min_instances, log_format, log_level, layers) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
                 )
                 .bind($ids::id(f.id))
                 .bind($ids::id(f.user_id))
@@ -536,9 +575,11 @@ macro_rules! store_impl {
                 .bind(f.min_instances)
                 .bind(f.log_format.as_str())
                 .bind(f.log_level.map(LogLevel::as_str))
+                .bind(layers_json(&f.layers))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
+                Self::link_layers(&mut tx, f).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -575,11 +616,12 @@ macro_rules! store_impl {
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 if new_code.is_some() && quotas.max_code_bytes.is_some() {
                     Self::lock_user(&mut tx, f.user_id).await?;
-                    let row = sqlx::query(
-                        "SELECT CAST(COALESCE(SUM(CASE WHEN id = $2 THEN 0 ELSE code_size_bytes END), 0) AS BIGINT) AS others, \
-                         CAST(COALESCE(SUM(CASE WHEN id = $2 THEN code_size_bytes ELSE 0 END), 0) AS BIGINT) AS own \
-                         FROM functions WHERE user_id = $1",
-                    )
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        user_code_bytes!(),
+                        " - CAST(COALESCE((SELECT code_size_bytes FROM functions WHERE id = $2 AND user_id = $1), 0) AS BIGINT) AS others, \
+                         CAST(COALESCE((SELECT code_size_bytes FROM functions WHERE id = $2 AND user_id = $1), 0) AS BIGINT) AS own"
+                    ))
                     .bind($ids::id(f.user_id))
                     .bind($ids::id(f.id))
                     .fetch_one(&mut *tx)
@@ -609,7 +651,7 @@ macro_rules! store_impl {
                     "UPDATE functions SET name = $1, description = $2, runtime = $3, handler = $4, \
                      code_sha256 = $5, code_size_bytes = $6, code_kind = $7, code_filename = $8, memory_mb = $9, \
                      timeout_s = $10, env_ciphertext = $11, version = $12, updated_at = $13, max_retries = $17, \
-                     max_concurrency = $18, min_instances = $19, log_format = $20, log_level = $21 \
+                     max_concurrency = $18, min_instances = $19, log_format = $20, log_level = $21, layers = $22 \
                      WHERE id = $14 AND user_id = $15 AND version = $16",
                 )
                 .bind(&f.name)
@@ -633,6 +675,7 @@ macro_rules! store_impl {
                 .bind(f.min_instances)
                 .bind(f.log_format.as_str())
                 .bind(f.log_level.map(LogLevel::as_str))
+                .bind(layers_json(&f.layers))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -640,6 +683,7 @@ macro_rules! store_impl {
                     tx.rollback().await?;
                     return Ok(false);
                 }
+                Self::link_layers(&mut tx, f).await?;
                 if let Some(old) = old_sha.filter(|old| *old != f.code_sha256) {
                     Self::delete_unreferenced_code(&mut tx, &old).await?;
                 }
@@ -660,6 +704,112 @@ macro_rules! store_impl {
                     return Ok(false);
                 };
                 let sha: String = row.try_get("code_sha256")?;
+                Self::delete_unreferenced_code(&mut tx, &sha).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn publish_layer(&self, layer: &LayerRecord, code: &[u8], quotas: &UserQuotas) -> StoreResult<LayerRecord> {
+                let _turn = self.write_turn().await;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                Self::lock_user(&mut tx, layer.user_id).await?;
+                let row = sqlx::query(concat!(
+                    "SELECT (SELECT COUNT(*) FROM layers WHERE user_id = $1) AS versions, ",
+                    user_code_bytes!(),
+                    " AS code_bytes"
+                ))
+                .bind($ids::id(layer.user_id))
+                .fetch_one(&mut *tx)
+                .await?;
+                let refused = within(Quota::LayerVersions, Some(MAX_LAYER_VERSIONS_PER_USER as u64), row.try_get("versions")?, 1)
+                    .and_then(|()| within(Quota::CodeBytes, quotas.max_code_bytes, row.try_get("code_bytes")?, layer.code_size_bytes));
+                if let Err(e) = refused {
+                    tx.rollback().await?;
+                    return Err(e);
+                }
+                let version: i64 = sqlx::query_scalar(
+                    "INSERT INTO layer_names (user_id, name, last_version) VALUES ($1, $2, 1) \
+                     ON CONFLICT (user_id, name) DO UPDATE SET last_version = layer_names.last_version + 1 \
+                     RETURNING last_version",
+                )
+                .bind($ids::id(layer.user_id))
+                .bind(&layer.name)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::put_code(&mut tx, &layer.code_sha256, code, layer.created_at).await?;
+                sqlx::query(
+                    "INSERT INTO layers (id, user_id, name, version, description, code_sha256, code_size_bytes, \
+                     unzipped_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind($ids::id(layer.id))
+                .bind($ids::id(layer.user_id))
+                .bind(&layer.name)
+                .bind(version)
+                .bind(&layer.description)
+                .bind(&layer.code_sha256)
+                .bind(layer.code_size_bytes)
+                .bind(layer.unzipped_bytes)
+                .bind(layer.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(LayerRecord { version, ..layer.clone() })
+            }
+
+            async fn get_layer(&self, user_id: Uuid, name: &str, version: i64) -> StoreResult<Option<LayerRecord>> {
+                const SQL: &str = concat!("SELECT ", layer_cols!(), " FROM layers WHERE user_id = $1 AND name = $2 AND version = $3");
+                let row = sqlx::query(SQL)
+                    .bind($ids::id(user_id))
+                    .bind(name)
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::layer_from_row).transpose()
+            }
+
+            async fn list_layers(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<LayerRecord>> {
+                const SQL: &str = concat!("SELECT ", layer_cols!(), " FROM layers WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
+                let rows = sqlx::query(SQL)
+                    .bind($ids::id(user_id))
+                    .bind($ids::id(page.before.unwrap_or(ABOVE_ALL_IDS)))
+                    .bind(i64::from(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::layer_from_row).collect()
+            }
+
+            async fn delete_layer(&self, user_id: Uuid, name: &str, version: i64) -> StoreResult<bool> {
+                let _turn = self.write_turn().await;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let Some(layer) = sqlx::query("SELECT id, code_sha256 FROM layers WHERE user_id = $1 AND name = $2 AND version = $3")
+                    .bind($ids::id(user_id))
+                    .bind(name)
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    tx.rollback().await?;
+                    return Ok(false);
+                };
+                let id: Uuid = $ids::get(&layer, "id")?;
+                let user: Option<String> = sqlx::query_scalar(
+                    "SELECT f.name FROM function_layers fl JOIN functions f ON f.id = fl.function_id \
+                     WHERE fl.layer_id = $1 ORDER BY f.name LIMIT 1",
+                )
+                .bind($ids::id(id))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(function) = user {
+                    tx.rollback().await?;
+                    return Err(StoreError::InUse(function));
+                }
+                // A function that started using it since (PostgreSQL) makes the foreign key refuse.
+                sqlx::query("DELETE FROM layers WHERE id = $1")
+                    .bind($ids::id(id))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| if is_foreign_key_violation(&e) { StoreError::InUse("a function".into()) } else { e.into() })?;
+                let sha: String = layer.try_get("code_sha256")?;
                 Self::delete_unreferenced_code(&mut tx, &sha).await?;
                 tx.commit().await?;
                 Ok(true)
@@ -1061,7 +1211,10 @@ macro_rules! store_impl {
             }
 
             async fn code_referenced(&self, sha256: &str) -> StoreResult<bool> {
-                Ok(sqlx::query("SELECT 1 FROM functions WHERE code_sha256 = $1 LIMIT 1")
+                Ok(sqlx::query(
+                    "SELECT 1 FROM functions WHERE code_sha256 = $1 \
+                     UNION ALL SELECT 1 FROM layers WHERE code_sha256 = $1 LIMIT 1",
+                )
                     .bind(sha256)
                     .fetch_optional(&self.pool)
                     .await?
@@ -1146,6 +1299,25 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            /// Records which layer versions `f` uses (replacing what it used), so that none of them
+            /// can be deleted while it does; [`StoreError::Gone`] if one was deleted meanwhile.
+            async fn link_layers(tx: &mut sqlx::Transaction<'static, $db>, f: &FunctionRecord) -> StoreResult<()> {
+                sqlx::query("DELETE FROM function_layers WHERE function_id = $1")
+                    .bind($ids::id(f.id))
+                    .execute(&mut **tx)
+                    .await?;
+                for (position, layer) in f.layers.iter().enumerate() {
+                    sqlx::query("INSERT INTO function_layers (function_id, layer_id, position) VALUES ($1, $2, $3)")
+                        .bind($ids::id(f.id))
+                        .bind($ids::id(layer.id))
+                        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| if is_foreign_key_violation(&e) { StoreError::Gone("layer version") } else { e.into() })?;
+                }
+                Ok(())
+            }
+
             async fn put_code(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 sha256: &str,
@@ -1171,7 +1343,8 @@ macro_rules! store_impl {
         ) -> StoreResult<()> {
             sqlx::query(
                 "DELETE FROM code_blobs WHERE sha256 = $1 \
-                 AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = $1)",
+                 AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM layers WHERE code_sha256 = $1)",
             )
             .bind(sha)
             .execute(&mut **tx)
@@ -1258,4 +1431,9 @@ impl SqliteStore {
         // One writer at a time: take turns in the process rather than in the busy handler.
         Self::connect_with(opts, max_connections, false, true).await
     }
+}
+
+/// A function's layers as its row keeps them.
+fn layers_json(layers: &[FunctionLayer]) -> String {
+    serde_json::to_string(layers).unwrap_or_else(|_| "[]".into())
 }

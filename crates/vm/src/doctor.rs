@@ -162,6 +162,7 @@ async fn guest_code(firecracker: &Path, deadline: Duration) -> Result<String, St
                 rootfs,
                 scratch_mib: 0,
                 code: None,
+                layers: None,
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -221,6 +222,7 @@ async fn boot(
                 rootfs: images_dir.join(&root.image.file),
                 scratch_mib: 16,
                 code: None,
+                layers: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -238,7 +238,7 @@ impl Emulator {
 /// (without them the guest kernel can hang calibrating its clock) and no ACPI (then QEMU declares the
 /// virtio-mmio devices on the kernel command line, as Firecracker does); guest memory in a shared
 /// memfd, which the vhost-user vsock backend maps; the drives in Firecracker's order (root `vda`,
-/// scratch `vdb`, code `vdc`), and no network device.
+/// scratch `vdb`, code `vdc`, layers `vdd`), and no network device.
 fn qemu_args(spec: &VmSpec, id: &str) -> Vec<String> {
     let mem = spec.mem_mib;
     let mut args: Vec<String> = [
@@ -280,6 +280,9 @@ fn qemu_args(spec: &VmSpec, id: &str) -> Vec<String> {
     }
     if let Some(code) = &spec.code {
         drives.push(("code", code.clone(), true));
+    }
+    if let Some(layers) = &spec.layers {
+        drives.push(("layers", layers.clone(), true));
     }
     for (name, file, read_only) in drives {
         args.extend([
@@ -508,6 +511,7 @@ mod tests {
             rootfs: "/images/rootfs.ext4".into(),
             scratch_mib: 16,
             code: Some("/code/abc.ext4".into()),
+            layers: None,
         };
         let args = qemu_args(&spec, "emu-1");
         let drives: Vec<&String> = args

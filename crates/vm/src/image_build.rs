@@ -283,6 +283,7 @@ fn stage_skeleton(staging: &Path, agent: &[u8], runtime: &str) -> Result<(), Bui
         "run",
         "var/task",
         "var/runtime",
+        "opt",
         "etc",
     ] {
         let path = staging.join(dir);

@@ -108,6 +108,9 @@ pub struct VmSpec {
     /// mounts at `/var/task`). Drives are lettered in the order they are attached, so a code drive
     /// needs the scratch disk before it.
     pub code: Option<PathBuf>,
+    /// The function's layers, merged, as an ext4 image attached read-only (`/dev/vdd`, which the
+    /// guest agent mounts at `/opt`); needs the code drive before it.
+    pub layers: Option<PathBuf>,
 }
 
 /// Memory that gives one full vCPU, as on Lambda.
@@ -136,10 +139,18 @@ impl VmSpec {
                     .into(),
             ));
         }
+        if self.layers.is_some() && self.code.is_none() {
+            return Err(invalid(
+                "a layers drive needs a code drive: the guest finds the layers as the fourth drive"
+                    .into(),
+            ));
+        }
         let code = self.code.iter().map(|c| ("code image", c));
+        let layers = self.layers.iter().map(|l| ("layers image", l));
         for (what, path) in [("kernel", &self.kernel), ("root image", &self.rootfs)]
             .into_iter()
             .chain(code)
+            .chain(layers)
         {
             if !path.is_absolute() {
                 return Err(invalid(format!(
@@ -464,10 +475,17 @@ impl VmManager {
         if vm.layout.jailed {
             // The snapshot's drives name the jail-relative paths the first VM used: the same images
             // must be there in this jail. (Unjailed, they are the host paths themselves.)
-            let (rootfs, code) = (vm.spec.rootfs.clone(), vm.spec.code.clone());
+            let (rootfs, code, layers) = (
+                vm.spec.rootfs.clone(),
+                vm.spec.code.clone(),
+                vm.spec.layers.clone(),
+            );
             vm.place(&rootfs, ROOTFS_IN_JAIL, step)?;
             if let Some(code) = &code {
                 vm.place(code, CODE_IN_JAIL, step)?;
+            }
+            if let Some(layers) = &layers {
+                vm.place(layers, LAYERS_IN_JAIL, step)?;
             }
         }
         let state = vm.place(&snapshot.state, &format!("/{SNAPSHOT_STATE}"), step)?;
@@ -593,6 +611,7 @@ const KERNEL_IN_JAIL: &str = "/kernel";
 const INITRD_IN_JAIL: &str = "/initrd";
 const ROOTFS_IN_JAIL: &str = "/rootfs.ext4";
 const CODE_IN_JAIL: &str = "/code.ext4";
+const LAYERS_IN_JAIL: &str = "/layers.ext4";
 const SCRATCH: &str = "scratch.ext4";
 const VSOCK: &str = "vsock.sock";
 
@@ -746,16 +765,21 @@ impl Vm {
                 })
                 .await?;
         }
-        if let Some(code) = &spec.code {
-            let code = self.place(code, CODE_IN_JAIL, Step::ConfigureDrive)?;
-            self.api
-                .put_drive(&Drive {
-                    drive_id: "code".into(),
-                    path_on_host: code,
-                    is_root_device: false,
-                    is_read_only: true,
-                })
-                .await?;
+        for (drive_id, image, in_jail) in [
+            ("code", &spec.code, CODE_IN_JAIL),
+            ("layers", &spec.layers, LAYERS_IN_JAIL),
+        ] {
+            if let Some(image) = image {
+                let path_on_host = self.place(image, in_jail, Step::ConfigureDrive)?;
+                self.api
+                    .put_drive(&Drive {
+                        drive_id: drive_id.into(),
+                        path_on_host,
+                        is_root_device: false,
+                        is_read_only: true,
+                    })
+                    .await?;
+            }
         }
         self.api
             .put_vsock(&Vsock {
@@ -905,13 +929,18 @@ impl Vm {
                 is_read_only: false,
             });
         }
-        if let Some(code) = &self.spec.code {
-            drives.push(Drive {
-                drive_id: "code".into(),
-                path_on_host: inner(code, CODE_IN_JAIL),
-                is_root_device: false,
-                is_read_only: true,
-            });
+        for (drive_id, image, in_jail) in [
+            ("code", &self.spec.code, CODE_IN_JAIL),
+            ("layers", &self.spec.layers, LAYERS_IN_JAIL),
+        ] {
+            if let Some(image) = image {
+                drives.push(Drive {
+                    drive_id: drive_id.into(),
+                    path_on_host: inner(image, in_jail),
+                    is_root_device: false,
+                    is_read_only: true,
+                });
+            }
         }
         VmConfig {
             machine_config: MachineConfig {

@@ -105,6 +105,7 @@ fn spec(dir: &TempDir, kernel: &[u8]) -> VmSpec {
         rootfs: dir.file("rootfs.ext4", &vec![0u8; 1 << 20]),
         scratch_mib: 16,
         code: None,
+        layers: None,
     }
 }
 

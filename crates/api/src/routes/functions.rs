@@ -79,6 +79,11 @@ pub struct CreateFunctionRequest {
     /// Lambda's application log level.
     #[schema(pattern = "^(trace|debug|info|warn|error|fatal)$")]
     pub log_level: Option<String>,
+    /// Layer versions merged at `/opt`, as `name:version` (at most 5, each layer once; a later one's
+    /// files win): `python/` is on Python's module path, `nodejs/node_modules` on Node.js's
+    /// `NODE_PATH`, `bin/` on `PATH`, as on Lambda.
+    #[schema(max_items = 5)]
+    pub layers: Option<Vec<String>>,
 }
 
 /// A partial update: only the fields present change.
@@ -115,6 +120,9 @@ pub struct UpdateFunctionRequest {
     /// Needs the function's (resulting) `log_format` to be `json`.
     #[schema(pattern = "^(trace|debug|info|warn|error|fatal)$")]
     pub log_level: Option<String>,
+    /// Replaces the function's layers (`[]` removes them all).
+    #[schema(max_items = 5)]
+    pub layers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -138,6 +146,8 @@ pub struct FunctionResponse {
     pub log_format: LogFormat,
     /// Set exactly when `log_format` is `json`.
     pub log_level: Option<LogLevel>,
+    /// The layer versions merged at `/opt`, as `name:version`, in order.
+    pub layers: Vec<String>,
     /// Increments on every code or configuration change.
     pub version: i64,
     pub code_sha256: String,
@@ -163,6 +173,7 @@ impl FunctionResponse {
             min_instances: f.min_instances,
             log_format: f.log_format,
             log_level: f.log_level,
+            layers: f.layers.iter().map(|l| l.reference()).collect(),
             version: f.version,
             code_sha256: f.code_sha256,
             code_size_bytes: f.code_size_bytes,
@@ -324,6 +335,14 @@ pub async fn create(
     let bundle =
         crate::code::checking(move || CodeBundle::parse(code_input, family, &checked_handler))
             .await??;
+    let layers = match &req.layers {
+        Some(raw) => crate::routes::layers::resolve(&state, user_id, raw, bundle.unzipped_bytes)
+            .await?
+            .iter()
+            .map(|l| l.attached())
+            .collect(),
+        None => Vec::new(),
+    };
 
     let now = voltrun_storage::now();
     let record = FunctionRecord {
@@ -345,6 +364,7 @@ pub async fn create(
         min_instances,
         log_format,
         log_level,
+        layers,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -504,6 +524,9 @@ pub async fn update(
     if let Some(env) = &req.env {
         validate_env(env)?;
     }
+    if let Some(raw) = &req.layers {
+        voltrun_domain::layer::parse_layer_refs(raw)?;
+    }
 
     let current = stored_function(&state, user_id, id).await?;
     let (log_format, log_level) = resolve_logging(
@@ -523,13 +546,16 @@ pub async fn update(
     let handler = Handler::parse(&handler_text)?;
 
     // New code is checked against the (possibly new) handler; without new code, a changed runtime or
-    // handler is checked against the stored code.
-    let new_bundle = match req.code {
+    // handler is checked against the stored code, as are new layers against its unzipped size.
+    let (new_bundle, code_unzipped_bytes) = match req.code {
         Some(input) => {
             let h = handler.clone();
-            Some(crate::code::checking(move || CodeBundle::parse(input, family, &h)).await??)
+            let bundle =
+                crate::code::checking(move || CodeBundle::parse(input, family, &h)).await??;
+            let unzipped = bundle.unzipped_bytes;
+            (Some(bundle), Some(unzipped))
         }
-        None if req.runtime.is_some() || req.handler.is_some() => {
+        None if req.runtime.is_some() || req.handler.is_some() || req.layers.is_some() => {
             let bytes = state
                 .store
                 .get_code(&current.code_sha256)
@@ -540,13 +566,31 @@ pub async fn update(
                 current.code_filename.clone(),
                 handler.clone(),
             );
-            crate::code::checking(move || {
-                CodeBundle::from_stored(kind, bytes, filename)?.check_handler(family, &h)
+            let unzipped = crate::code::checking(move || {
+                let stored = CodeBundle::from_stored(kind, bytes, filename)?;
+                stored.check_handler(family, &h)?;
+                Ok::<_, ApiError>(stored.unzipped_bytes)
             })
             .await??;
+            (None, Some(unzipped))
+        }
+        None => (None, None),
+    };
+    // New layers, or new code under the current ones, must fit the unzipped limit together.
+    let layers = match (&req.layers, code_unzipped_bytes) {
+        (Some(raw), Some(unzipped)) => Some(
+            crate::routes::layers::resolve(&state, user_id, raw, unzipped)
+                .await?
+                .iter()
+                .map(|l| l.attached())
+                .collect::<Vec<_>>(),
+        ),
+        (None, Some(unzipped)) if !current.layers.is_empty() => {
+            let refs: Vec<String> = current.layers.iter().map(|l| l.reference()).collect();
+            crate::routes::layers::resolve(&state, user_id, &refs, unzipped).await?;
             None
         }
-        None => None,
+        _ => None,
     };
 
     let mut next = current.clone();
@@ -574,6 +618,9 @@ pub async fn update(
         next.min_instances = min_instances;
     }
     (next.log_format, next.log_level) = (log_format, log_level);
+    if let Some(layers) = layers {
+        next.layers = layers;
+    }
     let env = match &req.env {
         Some(env) => {
             next.env_ciphertext = seal_env(&state, env)?;
@@ -601,7 +648,8 @@ pub async fn update(
         || next.log_format != current.log_format
         || next.log_level != current.log_level
         || next.code_sha256 != current.code_sha256
-        || next.code_filename != current.code_filename;
+        || next.code_filename != current.code_filename
+        || next.layers != current.layers;
     if !changed {
         return Ok(Json(FunctionResponse::new(current, Some(env))));
     }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod executions;
 pub mod functions;
 pub mod keys;
+pub mod layers;
 pub mod system;
 
 /// Runs CPU-heavy work (password hashing, archive checks) off the async workers.

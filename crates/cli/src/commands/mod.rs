@@ -7,6 +7,7 @@ pub mod functions;
 pub mod init;
 pub mod invoke;
 pub mod keys;
+pub mod layers;
 
 use crate::error::{CliResult, Exit};
 use crate::{Command, Context};
@@ -27,6 +28,7 @@ pub async fn dispatch(
         Command::Executions(command) => executions::run(context, command).await,
         Command::Logs(args) => executions::logs(context, args).await,
         Command::Keys(command) => keys::run(context, command).await,
+        Command::Layers(command) => layers::run(context, command).await,
         Command::Completions { shell } => {
             let mut app = app();
             let mut buffer = Vec::new();

@@ -77,6 +77,10 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/functions/{id}/code", access: Access::Full, body: Body::None, id: true, query: false, store: true, success: &[200], own: &[], limit: None },
     // 429: the engine at capacity.
     Route { method: "POST", path: "/api/functions/{id}/execute", access: Access::Execute, body: Body::Event, id: true, query: true, store: true, success: &[200, 202], own: &[429], limit: Some(6 * 1024 * 1024) },
+    Route { method: "GET", path: "/api/layers", access: Access::Full, body: Body::None, id: false, query: true, store: true, success: &[200], own: &[], limit: None },
+    Route { method: "POST", path: "/api/layers", access: Access::Full, body: Body::Json, id: false, query: false, store: true, success: &[201], own: &[], limit: None },
+    Route { method: "GET", path: "/api/layers/{name}/versions/{version}", access: Access::Full, body: Body::None, id: true, query: false, store: true, success: &[200], own: &[], limit: None },
+    Route { method: "DELETE", path: "/api/layers/{name}/versions/{version}", access: Access::Full, body: Body::None, id: true, query: false, store: true, success: &[204], own: &[409], limit: None },
     Route { method: "GET", path: "/api/executions", access: Access::Execute, body: Body::None, id: false, query: true, store: true, success: &[200], own: &[], limit: None },
     Route { method: "GET", path: "/api/executions/{id}", access: Access::Execute, body: Body::None, id: true, query: false, store: true, success: &[200], own: &[], limit: None },
     Route { method: "GET", path: "/api/executions/{id}/logs", access: Access::Execute, body: Body::None, id: true, query: true, store: true, success: &[200], own: &[], limit: None },
@@ -117,8 +121,18 @@ impl Route {
         statuses
     }
 
+    /// The route's URL with `id` in its `{id}` segment, or a layer version that is not there (a
+    /// name that cannot be one when `id` is not a UUID, as a path that names nothing).
     fn url(&self, id: &str) -> String {
-        self.path.replace("{id}", id)
+        let name = if uuid::Uuid::parse_str(id).is_ok() {
+            "none"
+        } else {
+            id
+        };
+        self.path
+            .replace("{id}", id)
+            .replace("{name}", name)
+            .replace("{version}", "1")
     }
 }
 

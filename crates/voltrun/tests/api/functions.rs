@@ -9,7 +9,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-async fn code_blob_count(app: &TestApp) -> i64 {
+pub(crate) async fn code_blob_count(app: &TestApp) -> i64 {
     use sqlx::Connection;
     match app.backend {
         crate::helpers::Backend::Sqlite => {

@@ -11,6 +11,7 @@ mod edge;
 mod executions;
 mod functions;
 mod keys;
+mod layers;
 mod limits;
 mod queue;
 mod quotas;

@@ -25,6 +25,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/functions/{id}"),
     ("get", "/api/functions/{id}/code"),
     ("post", "/api/functions/{id}/execute"),
+    ("get", "/api/layers"),
+    ("post", "/api/layers"),
+    ("get", "/api/layers/{name}/versions/{version}"),
+    ("delete", "/api/layers/{name}/versions/{version}"),
     ("get", "/api/executions"),
     ("get", "/api/executions/{id}"),
     ("get", "/api/executions/{id}/logs"),
@@ -133,7 +137,7 @@ both_databases! {
         // Each documented route is really there: never the router's 404/405.
         let id = uuid::Uuid::now_v7().to_string();
         for (method, path) in ROUTES {
-            let url = path.replace("{id}", &id);
+            let url = path.replace("{id}", &id).replace("{name}", "none").replace("{version}", "1");
             let reply = app.send(method.to_uppercase().parse().unwrap(), &url, None, None).await;
             assert_ne!(reply.status.as_u16(), 405, "{method} {path}");
             assert_ne!(reply.body["error"]["message"], "no such route", "{method} {path}");

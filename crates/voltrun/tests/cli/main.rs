@@ -12,4 +12,5 @@ mod auth;
 mod executions;
 mod functions;
 mod keys;
+mod layers;
 mod usage;

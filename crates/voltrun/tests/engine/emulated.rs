@@ -313,6 +313,9 @@ async fn emulated_guests_run_python_and_node_functions_cold_then_warm() {
     let (kind, message) = error_of(&failed);
     assert_eq!(kind, "Runtime.Unhandled", "{failed}");
     assert!(message.contains("TypeError: not a number"), "{failed}");
+
+    // Layers reach the guest as a drive of their own, mounted at /opt.
+    crate::layers::layers_reach_python_and_node(&app, t, false).await;
 }
 
 /// A timeout, a runtime's exit and the guest's own OOM killer each end the guest with Lambda's error;

@@ -525,6 +525,7 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
         memory_mb,
         tmp_mb: 16,
         code_dir: code_dir.clone(),
+        opt_dir: None,
         command: vec!["/var/task/bootstrap".into()],
         env: vec![
             (

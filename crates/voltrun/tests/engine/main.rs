@@ -15,6 +15,7 @@ mod errors;
 mod firecracker;
 mod hardening;
 mod isolation;
+mod layers;
 mod parity;
 mod ric;
 mod runs;
