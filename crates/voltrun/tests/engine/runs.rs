@@ -106,27 +106,42 @@ async fn node_async_callback_and_esm_handlers() {
     let cases = [
         (
             "node-async",
+            "index.handler",
             "index.js",
             "exports.handler = async (event, context) => { console.log('hello from node'); return { sum: event.a + event.b, fn: context.functionName }; };",
         ),
         (
             "node-callback",
+            "index.handler",
             "index.js",
             "exports.handler = (event, context, callback) => { callback(null, { sum: event.a + event.b, fn: context.functionName }); };",
         ),
         (
             "node-esm",
+            "index.handler",
             "index.mjs",
             "export const handler = async (event, context) => ({ sum: event.a + event.b, fn: context.functionName });",
         ),
+        (
+            "node-cjs",
+            "index.handler",
+            "index.cjs",
+            "module.exports.handler = async (event, context) => ({ sum: event.a + event.b, fn: context.functionName });",
+        ),
+        (
+            "node-nested",
+            "src/api/app.handler",
+            "src/api/app.js",
+            "exports.handler = async (event, context) => ({ sum: event.a + event.b, fn: context.functionName });",
+        ),
     ];
-    for (name, file, source) in cases {
+    for (name, handler, file, source) in cases {
         let id = deploy(
             &app,
             &user.access_token,
             name,
             &node,
-            "index.handler",
+            handler,
             &[(file, source)],
             json!({}),
         )
