@@ -348,7 +348,10 @@ async function loadHandler() {
   const base = path.resolve(root, dir, name);
   let mod;
   try {
-    const file = ['', '.js', '.mjs', '.cjs'].map((ext) => base + ext).find((f) => fs.existsSync(f));
+    // The name as it is counts only as a file: a directory beside `app.js` named `app` is not the
+    // module (Lambda's runtime requires the bare path, which finds `app.js` first).
+    const isFile = (f) => { try { return fs.statSync(f).isFile(); } catch { return false; } };
+    const file = ['', '.js', '.mjs', '.cjs'].map((ext) => base + ext).find(isFile);
     mod = file ? await import(pathToFileURL(file).href)
       : require(require.resolve(name, { paths: [root, path.join(root, dir)] }));
   } catch (e) {

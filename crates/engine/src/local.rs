@@ -633,16 +633,14 @@ impl LocalEngine {
             ("TZ".into(), ":UTC".into()),
             ("LANG".into(), "C.UTF-8".into()),
             // Lambda's: layers' programs and libraries (`/opt/bin`, `/opt/lib`) come after the
-            // system's, the function's own libraries (`/var/task/lib`) before its layers'.
+            // system's, the function's own libraries (`/var/task/lib`) before its layers'. The
+            // system's library directories come first, so a function's `libz.so.1` cannot replace
+            // the one its interpreter links (Debian's are the multiarch ones).
             (
                 "PATH".into(),
                 "/usr/local/bin:/usr/bin:/bin:/opt/bin".into(),
             ),
-            (
-                "LD_LIBRARY_PATH".into(),
-                "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
-                    .into(),
-            ),
+            ("LD_LIBRARY_PATH".into(), library_path()),
             ("HOME".into(), "/tmp".into()),
         ]);
         // Lambda's module path for Node.js: layers' packages (`/opt/nodejs/node<major>/node_modules`,
@@ -719,6 +717,16 @@ impl LocalEngine {
             listen_port: RUNTIME_API_PORT,
         }
     }
+}
+
+/// `LD_LIBRARY_PATH` inside an instance: the system's directories, then the function's and its
+/// layers', in Lambda's order.
+fn library_path() -> String {
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    format!(
+        "/lib/{multiarch}:/usr/lib/{multiarch}:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:\
+         /var/task:/var/task/lib:/opt/lib"
+    )
 }
 
 /// The code an instance mounts: the function's at `/var/task`, its layers merged at `/opt`.

@@ -190,6 +190,27 @@ async fn layers_are_merged_at_opt_on_lambdas_module_paths() {
     let run = invoke(&app, t, &id, json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"]["path"], "/opt/python", "{run}");
+
+    // The function's own libraries come after the system's on LD_LIBRARY_PATH: a `libz.so.1` in
+    // its `lib/` does not replace the one the interpreter links.
+    let id = deploy(
+        &app,
+        t,
+        "own-libz",
+        &python,
+        "main.handler",
+        &[
+            (
+                "main.py",
+                "import zlib\ndef handler(e, c):\n    return len(zlib.compress(b'x' * 100))\n",
+            ),
+            ("lib/libz.so.1", "not a library"),
+        ],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, t, &id, json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
     let opt: &Value = &run["output"]["opt"];
     assert!(
         opt.is_null() || opt == &json!([]),

@@ -150,6 +150,25 @@ async fn node_async_callback_and_esm_handlers() {
         assert_eq!(run["status"], "succeeded", "{name}: {run}");
         assert_eq!(run["output"], json!({"sum": 5, "fn": name}), "{name}");
     }
+    // A directory named like the module beside it is not the module (`app/` beside `app.js`).
+    let id = deploy(
+        &app,
+        &user.access_token,
+        "node-dir-beside",
+        &node,
+        "app.handler",
+        &[
+            (
+                "app.js",
+                "const util = require('./app/util.js');\nexports.handler = async () => util.x;\n",
+            ),
+            ("app/util.js", "exports.x = 'from app/util.js';\n"),
+        ],
+        json!({}),
+    )
+    .await;
+    let run = invoke(&app, &user.access_token, &id, json!({})).await;
+    assert_eq!(run["output"], "from app/util.js", "{run}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
