@@ -1037,14 +1037,16 @@ impl Engine for LocalEngine {
                         logs.extend(init_logs);
                         return Ok(self.finish(
                             function,
-                            &request_id,
-                            started_at,
-                            clock,
-                            logs,
-                            Err(failure),
-                            None,
-                            true,
-                            None,
+                            Ended {
+                                request_id: &request_id,
+                                started_at,
+                                clock,
+                                logs,
+                                result: Err(failure),
+                                init: None,
+                                cold: true,
+                                ran: None,
+                            },
                         ));
                     }
                 }
@@ -1096,14 +1098,16 @@ impl Engine for LocalEngine {
         }
         Ok(self.finish(
             function,
-            &request_id,
-            started_at,
-            clock,
-            logs,
-            result,
-            init,
-            cold,
-            Some((duration, peak, instance_id)),
+            Ended {
+                request_id: &request_id,
+                started_at,
+                clock,
+                logs,
+                result,
+                init,
+                cold,
+                ran: Some((duration, peak, instance_id)),
+            },
         ))
     }
 }
@@ -1115,41 +1119,67 @@ fn code_extractor(sandbox_uid_base: u32) -> Option<voltrun_bundle::Unprivileged>
     voltrun_bundle::running_as_root().then_some(voltrun_bundle::Unprivileged { uid: id, gid: id })
 }
 
+/// How an invocation ended, for its record: what [`LocalEngine::finish`] turns into the execution's
+/// outcome and its last log lines.
+#[derive(Debug)]
+struct Ended<'a> {
+    request_id: &'a str,
+    started_at: chrono::DateTime<Utc>,
+    /// Started when the invocation was taken, for an invocation that never ran.
+    clock: Instant,
+    logs: Vec<LogLine>,
+    result: Result<RuntimeReply, Failure>,
+    init: Option<Init>,
+    cold: bool,
+    /// How long it ran, its memory peak and its instance, when an instance ran it.
+    ran: Option<(Duration, Option<i64>, String)>,
+}
+
+/// Lambda's `REPORT` line: the duration, the billed duration (whole milliseconds, rounded up), the
+/// memory size and peak, and for a cold start its init duration (`Restore Duration` for a guest
+/// restored from a snapshot, as SnapStart reports it).
+fn report_line(
+    request_id: &str,
+    duration: Duration,
+    memory_mb: i32,
+    peak_mb: Option<i64>,
+    init: Option<Init>,
+) -> String {
+    let duration_ms = duration.as_secs_f64() * 1000.0;
+    let mut report = format!(
+        "REPORT RequestId: {request_id}\tDuration: {duration_ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {memory_mb} MB\tMax Memory Used: {} MB",
+        duration_ms.ceil() as u64,
+        peak_mb.unwrap_or(0)
+    );
+    if let Some(init) = init {
+        let label = if init.restored {
+            "Restore Duration"
+        } else {
+            "Init Duration"
+        };
+        report.push_str(&format!(
+            "\t{label}: {:.2} ms",
+            init.duration.as_secs_f64() * 1000.0
+        ));
+    }
+    report
+}
+
 impl LocalEngine {
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        function: &FunctionRecord,
-        request_id: &str,
-        started_at: chrono::DateTime<Utc>,
-        clock: Instant,
-        mut logs: Vec<LogLine>,
-        result: Result<RuntimeReply, Failure>,
-        init: Option<Init>,
-        cold: bool,
-        ran: Option<(Duration, Option<i64>, String)>,
-    ) -> InvocationResult {
+    fn finish(&self, function: &FunctionRecord, ended: Ended<'_>) -> InvocationResult {
+        let Ended {
+            request_id,
+            started_at,
+            clock,
+            mut logs,
+            result,
+            init,
+            cold,
+            ran,
+        } = ended;
         let (status, output, error) = classify(result, function);
         let (duration, peak, instance_id) = ran.unwrap_or((clock.elapsed(), None, String::new()));
-        let duration_ms = duration.as_secs_f64() * 1000.0;
-        let mut report = format!(
-            "REPORT RequestId: {request_id}\tDuration: {duration_ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
-            duration_ms.ceil() as u64,
-            function.memory_mb,
-            peak.unwrap_or(0)
-        );
-        if let Some(init) = init {
-            // Lambda's label for a cold start from a snapshot (SnapStart).
-            let label = if init.restored {
-                "Restore Duration"
-            } else {
-                "Init Duration"
-            };
-            report.push_str(&format!(
-                "\t{label}: {:.2} ms",
-                init.duration.as_secs_f64() * 1000.0
-            ));
-        }
+        let report = report_line(request_id, duration, function.memory_mb, peak, init);
         let init_duration = init.map(|i| i.duration);
         if let Some(error) = &error {
             logs.push(LogLine {
@@ -1199,7 +1229,32 @@ fn with_selection(detail: String, selection: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::function_error;
+    use super::{Init, function_error, report_line};
+    use std::time::Duration;
+
+    #[test]
+    fn the_report_line_is_lambdas() {
+        assert_eq!(
+            report_line("r-1", Duration::from_micros(12_345), 256, Some(31), None),
+            "REPORT RequestId: r-1\tDuration: 12.35 ms\tBilled Duration: 13 ms\tMemory Size: 256 MB\tMax Memory Used: 31 MB"
+        );
+        let cold = Init {
+            duration: Duration::from_millis(80),
+            restored: false,
+        };
+        assert!(
+            report_line("r-2", Duration::from_millis(2), 128, None, Some(cold))
+                .ends_with("\tBilled Duration: 2 ms\tMemory Size: 128 MB\tMax Memory Used: 0 MB\tInit Duration: 80.00 ms")
+        );
+        let restored = Init {
+            restored: true,
+            ..cold
+        };
+        assert!(
+            report_line("r-3", Duration::from_millis(2), 128, None, Some(restored))
+                .ends_with("\tRestore Duration: 80.00 ms")
+        );
+    }
 
     #[test]
     fn a_runtimes_error_keeps_lambdas_types_and_names_an_exceptions_class() {
