@@ -20,7 +20,9 @@ use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::ExecutionStatus;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_domain::user::User;
-use voltrun_engine::microvm::{Guest, GuestBody, GuestLauncher, GuestSpec, TASK_ROOT};
+use voltrun_engine::microvm::{
+    Guest, GuestBody, GuestError, GuestLauncher, GuestSpec, Step, TASK_ROOT,
+};
 use voltrun_engine::{Engine, Invocation, InvocationResult, LocalEngine, LocalEngineConfig};
 use voltrun_storage::Store;
 
@@ -117,6 +119,23 @@ fn confine(
 }
 
 impl HostAgents {
+    /// Brings up an agent for `spec`: a parked one of its configuration, or a new process.
+    async fn launch_agent(&self, spec: &GuestSpec) -> Result<Guest, String> {
+        if let Some(parked) = &self.parked {
+            // The configuration, without the instance's own name.
+            let mut start = self.start_spec(spec);
+            start.env.retain(|(k, _)| k != "AWS_LAMBDA_LOG_STREAM_NAME");
+            let key = format!("{start:?}");
+            let waiting = parked.lock().unwrap().remove(&key);
+            if let Some((body, socket)) = waiting {
+                return connect(&socket, body).await;
+            }
+            self.park(spec, key).await?;
+        }
+        let (body, socket) = self.spawn_agent(&spec.name, spec.memory_mb, true)?;
+        connect(&socket, body).await
+    }
+
     /// Starts `voltrun-agent --no-init [--once] --unix <socket>`, in a memory cgroup of the
     /// function's size where there is one.
     fn spawn_agent(
@@ -207,20 +226,10 @@ impl GuestLauncher for HostAgents {
             .collect()
     }
 
-    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
-        if let Some(parked) = &self.parked {
-            // The configuration, without the instance's own name.
-            let mut start = self.start_spec(spec);
-            start.env.retain(|(k, _)| k != "AWS_LAMBDA_LOG_STREAM_NAME");
-            let key = format!("{start:?}");
-            let waiting = parked.lock().unwrap().remove(&key);
-            if let Some((body, socket)) = waiting {
-                return connect(&socket, body).await;
-            }
-            self.park(spec, key).await?;
-        }
-        let (body, socket) = self.spawn_agent(&spec.name, spec.memory_mb, true)?;
-        connect(&socket, body).await
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, GuestError> {
+        self.launch_agent(spec)
+            .await
+            .map_err(|e| GuestError::at(Step::Spawn, e))
     }
 
     fn start_spec(&self, spec: &GuestSpec) -> StartSpec {

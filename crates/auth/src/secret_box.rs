@@ -12,6 +12,9 @@ pub enum SecretBoxError {
     Open,
     #[error("sealing failed")]
     Seal,
+    /// The value opened but is not the JSON it was sealed as.
+    #[error("the opened value is not what was sealed: {0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 #[derive(Clone)]
@@ -41,6 +44,19 @@ impl SecretBox {
             .map_err(|_| SecretBoxError::Seal)?;
         out.extend_from_slice(&ciphertext);
         Ok(out)
+    }
+
+    /// Seals `value` as JSON (a function's environment, as the API stores it).
+    pub fn seal_json<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, SecretBoxError> {
+        self.seal(&serde_json::to_vec(value)?)
+    }
+
+    /// Opens what [`Self::seal_json`] sealed.
+    pub fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        sealed: &[u8],
+    ) -> Result<T, SecretBoxError> {
+        Ok(serde_json::from_slice(&self.open(sealed)?)?)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SecretBoxError> {

@@ -17,8 +17,8 @@ use voltrun_vm::emulated::{EmulatedGuest, Emulator, EmulatorConfig};
 use voltrun_vm::images::Manifest;
 
 use crate::microvm::{
-    Guest, GuestBody, GuestLauncher, GuestSpec, agent_hello, guest_images, guest_vm_spec,
-    warn_of_leftovers,
+    Guest, GuestBody, GuestError, GuestLauncher, GuestSpec, agent_hello, guest_images,
+    guest_vm_spec, warn_of_leftovers,
 };
 
 /// Between two attempts to reach a booting guest's agent: vhost-device-vsock stops answering for good
@@ -52,22 +52,19 @@ pub struct EmulatedLauncher {
 
 impl EmulatedLauncher {
     /// Verifies the images (which must include a bzImage) and takes the run directory.
-    pub async fn new(mut config: EmulatedConfig) -> Result<Self, String> {
+    pub async fn new(mut config: EmulatedConfig) -> Result<Self, GuestError> {
         config.images_dir = std::path::absolute(&config.images_dir)
-            .map_err(|e| format!("{}: {e}", config.images_dir.display()))?;
-        let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
-        manifest
-            .verify(&config.images_dir)
-            .map_err(|e| e.to_string())?;
+            .map_err(GuestError::path(&config.images_dir))?;
+        let manifest = Manifest::load(&config.images_dir)?;
+        manifest.verify(&config.images_dir)?;
         let Some(kernel) = manifest.bzimage.as_ref().map(|k| k.file.clone()) else {
-            return Err(format!(
-                "the image set in {} has no bzImage for the emulator (build it with `voltrun vm images build --kernel … --bzimage …`; scripts/build-guest-kernel.sh makes both)",
-                config.images_dir.display()
-            ));
+            return Err(GuestError::NoKernel {
+                dir: config.images_dir,
+                what: "bzImage for the emulator (build it with `voltrun vm images build --kernel … \
+                       --bzimage …`; scripts/build-guest-kernel.sh makes both)",
+            });
         };
-        let emulator = Emulator::new(config.emulator)
-            .await
-            .map_err(|e| e.to_string())?;
+        let emulator = Emulator::new(config.emulator).await?;
         Ok(Self {
             emulator,
             manifest,
@@ -114,14 +111,10 @@ impl GuestLauncher for EmulatedLauncher {
         self.manifest.runtimes()
     }
 
-    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, GuestError> {
         let images = guest_images(spec).await?;
         let vm_spec = guest_vm_spec(&self.manifest, &self.images_dir, &self.kernel, spec, images)?;
-        let guest = self
-            .emulator
-            .boot(&vm_spec, GUEST_CID)
-            .await
-            .map_err(|e| e.to_string())?;
+        let guest = self.emulator.boot(&vm_spec, GUEST_CID).await?;
         // vhost-device-vsock 0.3.0 stops answering for good when a connection reaches it while the
         // guest's vsock driver comes up (reproduced under load even with 200 ms between attempts):
         // connect only once the agent says on the console that it listens.
@@ -150,10 +143,14 @@ impl GuestLauncher for EmulatedLauncher {
                 if console.is_empty() {
                     return Err(why);
                 }
-                return Err(format!(
-                    "{why}; the guest's console last said: {}",
-                    console.join(" | ")
-                ));
+                let said = format!("the guest's console last said: {}", console.join(" | "));
+                return Err(match why {
+                    GuestError::At { step, detail } => GuestError::At {
+                        step,
+                        detail: format!("{detail}; {said}"),
+                    },
+                    other => other,
+                });
             }
         };
         tracing::debug!(

@@ -170,8 +170,11 @@ where
     });
 }
 
-/// Opens a function's sealed environment variables (the key lives with the API).
-pub type EnvOpener = Arc<dyn Fn(&[u8]) -> Result<EnvVars, String> + Send + Sync>;
+/// Opens a function's sealed environment variables (the key lives with the API and the server).
+pub type EnvOpener = Arc<dyn Fn(&[u8]) -> Result<EnvVars, EnvOpenError> + Send + Sync>;
+
+/// Why a function's environment could not be opened (a damaged value, or another key).
+pub type EnvOpenError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Works through queued asynchronous executions.
 pub struct Dispatcher {
@@ -308,7 +311,12 @@ impl Dispatcher {
         };
         let env = match (self.open_env)(&function.env_ciphertext) {
             Ok(env) => env,
-            Err(e) => return Settlement::finished(platform_failure("Platform.Internal", e)),
+            Err(e) => {
+                return Settlement::finished(platform_failure(
+                    "Platform.Internal",
+                    format!("opening the function's environment: {e}"),
+                ));
+            }
         };
         let max_retries = function.max_retries;
         let invocation = Invocation {

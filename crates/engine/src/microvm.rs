@@ -20,14 +20,60 @@ use voltrun_agent::host::{AgentSession, InvokeOutcome, SessionError, StartOutcom
 use voltrun_agent::protocol::{StartSpec, Stream};
 use voltrun_agent::vsock::{self, AGENT_PORT};
 use voltrun_domain::execution::{LogLine, LogStream};
+/// The steps a guest's errors name (the VM manager's).
+pub use voltrun_vm::Step;
 use voltrun_vm::images::Manifest;
 use voltrun_vm::jailer::JailerConfig;
-use voltrun_vm::{ExitInfo, ManagerConfig, Snapshot, Step, Vm, VmManager, VmSpec};
+use voltrun_vm::{ExitInfo, ManagerConfig, Snapshot, Vm, VmManager, VmSpec};
 
 use crate::guest_snapshots::SnapshotStore;
 
 use crate::instance::{Failure, INIT_TIMEOUT, InvokeResult};
 use crate::runtime_api::{InitFailure, RuntimeReply};
+
+/// Why a guest could not be brought up, or a launcher made. A failed cold start's message, so each
+/// names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The VM manager's or the emulator's own error, which names its step.
+    #[error(transparent)]
+    Vm(#[from] voltrun_vm::VmError),
+    /// The image set is missing or fails its verification.
+    #[error(transparent)]
+    Images(#[from] voltrun_vm::images::ImageError),
+    /// The image set lacks what this backend boots.
+    #[error("the image set in {} has no {what}", dir.display())]
+    NoKernel { dir: PathBuf, what: &'static str },
+    /// A step of the engine's own around the VM (images, the agent's hello, a snapshot).
+    #[error("{step}: {detail}")]
+    At { step: Step, detail: String },
+    /// A directory the launcher needs.
+    #[error("{}: {source}", path.display())]
+    Path {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Booting after a failed restore of the configuration's snapshot failed too.
+    #[error("{boot} (booted after restoring its snapshot failed: {restore})")]
+    AfterRestore {
+        boot: Box<GuestError>,
+        restore: Box<GuestError>,
+    },
+}
+
+impl GuestError {
+    pub fn at(step: Step, detail: impl fmt::Display) -> Self {
+        Self::At {
+            step,
+            detail: detail.to_string(),
+        }
+    }
+
+    pub(crate) fn path(path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Path { path, source }
+    }
+}
 
 /// What the engine asks of a guest: the runtime command and environment as the guest sees them
 /// (code at `/var/task`, bootstraps at `/var/runtime`), and the host directory holding the code.
@@ -83,7 +129,7 @@ pub trait GuestLauncher: Send + Sync + fmt::Debug {
     /// The runtimes it has guest images for.
     fn runtimes(&self) -> Vec<String>;
     /// Brings a guest up and connects to its agent. The error names the step that failed.
-    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String>;
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, GuestError>;
     /// The code cache removed the code in `code_dir` (and its image, `<code_dir>.ext4`): whatever
     /// the launcher keeps that was made from it (a snapshot whose guest mounted the image) must not
     /// be used again, as an image made anew at that path would differ under it.
@@ -145,31 +191,27 @@ struct Machines {
 
 impl FirecrackerLauncher {
     /// Takes the run directory (sweeping what a crashed server left) and verifies the images.
-    pub async fn new(mut config: FirecrackerConfig) -> Result<Self, String> {
+    pub async fn new(mut config: FirecrackerConfig) -> Result<Self, GuestError> {
         // VM specs take absolute paths; `VM_IMAGES_DIR` is often relative (`./data/vm/images`).
         config.images_dir = std::path::absolute(&config.images_dir)
-            .map_err(|e| format!("{}: {e}", config.images_dir.display()))?;
+            .map_err(GuestError::path(&config.images_dir))?;
         let manifest = match config.verified_manifest.take() {
             Some(manifest) => manifest,
             None => {
-                let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string())?;
-                manifest
-                    .verify(&config.images_dir)
-                    .map_err(|e| e.to_string())?;
+                let manifest = Manifest::load(&config.images_dir)?;
+                manifest.verify(&config.images_dir)?;
                 manifest
             }
         };
         if manifest.kernel.is_none() {
-            return Err(format!(
-                "the image set in {} has no guest kernel",
-                config.images_dir.display()
-            ));
+            return Err(GuestError::NoKernel {
+                dir: config.images_dir,
+                what: "guest kernel",
+            });
         }
         let mut manager_config = ManagerConfig::new(&config.run_dir, &config.firecracker);
         manager_config.jailer = config.jailer;
-        let (manager, swept) = VmManager::new(manager_config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (manager, swept) = VmManager::new(manager_config).await?;
         if !swept.vms.is_empty() {
             tracing::info!(
                 vms = swept.vms.len(),
@@ -179,8 +221,7 @@ impl FirecrackerLauncher {
         }
         let snapshots = match &config.snapshot_dir {
             Some(dir) if config.max_snapshots > 0 => Some(
-                SnapshotStore::open(dir, config.max_snapshots)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?,
+                SnapshotStore::open(dir, config.max_snapshots).map_err(GuestError::path(dir))?,
             ),
             _ => None,
         };
@@ -196,14 +237,14 @@ impl FirecrackerLauncher {
     }
 
     /// The VM a guest for `spec` runs in, its code and layers drives made if need be.
-    pub async fn vm_spec(&self, spec: &GuestSpec) -> Result<VmSpec, String> {
+    pub async fn vm_spec(&self, spec: &GuestSpec) -> Result<VmSpec, GuestError> {
         let images = guest_images(spec).await?;
         self.shared.vm_spec(spec, images)
     }
 
     /// Where the snapshot for `spec`'s configuration is (or would be) kept; `None` without
     /// snapshots.
-    pub async fn snapshot_path(&self, spec: &GuestSpec) -> Result<Option<PathBuf>, String> {
+    pub async fn snapshot_path(&self, spec: &GuestSpec) -> Result<Option<PathBuf>, GuestError> {
         let Some(store) = &self.shared.snapshots else {
             return Ok(None);
         };
@@ -227,21 +268,20 @@ impl FirecrackerLauncher {
 }
 
 impl Machines {
-    fn vm_spec(&self, spec: &GuestSpec, images: GuestImages) -> Result<VmSpec, String> {
-        let kernel = self
-            .manifest
-            .kernel
-            .as_ref()
-            .ok_or_else(|| format!("{}: the image set has no guest kernel", Step::Prepare))?;
+    fn vm_spec(&self, spec: &GuestSpec, images: GuestImages) -> Result<VmSpec, GuestError> {
+        let kernel =
+            self.manifest.kernel.as_ref().ok_or_else(|| {
+                GuestError::at(Step::Prepare, "the image set has no guest kernel")
+            })?;
         guest_vm_spec(&self.manifest, &self.images_dir, &kernel.file, spec, images)
     }
 
     /// Boots a VM and waits for its agent's hello.
-    async fn boot(&self, spec: VmSpec) -> Result<(Vm, AgentSession), String> {
-        let mut vm = self.manager.spawn(spec).await.map_err(|e| e.to_string())?;
+    async fn boot(&self, spec: VmSpec) -> Result<(Vm, AgentSession), GuestError> {
+        let mut vm = self.manager.spawn(spec).await?;
         // From here on, dropping `vm` kills the VMM and removes its files.
-        vm.configure().await.map_err(|e| e.to_string())?;
-        vm.start().await.map_err(|e| e.to_string())?;
+        vm.configure().await?;
+        vm.start().await?;
         self.connect(vm, "said hello").await
     }
 
@@ -251,23 +291,19 @@ impl Machines {
         &self,
         spec: VmSpec,
         snapshot: &Snapshot,
-    ) -> Result<(Vm, AgentSession), String> {
-        let vm = self
-            .manager
-            .restore(spec, snapshot)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(Vm, AgentSession), GuestError> {
+        let vm = self.manager.restore(spec, snapshot).await?;
         let (vm, session) = self.connect(vm, "answered after the restore").await?;
         if !session.runtime_ready() {
-            return Err(format!(
-                "{}: the restored guest's agent has no runtime waiting",
-                Step::AgentConnect
+            return Err(GuestError::at(
+                Step::AgentConnect,
+                "the restored guest's agent has no runtime waiting",
             ));
         }
         Ok((vm, session))
     }
 
-    async fn connect(&self, vm: Vm, what: &str) -> Result<(Vm, AgentSession), String> {
+    async fn connect(&self, vm: Vm, what: &str) -> Result<(Vm, AgentSession), GuestError> {
         let session = agent_hello(
             &vm.vsock_path(),
             (self.boot_timeout, vsock::RETRY_PAUSE),
@@ -289,18 +325,27 @@ impl Machines {
             let (mut vm, mut session) = self.boot(spec).await?;
             match session.start(start, INIT_TIMEOUT).await {
                 Ok(StartOutcome::Ready { .. }) => {}
-                Ok(other) => return Err(format!("the runtime did not initialise: {other:?}")),
-                Err(e) => return Err(format!("starting the runtime: {e}")),
+                Ok(other) => {
+                    return Err(GuestError::at(
+                        Step::Snapshot,
+                        format!("the runtime did not initialise: {other:?}"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(GuestError::at(
+                        Step::Snapshot,
+                        format!("starting the runtime: {e}"),
+                    ));
+                }
             }
-            session
-                .detach(Duration::from_secs(5))
-                .await
-                .map_err(|e| format!("detaching from the agent: {e}"))?;
+            session.detach(Duration::from_secs(5)).await.map_err(|e| {
+                GuestError::at(Step::Snapshot, format!("detaching from the agent: {e}"))
+            })?;
             let dir = store
                 .staging(&key)
-                .map_err(|e| format!("{}: {e}", Step::Snapshot))?;
+                .map_err(|e| GuestError::at(Step::Snapshot, e))?;
             staging = Some(dir.clone());
-            let snapshot = vm.snapshot(&dir).await.map_err(|e| e.to_string());
+            let snapshot = vm.snapshot(&dir).await.map_err(GuestError::from);
             vm.stop().await;
             snapshot.map(|_| dir)
         }
@@ -308,7 +353,7 @@ impl Machines {
         let published = made.and_then(|dir| {
             store
                 .publish(&key, &dir, images)
-                .map_err(|e| format!("{}: publishing: {e}", Step::Snapshot))
+                .map_err(|e| GuestError::at(Step::Snapshot, format!("publishing: {e}")))
         });
         match published {
             Ok(()) => {
@@ -318,7 +363,7 @@ impl Machines {
             Err(why) => {
                 crate::metrics::snapshot_made("failed");
                 tracing::warn!(key, %why, "no snapshot for this configuration: cold starts boot");
-                store.failed(&key, staging.as_deref(), why);
+                store.failed(&key, staging.as_deref(), why.to_string());
             }
         }
     }
@@ -378,7 +423,7 @@ impl GuestLauncher for FirecrackerLauncher {
         }
     }
 
-    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, String> {
+    async fn launch(&self, spec: &GuestSpec) -> Result<Guest, GuestError> {
         let vm_spec = self.vm_spec(spec).await?;
         let machines = &self.shared;
         let mut restore_failed = None;
@@ -397,7 +442,7 @@ impl GuestLauncher for FirecrackerLauncher {
                     Err(why) => {
                         tracing::warn!(key, %why, "restoring a snapshot failed: booting instead");
                         crate::metrics::snapshot_restore("failed");
-                        store.discard(&key, why.clone());
+                        store.discard(&key, why.to_string());
                         restore_failed = Some(why);
                     }
                 }
@@ -416,8 +461,11 @@ impl GuestLauncher for FirecrackerLauncher {
         let (vm, session) = machines
             .boot(vm_spec)
             .await
-            .map_err(|e| match &restore_failed {
-                Some(why) => format!("{e} (booted after restoring its snapshot failed: {why})"),
+            .map_err(|e| match restore_failed {
+                Some(why) => GuestError::AfterRestore {
+                    boot: Box::new(e),
+                    restore: Box::new(why),
+                },
                 None => e,
             })?;
         Ok(Guest {
@@ -435,7 +483,7 @@ pub(crate) struct GuestImages {
 }
 
 /// [`GuestImages`] for `spec`, each made if need be.
-pub(crate) async fn guest_images(spec: &GuestSpec) -> Result<GuestImages, String> {
+pub(crate) async fn guest_images(spec: &GuestSpec) -> Result<GuestImages, GuestError> {
     let code = code_image(&spec.code_dir).await?;
     let layers = match &spec.opt_dir {
         Some(dir) => Some(code_image(dir).await?),
@@ -452,16 +500,18 @@ pub(crate) fn guest_vm_spec(
     kernel_file: &str,
     spec: &GuestSpec,
     GuestImages { code, layers }: GuestImages,
-) -> Result<VmSpec, String> {
+) -> Result<VmSpec, GuestError> {
     let root = manifest
         .rootfs
         .iter()
         .find(|r| r.runtime == spec.runtime)
         .ok_or_else(|| {
-            format!(
-                "{}: no guest image for runtime {} (rebuild them with `voltrun vm images build`)",
+            GuestError::at(
                 Step::Prepare,
-                spec.runtime
+                format!(
+                    "no guest image for runtime {} (rebuild them with `voltrun vm images build`)",
+                    spec.runtime
+                ),
             )
         })?;
     // The function's memory is the guest's: the kernel and the agent live in it too, as
@@ -488,16 +538,18 @@ pub(crate) async fn agent_hello(
     (timeout, pause): (Duration, Duration),
     exited: impl Future<Output = ExitInfo>,
     what: &str,
-) -> Result<AgentSession, String> {
+) -> Result<AgentSession, GuestError> {
     tokio::select! {
         session = AgentSession::connect_paced(vsock, AGENT_PORT, timeout, pause) => session.map_err(|e| {
-            format!("{}: the guest agent did not answer: {e}", Step::AgentConnect)
+            GuestError::at(Step::AgentConnect, format!("the guest agent did not answer: {e}"))
         }),
-        exit = exited => Err(format!(
-            "{}: the VMM exited ({}) before the guest agent {what}; last output: {}",
+        exit = exited => Err(GuestError::at(
             Step::AgentConnect,
-            exit.status,
-            exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+            format!(
+                "the VMM exited ({}) before the guest agent {what}; last output: {}",
+                exit.status,
+                exit.log_tail.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+            ),
         )),
     }
 }
@@ -530,7 +582,7 @@ fn snapshot_start(mut start: StartSpec) -> StartSpec {
 
 /// The function's code (or its merged layers) as a read-only ext4 image next to its directory
 /// (`<entry>.ext4`), made once and shared by every VM with that code.
-pub(crate) async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
+pub(crate) async fn code_image(code_dir: &Path) -> Result<PathBuf, GuestError> {
     let image = code_dir.with_extension("ext4");
     if image.is_file() {
         return Ok(image);
@@ -551,8 +603,8 @@ pub(crate) async fn code_image(code_dir: &Path) -> Result<PathBuf, String> {
         made
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("{}: making the code image: {e}", Step::Prepare))?;
+    .map_err(|e| GuestError::at(Step::Prepare, e))?
+    .map_err(|e| GuestError::at(Step::Prepare, format!("making the code image: {e}")))?;
     Ok(image)
 }
 
@@ -578,7 +630,7 @@ impl GuestInstance {
         let mut guest = launcher
             .launch(&spec)
             .await
-            .map_err(|e| (Failure::Sandbox(e), vec![]))?;
+            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
         // A guest restored from a snapshot has its runtime initialised and waiting.
         let restored = guest.session.runtime_ready();
         let init_timeout = launcher.init_timeout();

@@ -50,7 +50,7 @@ fn prewarm_in_background(store: Arc<dyn Store>, engine: Arc<dyn Engine>, open_en
                     .prewarm(function, env)
                     .await
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             if let Err(e) = started {
                 tracing::warn!(function_id = %id, error = e, "pre-warming failed");
@@ -327,10 +327,8 @@ impl Application {
         let dispatcher_wake = match &local_engine {
             Some(_) => {
                 let secret_box = voltrun_auth::SecretBox::new(settings.encryption_key.expose());
-                let open_env: EnvOpener = Arc::new(move |sealed: &[u8]| {
-                    let plain = secret_box.open(sealed).map_err(|e| e.to_string())?;
-                    serde_json::from_slice(&plain).map_err(|e| e.to_string())
-                });
+                let open_env: EnvOpener =
+                    Arc::new(move |sealed: &[u8]| Ok(secret_box.open_json(sealed)?));
                 let dispatcher = Dispatcher::new(
                     store.clone(),
                     engine.clone(),

@@ -241,13 +241,14 @@ fn keep_warm(state: &SharedState, function: &FunctionRecord, env: &EnvVars) {
 }
 
 pub(crate) fn seal_env(state: &SharedState, env: &EnvVars) -> ApiResult<Vec<u8>> {
-    let plain = serde_json::to_vec(env).map_err(ApiError::internal)?;
-    state.secret_box.seal(&plain).map_err(ApiError::internal)
+    state.secret_box.seal_json(env).map_err(ApiError::internal)
 }
 
 pub(crate) fn open_env(state: &SharedState, sealed: &[u8]) -> ApiResult<EnvVars> {
-    let plain = state.secret_box.open(sealed).map_err(ApiError::internal)?;
-    serde_json::from_slice(&plain).map_err(ApiError::internal)
+    state
+        .secret_box
+        .open_json(sealed)
+        .map_err(ApiError::internal)
 }
 
 /// Looks up one of the caller's functions; another user's function is simply not found. Served

@@ -565,6 +565,14 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
         .await
         .expect_err("a spinning guest answered");
     assert!(
+        matches!(
+            error,
+            voltrun_engine::microvm::GuestError::AfterRestore { .. }
+        ),
+        "{error}"
+    );
+    let error = error.to_string();
+    assert!(
         error.contains("vm.agent_connect")
             && error.contains("booted after restoring its snapshot failed"),
         "{error}"
@@ -584,7 +592,8 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
     let error = launcher
         .launch(&other)
         .await
-        .expect_err("a spinning guest answered");
+        .expect_err("a spinning guest answered")
+        .to_string();
     assert!(!error.contains("snapshot"), "{error}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let why = loop {
