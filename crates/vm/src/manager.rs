@@ -491,13 +491,7 @@ impl VmManager {
         let state = vm.place(&snapshot.state, &format!("/{SNAPSHOT_STATE}"), step)?;
         let memory = vm.place(&snapshot.memory, &format!("/{SNAPSHOT_MEMORY}"), step)?;
         let loaded = vm.api.load_snapshot(&state, &memory).await;
-        if let Err(VmError::Transport { .. }) = &loaded {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(error) = vm.exited_error(step) {
-                return Err(error);
-            }
-        }
-        loaded?;
+        vm.unless_exited(step, loaded).await?;
         vm.timings.restore = Some(started.elapsed());
         Ok(())
     }
@@ -611,6 +605,47 @@ const KERNEL_IN_JAIL: &str = "/kernel";
 const INITRD_IN_JAIL: &str = "/initrd";
 const ROOTFS_IN_JAIL: &str = "/rootfs.ext4";
 const CODE_IN_JAIL: &str = "/code.ext4";
+
+/// One of a VM's drives, in the order the guest letters them (`vda`, `vdb`, …): what configuring
+/// the VM attaches and what `GET /vm/config` should then report.
+#[derive(Debug)]
+struct PlannedDrive<'a> {
+    id: &'static str,
+    /// The host image and its path inside a jail; `None` for the VM's own scratch disk.
+    image: Option<(&'a Path, &'static str)>,
+    root: bool,
+    read_only: bool,
+}
+
+fn planned_drives<'a>(spec: &'a VmSpec) -> Vec<PlannedDrive<'a>> {
+    let image = |id, path: &'a Path, in_jail| PlannedDrive {
+        id,
+        image: Some((path, in_jail)),
+        root: false,
+        read_only: true,
+    };
+    let mut drives = vec![PlannedDrive {
+        root: true,
+        ..image("rootfs", &spec.rootfs, ROOTFS_IN_JAIL)
+    }];
+    if spec.scratch_mib > 0 {
+        drives.push(PlannedDrive {
+            id: "scratch",
+            image: None,
+            root: false,
+            read_only: false,
+        });
+    }
+    for (id, path, in_jail) in [
+        ("code", &spec.code, CODE_IN_JAIL),
+        ("layers", &spec.layers, LAYERS_IN_JAIL),
+    ] {
+        if let Some(path) = path {
+            drives.push(image(id, path, in_jail));
+        }
+    }
+    drives
+}
 const LAYERS_IN_JAIL: &str = "/layers.ext4";
 const SCRATCH: &str = "scratch.ext4";
 const VSOCK: &str = "vsock.sock";
@@ -684,6 +719,19 @@ impl Vm {
         })
     }
 
+    /// `result` of an API call at `step`, except that a transport error from a VMM that has died
+    /// meanwhile becomes [`VmError::Exited`]: why the VMM ended says more than the broken socket.
+    async fn unless_exited<T>(&self, step: Step, result: Result<T, VmError>) -> Result<T, VmError> {
+        if let Err(VmError::Transport { .. }) = &result {
+            // The exit is reaped a moment after the socket breaks.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(error) = self.exited_error(step) {
+                return Err(error);
+            }
+        }
+        result
+    }
+
     async fn wait_api_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -712,13 +760,11 @@ impl Vm {
         let result = self.configure_inner(&spec).await;
         // A refusal may come from the VMM having died meanwhile: say so rather than quote the
         // transport error.
-        if let Err(VmError::Transport { step, .. }) = &result {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(error) = self.exited_error(*step) {
-                return Err(error);
-            }
-        }
-        result?;
+        let step = match &result {
+            Err(VmError::Transport { step, .. }) => *step,
+            _ => Step::ConfigureMachine,
+        };
+        self.unless_exited(step, result).await?;
         self.timings.configure = Some(started.elapsed());
         Ok(())
     }
@@ -745,41 +791,19 @@ impl Vm {
                 initrd_path: initrd,
             })
             .await?;
-        let rootfs = self.place(&spec.rootfs, ROOTFS_IN_JAIL, Step::ConfigureDrive)?;
-        self.api
-            .put_drive(&Drive {
-                drive_id: "rootfs".into(),
-                path_on_host: rootfs,
-                is_root_device: true,
-                is_read_only: true,
-            })
-            .await?;
-        if spec.scratch_mib > 0 {
-            let scratch = self.make_scratch(spec.scratch_mib).await?;
+        for drive in planned_drives(spec) {
+            let path_on_host = match drive.image {
+                Some((host, in_jail)) => self.place(host, in_jail, Step::ConfigureDrive)?,
+                None => self.make_scratch(spec.scratch_mib).await?,
+            };
             self.api
                 .put_drive(&Drive {
-                    drive_id: "scratch".into(),
-                    path_on_host: scratch,
-                    is_root_device: false,
-                    is_read_only: false,
+                    drive_id: drive.id.into(),
+                    path_on_host,
+                    is_root_device: drive.root,
+                    is_read_only: drive.read_only,
                 })
                 .await?;
-        }
-        for (drive_id, image, in_jail) in [
-            ("code", &spec.code, CODE_IN_JAIL),
-            ("layers", &spec.layers, LAYERS_IN_JAIL),
-        ] {
-            if let Some(image) = image {
-                let path_on_host = self.place(image, in_jail, Step::ConfigureDrive)?;
-                self.api
-                    .put_drive(&Drive {
-                        drive_id: drive_id.into(),
-                        path_on_host,
-                        is_root_device: false,
-                        is_read_only: true,
-                    })
-                    .await?;
-            }
         }
         self.api
             .put_vsock(&Vsock {
@@ -836,13 +860,7 @@ impl Vm {
     pub async fn start(&mut self) -> Result<(), VmError> {
         let started = Instant::now();
         let result = self.api.instance_start().await;
-        if let Err(VmError::Transport { .. }) = &result {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(error) = self.exited_error(Step::Start) {
-                return Err(error);
-            }
-        }
-        result?;
+        self.unless_exited(Step::Start, result).await?;
         self.timings.start = Some(started.elapsed());
         Ok(())
     }
@@ -911,37 +929,19 @@ impl Vm {
                 host.display().to_string()
             }
         };
-        let mut drives = vec![Drive {
-            drive_id: "rootfs".into(),
-            path_on_host: inner(&self.spec.rootfs, ROOTFS_IN_JAIL),
-            is_root_device: true,
-            is_read_only: true,
-        }];
-        if self.spec.scratch_mib > 0 {
-            drives.push(Drive {
-                drive_id: "scratch".into(),
-                path_on_host: if self.layout.jailed {
-                    format!("/{SCRATCH}")
-                } else {
-                    SCRATCH.to_string()
+        let drives = planned_drives(&self.spec)
+            .into_iter()
+            .map(|drive| Drive {
+                drive_id: drive.id.into(),
+                path_on_host: match drive.image {
+                    Some((host, in_jail)) => inner(host, in_jail),
+                    None if self.layout.jailed => format!("/{SCRATCH}"),
+                    None => SCRATCH.to_string(),
                 },
-                is_root_device: false,
-                is_read_only: false,
-            });
-        }
-        for (drive_id, image, in_jail) in [
-            ("code", &self.spec.code, CODE_IN_JAIL),
-            ("layers", &self.spec.layers, LAYERS_IN_JAIL),
-        ] {
-            if let Some(image) = image {
-                drives.push(Drive {
-                    drive_id: drive_id.into(),
-                    path_on_host: inner(image, in_jail),
-                    is_root_device: false,
-                    is_read_only: true,
-                });
-            }
-        }
+                is_root_device: drive.root,
+                is_read_only: drive.read_only,
+            })
+            .collect();
         VmConfig {
             machine_config: MachineConfig {
                 vcpu_count: self.spec.vcpu_count,

@@ -133,14 +133,20 @@ async fn configure_then_read_back_the_same_configuration() {
     let dir = TempDir::new("config");
     let manager = manager(&dir).await;
 
-    let mut vm = manager
-        .spawn(spec(&dir, &guest_probe::spin_kernel()))
-        .await
-        .unwrap();
+    let mut spec = spec(&dir, &guest_probe::spin_kernel());
+    spec.code = Some(dir.file("code.ext4", &vec![0u8; 1 << 20]));
+    spec.layers = Some(dir.file("layers.ext4", &vec![0u8; 1 << 20]));
+    let mut vm = manager.spawn(spec).await.unwrap();
     vm.configure().await.unwrap();
     let held = vm.read_config().await.unwrap();
 
     assert_eq!(held, vm.expected_config());
+    let ids: Vec<&str> = held.drives.iter().map(|d| d.drive_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["rootfs", "scratch", "code", "layers"],
+        "the guest letters drives in this order"
+    );
     assert!(
         held.network_interfaces.is_empty(),
         "no network interface is configured"
@@ -156,7 +162,7 @@ async fn configure_then_read_back_the_same_configuration() {
     assert_eq!(info.vmm_version, "1.12.1");
     let t = vm.timings();
     say(&format!(
-        "MEASURED firecracker v{}: process start to API ready {:.2} ms; configuration (machine, boot source, 2 drives incl. a 16 MiB scratch mkfs.ext4, vsock) {:.2} ms",
+        "MEASURED firecracker v{}: process start to API ready {:.2} ms; configuration (machine, boot source, 4 drives incl. a 16 MiB scratch mkfs.ext4, vsock) {:.2} ms",
         info.vmm_version,
         t.api_ready.unwrap().as_secs_f64() * 1e3,
         t.configure.unwrap().as_secs_f64() * 1e3,
