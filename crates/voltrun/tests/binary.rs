@@ -1,7 +1,7 @@
 //! The `voltrun` binary itself: configuration errors, `voltrun migrate`, and graceful shutdown.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn voltrun() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_voltrun"));
@@ -87,20 +87,32 @@ fn sigterm_stops_the_server_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for "listening" in the log, then send SIGTERM.
-    let mut stderr = child.stderr.take().unwrap();
+    // Wait for "listening" in the log (the signal handlers are in place by then), then send
+    // SIGTERM. Polling the log rather than sleeping: a loaded machine may take seconds to start.
+    let stderr = child.stderr.take().unwrap();
+    let (listening_tx, listening) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        use std::io::Read;
+        use std::io::BufRead;
         let mut all = String::new();
-        let _ = stderr.read_to_string(&mut all);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening") {
+                let _ = listening_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
         all
     });
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    while !dir.join("voltrun.db").exists() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
+    if listening.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!(
+            "the server did not log listening within 60 s: {}",
+            reader.join().unwrap()
+        );
     }
-    std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -212,8 +212,12 @@ async fn timeouts_kill_the_whole_process_tree_on_time() {
         "Sandbox.Timedout",
         "timed out after 1 seconds",
     );
-    // 1 s timeout + a cold start + recording; far from the 300 s the function wanted.
-    assert!(took.as_secs_f64() < 4.0, "took {took:?}");
+    // The invocation itself (from the handover to the kill, as its record measures it) ended on
+    // time; the whole call (with the cold start and recording, which a loaded machine stretches)
+    // stayed far from the 300 s the function wanted.
+    let ran = run["duration_ms"].as_i64().unwrap_or(i64::MAX);
+    assert!((1000..2500).contains(&ran), "ran {ran} ms: {run}");
+    assert!(took.as_secs_f64() < 30.0, "took {took:?}");
     let ours = std::process::Command::new("pgrep")
         .args(["-f", "sleep 313"])
         .output()
