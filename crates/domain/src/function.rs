@@ -43,6 +43,19 @@ pub struct FunctionRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl FunctionRecord {
+    /// The memory size in MiB. Stored records hold a validated size (storage refuses to read one
+    /// outside [`MEMORY_MB_RANGE`] as corrupt), so this never falls back to anything.
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mb.unsigned_abs()
+    }
+
+    /// How long an invocation may run (validated as [`Self::memory_mib`] is).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.timeout_s.unsigned_abs()))
+    }
+}
+
 /// How the code was uploaded: one source file or a zip archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

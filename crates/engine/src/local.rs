@@ -452,10 +452,7 @@ impl LocalEngine {
         &self,
         function: &FunctionRecord,
     ) -> Result<crate::shares::MemoryShare, EngineError> {
-        let (user, mb) = (
-            function.user_id,
-            u64::try_from(function.memory_mb).unwrap_or(0),
-        );
+        let (user, mb) = (function.user_id, u64::from(function.memory_mib()));
         if mb > self.shares.cap_mb() {
             return Err(EngineError::MemoryTooLarge(format!(
                 "the function's {mb} MB exceed this server's memory share per user of {} MB (ENGINE_USER_MEMORY_MB)",
@@ -548,7 +545,7 @@ impl LocalEngine {
                 let spec = GuestSpec {
                     name,
                     runtime: runtime.id.clone(),
-                    memory_mb: u32::try_from(function.memory_mb).unwrap_or(128),
+                    memory_mb: function.memory_mib(),
                     tmp_mb: u32::try_from(self.config.tmp_size_mb).unwrap_or(512),
                     code_dir,
                     opt_dir,
@@ -700,7 +697,7 @@ impl LocalEngine {
             source: dir.clone(),
             dest: dir.clone(),
         }));
-        let memory_bytes = u64::try_from(function.memory_mb).unwrap_or(128) << 20;
+        let memory_bytes = u64::from(function.memory_mib()) << 20;
         SandboxSpec {
             name,
             command,
@@ -1061,7 +1058,7 @@ impl Engine for LocalEngine {
             serde_json::to_vec(&invocation.event)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
         );
-        let timeout = Duration::from_secs(u64::try_from(function.timeout_s).unwrap_or(30));
+        let timeout = function.timeout();
         let arn = format!(
             "arn:voltrun:function:{}:{}",
             function.name, function.version

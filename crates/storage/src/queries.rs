@@ -9,7 +9,9 @@ use voltrun_domain::execution::{
     AttemptRecord, ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus,
     InvocationType, LogLine, LogStream,
 };
-use voltrun_domain::function::{CodeKind, FunctionRecord, LogFormat, LogLevel};
+use voltrun_domain::function::{
+    CodeKind, FunctionRecord, LogFormat, LogLevel, parse_memory_mb, parse_timeout_s,
+};
 use voltrun_domain::layer::{FunctionLayer, LayerRecord, MAX_LAYER_VERSIONS_PER_USER};
 use voltrun_domain::user::User;
 
@@ -208,8 +210,16 @@ macro_rules! store_impl {
                     code_size_bytes: row.try_get("code_size_bytes")?,
                     code_kind: CodeKind::parse(&kind).ok_or_else(|| corrupt("code kind", &kind))?,
                     code_filename: row.try_get("code_filename")?,
-                    memory_mb: row.try_get("memory_mb")?,
-                    timeout_s: row.try_get("timeout_s")?,
+                    // Read back within the ranges they were written in, or the row is corrupt:
+                    // the engine relies on them (`FunctionRecord::memory_mib`, `timeout`).
+                    memory_mb: {
+                        let raw: i32 = row.try_get("memory_mb")?;
+                        parse_memory_mb(raw.into()).map_err(|_| corrupt("memory size", &raw.to_string()))?
+                    },
+                    timeout_s: {
+                        let raw: i32 = row.try_get("timeout_s")?;
+                        parse_timeout_s(raw.into()).map_err(|_| corrupt("timeout", &raw.to_string()))?
+                    },
                     env_ciphertext: row.try_get("env_ciphertext")?,
                     max_retries: row.try_get("max_retries")?,
                     max_concurrency: row.try_get("max_concurrency")?,
