@@ -585,7 +585,7 @@ macro_rules! store_impl {
                 .bind(f.min_instances)
                 .bind(f.log_format.as_str())
                 .bind(f.log_level.map(LogLevel::as_str))
-                .bind(layers_json(&f.layers))
+                .bind(layers_json(&f.layers)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -685,7 +685,7 @@ macro_rules! store_impl {
                 .bind(f.min_instances)
                 .bind(f.log_format.as_str())
                 .bind(f.log_level.map(LogLevel::as_str))
-                .bind(layers_json(&f.layers))
+                .bind(layers_json(&f.layers)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("function name") } else { e.into() })?;
@@ -1443,7 +1443,8 @@ impl SqliteStore {
     }
 }
 
-/// A function's layers as its row keeps them.
-fn layers_json(layers: &[FunctionLayer]) -> String {
-    serde_json::to_string(layers).unwrap_or_else(|_| "[]".into())
+/// A function's layers as its row keeps them (an error rather than an empty list: writing `[]`
+/// would silently drop them).
+fn layers_json(layers: &[FunctionLayer]) -> StoreResult<String> {
+    serde_json::to_string(layers).map_err(|e| StoreError::Corrupt(format!("layers: {e}")))
 }
