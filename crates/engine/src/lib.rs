@@ -6,16 +6,12 @@
 //! invocation with a clear reason rather than pretending to run anything.
 
 mod code_cache;
-pub mod emulated;
 pub mod executions;
-pub mod guest_snapshots;
-mod instance;
-pub mod local;
+pub mod isolation;
+mod lambda_env;
 mod metrics;
-pub mod microvm;
 pub mod runtimes;
-mod shares;
-mod uids;
+mod scheduler;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -24,8 +20,9 @@ use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
 pub use executions::{Dispatcher, EnvOpener, SyncCompletion, run_sync};
-pub use local::{Isolation, LocalEngine, LocalEngineConfig};
+pub use isolation::Isolation;
 pub use runtimes::{RuntimeInfo, detect_runtimes};
+pub use scheduler::{LocalEngine, LocalEngineConfig};
 /// The Lambda Runtime API served to each instance (shared with the guest agent).
 pub use voltrun_runtime_api as runtime_api;
 
@@ -142,5 +139,35 @@ impl Engine for UnavailableEngine {
 
     async fn invoke(&self, _invocation: Invocation) -> Result<InvocationResult, EngineError> {
         Err(EngineError::Unavailable(self.reason.clone()))
+    }
+}
+
+/// A function as storage returns one, for unit tests: 128 MB, 3 s, version 1.
+#[cfg(test)]
+pub(crate) fn test_function(runtime: &str) -> FunctionRecord {
+    let now = chrono::Utc::now();
+    FunctionRecord {
+        id: Uuid::now_v7(),
+        user_id: Uuid::now_v7(),
+        name: "hello".into(),
+        description: String::new(),
+        runtime: runtime.into(),
+        handler: "main.handler".into(),
+        code_sha256: "0".repeat(64),
+        code_size_bytes: 1,
+        code_kind: voltrun_domain::function::CodeKind::Source,
+        code_filename: Some("main.py".into()),
+        memory_mb: 128,
+        timeout_s: 3,
+        env_ciphertext: Vec::new(),
+        max_retries: 2,
+        max_concurrency: None,
+        min_instances: 0,
+        log_format: voltrun_domain::function::LogFormat::Text,
+        log_level: None,
+        layers: Vec::new(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
     }
 }

@@ -10,8 +10,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use voltrun_agent::host::{AgentSession, SessionError};
+
 use crate::binaries::{self, BinarySearch, PINNED_VERSION};
-use crate::images::Manifest;
+use crate::images::{ImageError, Manifest};
 use crate::manager::{ManagerConfig, VmManager, VmSpec};
 use crate::{VmError, guest_probe};
 
@@ -44,9 +46,10 @@ impl Report {
         self.checks.iter().all(|c| c.passed)
     }
 
-    fn push(&mut self, name: &'static str, result: Result<String, String>) -> bool {
+    /// Adds a check: passed with its detail, or failed with why.
+    fn push(&mut self, name: &'static str, result: Result<String, CheckError>) -> bool {
         let passed = result.is_ok();
-        let detail = result.unwrap_or_else(|e| e);
+        let detail = result.unwrap_or_else(|e| e.to_string());
         self.checks.push(Check {
             name,
             passed,
@@ -76,7 +79,94 @@ pub struct Capability {
     pub manifest: Option<Manifest>,
 }
 
-fn kvm() -> Result<String, String> {
+/// Why a check failed, as its report line and the capability's reason print it.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(
+        "/dev/kvm does not exist: no hardware virtualisation (enable VT-x/AMD-V, or nested virtualisation on a VM)"
+    )]
+    NoKvm,
+    #[error(
+        "/dev/kvm cannot be opened read-write: {0} (add the user to the kvm group or run as root)"
+    )]
+    KvmDenied(std::io::Error),
+    /// A binary not found, or the VM manager failing under a probe.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A binary found that does not say its version.
+    #[error("{}: {source}", path.display())]
+    Version { path: PathBuf, source: VmError },
+    #[error(transparent)]
+    Images(#[from] ImageError),
+    /// Writing the guest-code probe's own files.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the tiny guest's VMM ended with {status}: {log}")]
+    GuestExited { status: String, log: String },
+    #[error("the tiny guest did not reset within {0:?}")]
+    GuestTimeout(Duration),
+    #[error("the image set has no guest kernel")]
+    NoKernel,
+    #[error("the image set has no root image")]
+    NoRootImage,
+    /// The boot probe's guest started but its agent never said hello; `console` is the VMM's whole
+    /// output, of which the reason quotes the end.
+    #[error("{}", no_hello_reason(*.elapsed, *.deadline, .why, .console))]
+    NoHello {
+        elapsed: Duration,
+        deadline: Duration,
+        why: HelloFailure,
+        console: String,
+    },
+    /// A check not run because one it depends on failed.
+    #[error("skipped: {0}")]
+    Skipped(&'static str),
+    /// The boot not attempted because a check it depends on failed.
+    #[error("not attempted: {0}")]
+    NotAttempted(&'static str),
+}
+
+/// Why the boot probe's guest did not say hello.
+#[derive(Debug, thiserror::Error)]
+enum HelloFailure {
+    #[error(transparent)]
+    Agent(#[from] SessionError),
+    #[error(
+        "the guest's VMM exited ({status}) before the agent said hello; console: {}",
+        last_lines(.log_tail, 6)
+    )]
+    Exited { status: String, log_tail: String },
+}
+
+/// A failed boot explained: how long was waited, why, the console's last lines and, when KVM could
+/// not emulate a guest instruction, what that means on this host.
+fn no_hello_reason(
+    elapsed: Duration,
+    deadline: Duration,
+    why: &HelloFailure,
+    console: &str,
+) -> String {
+    let mut reason = format!(
+        "no agent hello {:.1} s after InstanceStart (deadline {deadline:?}): {why}",
+        elapsed.as_secs_f64()
+    );
+    if !console.trim().is_empty() {
+        let _ = write!(reason, "; last console lines: {}", last_lines(console, 6));
+    }
+    if reason.contains("KVM_EXIT_INTERNAL_ERROR") {
+        if pvm_host() {
+            let _ = write!(
+                reason,
+                " — KVM could not emulate a guest instruction: {PVM_NOTE}"
+            );
+        } else {
+            reason.push_str(" — KVM could not emulate a guest instruction, typical of nested virtualisation (this host is itself a VM): Linux guests do not boot here");
+        }
+    }
+    reason
+}
+
+fn kvm() -> Result<String, CheckError> {
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -86,34 +176,47 @@ fn kvm() -> Result<String, String> {
             "/dev/kvm is present and this user can open it read-write; {PVM_NOTE}"
         )),
         Ok(_) => Ok("/dev/kvm is present and this user can open it read-write".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
-            "/dev/kvm does not exist: no hardware virtualisation (enable VT-x/AMD-V, or nested virtualisation on a VM)"
-                .into(),
-        ),
-        Err(e) => Err(format!(
-            "/dev/kvm cannot be opened read-write: {e} (add the user to the kvm group or run as root)"
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CheckError::NoKvm),
+        Err(e) => Err(CheckError::KvmDenied(e)),
     }
 }
 
-async fn binary(found: Result<binaries::Located, VmError>) -> Result<(PathBuf, String), String> {
-    let located = found.map_err(|e| e.to_string())?;
+/// A binary found, with its version checked.
+#[derive(Debug)]
+struct Binary {
+    path: PathBuf,
+    /// Its version, where it was found and how, for the report.
+    detail: String,
+}
+
+async fn binary(found: Result<binaries::Located, VmError>) -> Result<Binary, CheckError> {
+    let located = found?;
     let version = binaries::version(&located.path)
         .await
-        .map_err(|e| format!("{}: {e}", located.path.display()))?;
+        .map_err(|source| CheckError::Version {
+            path: located.path.clone(),
+            source,
+        })?;
     let note = if version == PINNED_VERSION {
         String::new()
     } else {
         format!(" (tested with {PINNED_VERSION})")
     };
-    Ok((
-        located.path.clone(),
-        format!(
+    Ok(Binary {
+        detail: format!(
             "v{version} at {} ({}){note}",
             located.path.display(),
             located.origin
         ),
-    ))
+        path: located.path,
+    })
+}
+
+/// The image set in `dir`, verified against its sha256 sums, with a line per image.
+fn verified_images(dir: &Path) -> Result<(Manifest, Vec<String>), ImageError> {
+    let manifest = Manifest::load(dir)?;
+    let lines = manifest.verify(dir)?;
+    Ok((manifest, lines))
 }
 
 /// Whether this host's KVM is PVM (the `kvm_pvm` module): a hypervisor for hosts that are VMs
@@ -132,26 +235,31 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A run directory of the probe's own (a server may hold the real one).
-fn probe_run_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
+/// Runs `probe` with a run directory of its own (a server may hold the real one), removed after.
+async fn in_probe_dir<F, Fut>(probe: F) -> Result<String, CheckError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future<Output = Result<String, CheckError>>,
+{
+    let run_dir = std::env::temp_dir().join(format!(
         "voltrun-vm-probe-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ))
+    ));
+    let result = probe(run_dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    result
 }
 
 /// Boots `reset_kernel`: proves KVM executes guest code under this Firecracker.
-async fn guest_code(firecracker: &Path, deadline: Duration) -> Result<String, String> {
-    let run_dir = probe_run_dir();
-    let result = async {
+async fn guest_code(firecracker: &Path, deadline: Duration) -> Result<String, CheckError> {
+    in_probe_dir(|run_dir| async move {
         let kernel = run_dir.join("reset-kernel.elf");
-        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
-        std::fs::write(&kernel, guest_probe::reset_kernel()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&run_dir)?;
+        std::fs::write(&kernel, guest_probe::reset_kernel())?;
         let rootfs = run_dir.join("empty.img");
-        std::fs::write(&rootfs, vec![0u8; 4096]).map_err(|e| e.to_string())?;
-        let (manager, _) = VmManager::new(ManagerConfig::new(run_dir.join("run"), firecracker))
-            .await
-            .map_err(|e| e.to_string())?;
+        std::fs::write(&rootfs, vec![0u8; 4096])?;
+        let (manager, _) =
+            VmManager::new(ManagerConfig::new(run_dir.join("run"), firecracker)).await?;
         let mut vm = manager
             .spawn(VmSpec {
                 vcpu_count: 1,
@@ -164,33 +272,31 @@ async fn guest_code(firecracker: &Path, deadline: Duration) -> Result<String, St
                 code: None,
                 layers: None,
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        vm.configure().await.map_err(|e| e.to_string())?;
+            .await?;
+        vm.configure().await?;
         let started = Instant::now();
+        // The reset may end the VMM before InstanceStart is answered.
         if let Err(e) = vm.start().await
             && !matches!(e, VmError::Exited { .. })
         {
-            return Err(e.to_string());
+            return Err(e.into());
         }
         match tokio::time::timeout(deadline, vm.wait_exit()).await {
             Ok(exit) if exit.status == "exit status: 0" => Ok(format!(
                 "KVM ran a 3-instruction guest under Firecracker; its i8042 reset ended the VMM {:.1} ms after InstanceStart",
                 started.elapsed().as_secs_f64() * 1e3
             )),
-            Ok(exit) => Err(format!(
-                "the tiny guest's VMM ended with {}: {}",
-                exit.status, exit.log_tail
-            )),
+            Ok(exit) => Err(CheckError::GuestExited {
+                status: exit.status,
+                log: exit.log_tail,
+            }),
             Err(_) => {
                 let _ = vm.stop().await;
-                Err(format!("the tiny guest did not reset within {deadline:?}"))
+                Err(CheckError::GuestTimeout(deadline))
             }
         }
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&run_dir);
-    result
+    })
+    .await
 }
 
 /// Boots the smallest root image with the agent and waits for its hello.
@@ -199,19 +305,12 @@ async fn boot(
     images_dir: &Path,
     manifest: &Manifest,
     deadline: Duration,
-) -> Result<String, String> {
-    let kernel = manifest
-        .kernel
-        .as_ref()
-        .ok_or("the image set has no guest kernel")?;
-    let root = manifest
-        .smallest_rootfs()
-        .ok_or("the image set has no root image")?;
-    let run_dir = probe_run_dir();
-    let result = async {
-        let (manager, _) = VmManager::new(ManagerConfig::new(run_dir.join("run"), firecracker))
-            .await
-            .map_err(|e| e.to_string())?;
+) -> Result<String, CheckError> {
+    let kernel = manifest.kernel.as_ref().ok_or(CheckError::NoKernel)?;
+    let root = manifest.smallest_rootfs().ok_or(CheckError::NoRootImage)?;
+    in_probe_dir(|run_dir| async move {
+        let (manager, _) =
+            VmManager::new(ManagerConfig::new(run_dir.join("run"), firecracker)).await?;
         let mut vm = manager
             .spawn(VmSpec {
                 vcpu_count: 1,
@@ -224,15 +323,14 @@ async fn boot(
                 code: None,
                 layers: None,
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        vm.configure().await.map_err(|e| e.to_string())?;
+            .await?;
+        vm.configure().await?;
         let started = Instant::now();
-        vm.start().await.map_err(|e| e.to_string())?;
+        vm.start().await?;
         let vsock = vm.vsock_path();
         let hello = tokio::select! {
-            session = voltrun_agent::host::AgentSession::connect(&vsock, AGENT_PORT, deadline) => session.map_err(|e| e.to_string()),
-            exit = vm.wait_exit() => Err(format!("the guest's VMM exited ({}) before the agent said hello; console: {}", exit.status, last_lines(&exit.log_tail, 6))),
+            session = AgentSession::connect(&vsock, AGENT_PORT, deadline) => session.map_err(HelloFailure::from),
+            exit = vm.wait_exit() => Err(HelloFailure::Exited { status: exit.status, log_tail: exit.log_tail }),
         };
         let elapsed = started.elapsed();
         let console = std::fs::read_to_string(vm.dir().join("firecracker.log")).unwrap_or_default();
@@ -245,28 +343,15 @@ async fn boot(
                 session.agent_version(),
                 elapsed.as_secs_f64() * 1e3
             )),
-            Err(e) => {
-                let mut why = format!(
-                    "no agent hello {:.1} s after InstanceStart (deadline {deadline:?}): {e}",
-                    elapsed.as_secs_f64()
-                );
-                if !console.trim().is_empty() {
-                    let _ = write!(why, "; last console lines: {}", last_lines(&console, 6));
-                }
-                if why.contains("KVM_EXIT_INTERNAL_ERROR") {
-                    if pvm_host() {
-                        let _ = write!(why, " — KVM could not emulate a guest instruction: {PVM_NOTE}");
-                    } else {
-                        why.push_str(" — KVM could not emulate a guest instruction, typical of nested virtualisation (this host is itself a VM): Linux guests do not boot here");
-                    }
-                }
-                Err(why)
-            }
+            Err(why) => Err(CheckError::NoHello {
+                elapsed,
+                deadline,
+                why,
+                console,
+            }),
         }
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&run_dir);
-    result
+    })
+    .await
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -279,33 +364,39 @@ pub async fn run(config: &DoctorConfig) -> Report {
     let mut report = Report::default();
     let kvm_ok = report.push("kvm", kvm());
     let firecracker = binary(config.search.firecracker()).await;
-    let firecracker_path = firecracker.as_ref().ok().map(|(p, _)| p.clone());
-    report.push("firecracker", firecracker.map(|(_, d)| d));
-    let jailer = binary(config.search.jailer()).await.map(|(_, d)| {
+    let firecracker_path = firecracker.as_ref().ok().map(|b| b.path.clone());
+    report.push("firecracker", firecracker.map(|b| b.detail));
+    let jailer = binary(config.search.jailer()).await.map(|b| {
         if is_root() {
-            d
+            b.detail
         } else {
-            format!("{d}; note: the jailer needs root to chroot, switch uid and create cgroups")
+            format!(
+                "{}; note: the jailer needs root to chroot, switch uid and create cgroups",
+                b.detail
+            )
         }
     });
     report.push("jailer", jailer);
-    let manifest = Manifest::load(&config.images_dir).map_err(|e| e.to_string());
-    let images_ok = report.push(
-        "images",
-        manifest.clone().and_then(|m| {
-            m.verify(&config.images_dir)
-                .map(|lines| format!("{} in {}", lines.join("; "), config.images_dir.display()))
-                .map_err(|e| e.to_string())
-        }),
-    );
+    let (images, manifest) = match verified_images(&config.images_dir) {
+        Ok((manifest, lines)) => (
+            Ok(format!(
+                "{} in {}",
+                lines.join("; "),
+                config.images_dir.display()
+            )),
+            Some(manifest),
+        ),
+        Err(e) => (Err(e.into()), None),
+    };
+    report.push("images", images);
     let guest = match (&firecracker_path, kvm_ok) {
         (Some(fc), true) => guest_code(fc, config.boot_deadline).await,
-        (None, _) => Err("skipped: no Firecracker binary".into()),
-        (_, false) => Err("skipped: /dev/kvm is not usable".into()),
+        (None, _) => Err(CheckError::Skipped("no Firecracker binary")),
+        (_, false) => Err(CheckError::Skipped("/dev/kvm is not usable")),
     };
     report.push("guest-code", guest);
-    let boot = match (&firecracker_path, kvm_ok, images_ok, &manifest) {
-        (Some(fc), true, true, Ok(manifest)) => {
+    let boot = match (&firecracker_path, kvm_ok, &manifest) {
+        (Some(fc), true, Some(manifest)) => {
             boot(
                 fc,
                 &absolute(&config.images_dir),
@@ -314,9 +405,9 @@ pub async fn run(config: &DoctorConfig) -> Report {
             )
             .await
         }
-        (None, _, _, _) => Err("not attempted: no Firecracker binary".into()),
-        (_, false, _, _) => Err("not attempted: /dev/kvm is not usable".into()),
-        _ => Err("not attempted: no verified guest images".into()),
+        (None, _, _) => Err(CheckError::NotAttempted("no Firecracker binary")),
+        (_, false, _) => Err(CheckError::NotAttempted("/dev/kvm is not usable")),
+        _ => Err(CheckError::NotAttempted("no verified guest images")),
     };
     report.push("boot", boot);
     report
@@ -326,7 +417,7 @@ pub async fn run(config: &DoctorConfig) -> Report {
 /// what that needs (KVM, the Firecracker binary, the images, the boot), in that order, and stops at
 /// the first failure: a boot (bounded by the deadline) is attempted only when the rest passed.
 pub async fn capability(config: &DoctorConfig) -> Capability {
-    let unusable = |check: &str, why: String| Capability {
+    let unusable = |check: &str, why: CheckError| Capability {
         usable: false,
         reason: format!("{check}: {why}"),
         manifest: None,
@@ -335,15 +426,12 @@ pub async fn capability(config: &DoctorConfig) -> Capability {
         return unusable("kvm", why);
     }
     let firecracker = match binary(config.search.firecracker()).await {
-        Ok((path, _)) => path,
+        Ok(binary) => binary.path,
         Err(why) => return unusable("firecracker", why),
     };
-    let manifest = match Manifest::load(&config.images_dir).and_then(|m| {
-        m.verify(&config.images_dir)?;
-        Ok(m)
-    }) {
-        Ok(manifest) => manifest,
-        Err(e) => return unusable("images", e.to_string()),
+    let manifest = match verified_images(&config.images_dir) {
+        Ok((manifest, _)) => manifest,
+        Err(e) => return unusable("images", e.into()),
     };
     match boot(
         &firecracker,
@@ -365,4 +453,73 @@ pub async fn capability(config: &DoctorConfig) -> Capability {
 /// VM specs take absolute paths; the images directory is often given relative.
 fn absolute(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_the_report_prints_them() {
+        let cases = [
+            (
+                CheckError::NoKvm,
+                "/dev/kvm does not exist: no hardware virtualisation (enable VT-x/AMD-V, or nested virtualisation on a VM)",
+            ),
+            (
+                CheckError::KvmDenied(std::io::Error::other("Permission denied")),
+                "/dev/kvm cannot be opened read-write: Permission denied (add the user to the kvm group or run as root)",
+            ),
+            (
+                CheckError::GuestTimeout(Duration::from_secs(10)),
+                "the tiny guest did not reset within 10s",
+            ),
+            (
+                CheckError::GuestExited {
+                    status: "signal: 9 (SIGKILL)".into(),
+                    log: "oops".into(),
+                },
+                "the tiny guest's VMM ended with signal: 9 (SIGKILL): oops",
+            ),
+            (
+                CheckError::Skipped("no Firecracker binary"),
+                "skipped: no Firecracker binary",
+            ),
+            (
+                CheckError::NotAttempted("no verified guest images"),
+                "not attempted: no verified guest images",
+            ),
+            (
+                CheckError::NoHello {
+                    elapsed: Duration::from_millis(1500),
+                    deadline: Duration::from_secs(10),
+                    why: HelloFailure::Exited {
+                        status: "exit status: 1".into(),
+                        log_tail: "a\nb".into(),
+                    },
+                    console: "one\ntwo\n".into(),
+                },
+                "no agent hello 1.5 s after InstanceStart (deadline 10s): the guest's VMM exited \
+                 (exit status: 1) before the agent said hello; console: a | b; last console lines: \
+                 one | two",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn a_failed_check_is_reported_with_why() {
+        let mut report = Report::default();
+        assert!(report.push("kvm", Ok("fine".into())));
+        assert!(!report.push(
+            "boot",
+            Err(CheckError::NotAttempted("no Firecracker binary"))
+        ));
+        assert_eq!(
+            report.render(),
+            "PASS kvm          fine\nFAIL boot         not attempted: no Firecracker binary\n"
+        );
+    }
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use voltrun_api::{ApiConfig, AppState, AuthLimits};
-use voltrun_engine::emulated::{EmulatedConfig, EmulatedLauncher};
-use voltrun_engine::microvm::{FirecrackerConfig, FirecrackerLauncher};
+use voltrun_engine::isolation::guest::{
+    EmulatedConfig, EmulatedLauncher, FirecrackerConfig, FirecrackerLauncher, GuestIsolation,
+};
+use voltrun_engine::isolation::namespace::NamespaceIsolation;
 use voltrun_engine::{
     Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, RuntimeInfo, UnavailableEngine,
     detect_runtimes,
@@ -159,7 +161,6 @@ fn local_config(settings: &Settings, selection: Option<String>) -> LocalEngineCo
         user_memory_mb: e.user_memory_mb,
         queue_timeout: Duration::from_secs(e.queue_timeout_s),
         uid_base: e.sandbox_uid_base,
-        uid_count: e.sandbox_uid_count,
         tmp_size_mb: e.tmp_size_mb,
         max_processes: e.max_processes,
         node: node_name(),
@@ -174,7 +175,11 @@ fn namespace_engine(
     runtimes: Vec<RuntimeInfo>,
     selection: Option<String>,
 ) -> Result<ChosenEngine, voltrun_engine::EngineError> {
-    let engine = LocalEngine::new(local_config(settings, selection), store, runtimes)?;
+    let config = local_config(settings, selection);
+    let e = &settings.engine;
+    let isolation =
+        NamespaceIsolation::new(&config.work_dir, e.sandbox_uid_base, e.sandbox_uid_count)?;
+    let engine = LocalEngine::new(config, store, runtimes, Arc::new(isolation))?;
     tracing::info!(
         detail = engine.status().detail,
         "execution engine: namespace sandbox"
@@ -220,11 +225,11 @@ async fn firecracker_engine(
     })
     .await
     .map_err(anyhow::Error::msg)?;
-    let engine = LocalEngine::with_guests(
+    let engine = LocalEngine::new(
         local_config(settings, selection),
         store,
         runtimes,
-        Arc::new(launcher),
+        Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )?;
     tracing::info!(
         detail = engine.status().detail,
@@ -256,11 +261,11 @@ async fn emulated_engine(
     })
     .await
     .map_err(anyhow::Error::msg)?;
-    let engine = LocalEngine::with_guests(
+    let engine = LocalEngine::new(
         local_config(settings, Some("ENGINE_BACKEND=emulated".into())),
         store,
         runtimes,
-        Arc::new(launcher),
+        Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )?;
     tracing::warn!(
         detail = engine.status().detail,

@@ -482,9 +482,19 @@ async fn root_jailed_snapshots_are_restored_for_cold_starts() {
 }
 
 async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
-    use voltrun_engine::microvm::{
+    use voltrun_engine::isolation::guest::{
         FirecrackerConfig, FirecrackerLauncher, GuestLauncher, GuestSpec,
     };
+    use voltrun_engine::isolation::{Capacity, Reservation};
+
+    /// A scheduler whose memory budget has no room left.
+    #[derive(Debug)]
+    struct NoRoom;
+    impl Capacity for NoRoom {
+        fn try_reserve(&self, _mib: u32) -> Option<Reservation> {
+            None
+        }
+    }
     let Some(Spinning {
         binary,
         scratch,
@@ -536,7 +546,7 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
         ],
         runtime_api_port: 9001,
         max_processes: 64,
-        memory_budget: None,
+        capacity: None,
     };
 
     // A snapshot of a running guest of this configuration, where the launcher looks for it.
@@ -567,7 +577,7 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
     assert!(
         matches!(
             error,
-            voltrun_engine::microvm::GuestError::AfterRestore { .. }
+            voltrun_engine::isolation::guest::GuestError::AfterRestore { .. }
         ),
         "{error}"
     );
@@ -607,7 +617,7 @@ async fn snapshots_up_to_the_boot(test: &str, jailed: bool) {
 
     // An engine memory budget with no room for a template VM: the cold start boots, no template.
     let mut starved = spec("i-starved", 512);
-    starved.memory_budget = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    starved.capacity = Some(std::sync::Arc::new(NoRoom));
     launcher
         .launch(&starved)
         .await

@@ -5,7 +5,7 @@
 //! isolates no better than the VM it emulates, and is slow (every instruction is emulated).
 //!
 //! Everything after the boot is shared with the Firecracker backend: the engine's instances are the
-//! same [`GuestInstance`](crate::microvm::GuestInstance)s, speaking to the agent over the same
+//! same [`GuestInstance`](super::GuestInstance)s, speaking to the agent over the same
 //! hybrid-vsock handshake. There are no snapshots: QEMU's are not Firecracker's.
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use voltrun_agent::vsock::LISTENING_LINE;
 use voltrun_vm::emulated::{EmulatedGuest, Emulator, EmulatorConfig};
 use voltrun_vm::images::Manifest;
 
-use crate::microvm::{
+use super::{
     Guest, GuestBody, GuestError, GuestLauncher, GuestSpec, agent_hello, guest_images,
     guest_vm_spec, warn_of_leftovers,
 };
@@ -95,7 +95,7 @@ impl GuestLauncher for EmulatedLauncher {
     /// Six times Lambda's: a Python runtime that initialises in well under a second on hardware
     /// takes about 4.5 s here (measured), more on a loaded host.
     fn init_timeout(&self) -> Duration {
-        crate::instance::INIT_TIMEOUT * 6
+        crate::isolation::INIT_TIMEOUT * 6
     }
 
     fn describe(&self) -> String {

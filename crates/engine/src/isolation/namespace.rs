@@ -1,31 +1,49 @@
-//! One instance: one runtime process for one (function, version), isolated in a namespace sandbox
-//! (served the Runtime API and read by this module) or in a microVM (through its guest agent, see
-//! [`crate::microvm`]). It serves one invocation at a time and stays warm between them; a timeout, a
-//! crash or an out-of-memory kill ends it.
+//! The namespace backend: each instance is one runtime process in a bubblewrap sandbox with its
+//! own namespaces, cgroups, seccomp filter and host uid, served the Lambda Runtime API on the
+//! sandbox's own loopback by this process, which also reads its output into log lines. Between
+//! invocations the cgroup freezer stops it, as Lambda freezes an idle sandbox.
 
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Bytes;
+use async_trait::async_trait;
 use chrono::Utc;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use voltrun_domain::execution::{LogLine, LogStream};
 use voltrun_runtime_api::output::{LineBudget, ReadProgress};
-use voltrun_sandbox::{Sandbox, SandboxSpec, Spawner};
+use voltrun_sandbox::{BindMount, Limits, Sandbox, SandboxSpec, Spawner};
 
-use crate::code_cache::CodeLease;
-use crate::microvm::{GuestInstance, GuestLauncher, GuestSpec};
-use crate::runtime_api::{self, InitFailure, NextInvocation, RuntimeReply, RuntimeSignal};
-use crate::shares::MemoryShare;
-use crate::uids::UidLease;
+use super::uids::{UidLease, UidPool};
+use super::{
+    Failure, INIT_TIMEOUT, InstanceSpec, InvokeRequest, InvokeResult, Isolation, RunningInstance,
+    StartError,
+};
+use crate::EngineError;
+use crate::lambda_env::{self, create_shared_dir};
+use crate::runtime_api::{self, NextInvocation, RuntimeSignal};
 
 /// Output kept per invocation: the execution log cap, plus the line that crosses it (so storage sees
 /// the overflow and flags the logs as truncated). The rest is dropped as it arrives.
 const LOG_BUFFER_BYTES: usize = voltrun_domain::execution::LOG_CAP_BYTES
     + voltrun_runtime_api::output::MAX_LINE_BYTES
     + voltrun_runtime_api::output::LINE_OVERHEAD_BYTES;
+
+/// Memory that gives one full CPU share, as on Lambda (1,769 MB = one vCPU).
+const MB_PER_CPU_SHARE: u64 = 1769;
+
+/// The files a sandbox sees in `/etc`: the runtime's user (uid 1000 inside every sandbox) and
+/// loopback names, and nothing of the host's.
+const ETC_FILES: [(&str, &str); 3] = [
+    (
+        "passwd",
+        "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:1000:1000:function:/tmp:/usr/sbin/nologin\n",
+    ),
+    ("group", "root:x:0:\nsbx_user:x:1000:\n"),
+    ("hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+];
 
 /// Lines read from the runtime's output since the last invocation ended.
 #[derive(Debug, Default)]
@@ -41,185 +59,154 @@ fn lock(logs: &SharedLogs) -> std::sync::MutexGuard<'_, LogBuffer> {
     logs.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-/// Lambda's limit on initialisation.
-pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why an instance ended or an invocation did not complete normally.
-#[derive(Debug, Clone)]
-pub enum Failure {
-    /// The runtime reported an initialisation error (`init/error`).
-    Init(InitFailure),
-    /// The runtime process exited.
-    Exited { status: String, out_of_memory: bool },
-    /// Initialisation or the invocation ran past its deadline; the instance was killed.
-    TimedOut,
-    /// The sandbox could not be set up.
-    Sandbox(String),
-}
-
-/// What one invocation produced.
+/// Starts namespace sandboxes, each as a host uid of its own.
 #[derive(Debug)]
-pub enum InvokeResult {
-    Replied(RuntimeReply),
-    Failed(Failure),
+pub struct NamespaceIsolation {
+    spawner: Arc<Spawner>,
+    uids: Arc<UidPool>,
+    /// Where the bootstraps are (mounted at `/var/runtime`).
+    bootstraps: PathBuf,
+    /// Where the sandboxes' `/etc` files are.
+    etc: PathBuf,
+    detail: String,
+    warnings: Vec<String>,
 }
 
-#[derive(Debug)]
-pub struct Instance {
-    pub id: String,
-    /// The runtime identifier, for metrics.
-    pub runtime: String,
-    pub last_used: Instant,
-    /// Set on a cold start, reported with the first invocation only.
-    pub init_duration: Option<Duration>,
-    body: Body,
-    /// The instance's share of the host's memory budget, given back when it ends.
-    _memory: Option<OwnedSemaphorePermit>,
-    /// Its holds on the code and layers it mounts, given back when it ends (after `body`, for the
-    /// same reason: the code cache may remove them once nobody holds them).
-    code: Vec<CodeLease>,
-    /// Its part of its user's share of the memory budget.
-    share: Option<MemoryShare>,
-}
-
-/// What isolates the runtime.
-#[derive(Debug)]
-enum Body {
-    Sandbox(SandboxedRuntime),
-    Guest(GuestInstance),
-}
-
-impl Instance {
-    /// Starts a namespace sandbox and waits until the runtime asks for its first invocation.
-    pub async fn start(
-        spawner: Arc<Spawner>,
-        spec: SandboxSpec,
-        runtime: String,
-        memory: Option<OwnedSemaphorePermit>,
-    ) -> Result<Self, (Failure, Vec<LogLine>)> {
-        let started = Instant::now();
-        let id = spec.name.clone();
-        let body = Body::Sandbox(SandboxedRuntime::start(spawner, spec).await?);
-        Ok(Self::ready(id, runtime, started, body, memory))
-    }
-
-    /// Launches a guest (a microVM) and starts the runtime in it.
-    pub async fn start_guest(
-        launcher: &dyn GuestLauncher,
-        spec: GuestSpec,
-        memory: Option<OwnedSemaphorePermit>,
-    ) -> Result<Self, (Failure, Vec<LogLine>)> {
-        let started = Instant::now();
-        let (id, runtime) = (spec.name.clone(), spec.runtime.clone());
-        let body = Body::Guest(GuestInstance::start(launcher, spec).await?);
-        Ok(Self::ready(id, runtime, started, body, memory))
-    }
-
-    fn ready(
-        id: String,
-        runtime: String,
-        started: Instant,
-        body: Body,
-        memory: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        Self {
-            id,
-            runtime,
-            last_used: Instant::now(),
-            init_duration: Some(started.elapsed()),
-            body,
-            _memory: memory,
-            code: Vec::new(),
-            share: None,
-        }
-    }
-
-    /// Keeps `leases` on the instance's code and layers for as long as the instance lives.
-    pub fn holding_code(mut self, leases: impl IntoIterator<Item = Option<CodeLease>>) -> Self {
-        self.code.extend(leases.into_iter().flatten());
-        self
-    }
-
-    /// Keeps `share` of its user's memory for as long as the instance lives.
-    pub fn holding_share(mut self, share: MemoryShare) -> Self {
-        self.share = Some(share);
-        self
-    }
-
-    /// The user whose function this instance runs, where it holds a share.
-    pub fn user(&self) -> Option<uuid::Uuid> {
-        self.share.as_ref().map(MemoryShare::user)
-    }
-
-    /// Keeps `lease` for as long as the instance lives.
-    pub fn holding_uid(mut self, lease: UidLease) -> Self {
-        if let Body::Sandbox(sandboxed) = &mut self.body {
-            sandboxed.uid = Some(lease);
-        }
-        self
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        match &self.body {
-            Body::Sandbox(s) => s.is_healthy(),
-            Body::Guest(g) => g.is_healthy(),
-        }
-    }
-
-    /// Whether the instance was restored from a snapshot of an initialised guest.
-    pub fn restored(&self) -> bool {
-        matches!(&self.body, Body::Guest(g) if g.restored())
-    }
-
-    /// The most memory the instance used since its last invocation began: a sandbox's cgroup peak,
-    /// or the peak resident size of a microVM's runtime process as its agent measured it.
-    pub fn memory_peak_mb(&self) -> Option<i64> {
-        match &self.body {
-            Body::Sandbox(s) => s.memory_peak_mb(),
-            Body::Guest(g) => g.memory_peak_mb(),
-        }
-    }
-
-    /// Runs one invocation. On a timeout the instance is killed (the whole process tree, or the
-    /// whole VM) before this returns.
-    pub async fn invoke(
-        &mut self,
-        request_id: &str,
-        event: Bytes,
-        timeout: Duration,
-        function_arn: String,
-    ) -> InvokeResult {
-        let deadline =
-            Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-        let deadline_unix_ms = deadline.timestamp_millis();
-        let result = match &mut self.body {
-            Body::Sandbox(s) => {
-                s.invoke(request_id, event, deadline_unix_ms, timeout, function_arn)
-                    .await
-            }
-            Body::Guest(g) => {
-                g.invoke(request_id, event, deadline_unix_ms, timeout, &function_arn)
-                    .await
-            }
+impl NamespaceIsolation {
+    /// Finds bubblewrap and the cgroup setup, compiles the seccomp filters and writes the files
+    /// sandboxes mount from `work_dir`. Sandboxes run as host uids `uid_base .. uid_base +
+    /// uid_count`, one per live instance. Fails (with why) where this host cannot run sandboxes.
+    pub fn new(work_dir: &Path, uid_base: u32, uid_count: u32) -> Result<Self, EngineError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            EngineError::Unavailable(if what.is_empty() {
+                e.to_string()
+            } else {
+                format!("{what}: {e}")
+            })
         };
-        self.last_used = Instant::now();
-        result
+        let is_root = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata("/proc/self").map_err(|e| unavailable("", &e))?,
+        ) == 0;
+        if !is_root {
+            return Err(EngineError::Unavailable(
+                "the namespace sandbox needs root (to run sandboxes as unprivileged uids and set cgroup limits)".into(),
+            ));
+        }
+        // Sandboxes mount code and runtime files from the work directory.
+        create_shared_dir(work_dir).map_err(|e| unavailable("work directory", &e))?;
+        let etc = lambda_env::runtime_dir(work_dir).join("etc");
+        write_etc(&etc).map_err(|e| unavailable("writing the sandboxes' /etc", &e))?;
+        let spawner = Spawner::new(work_dir).map_err(|e| unavailable("", &e))?;
+        let cgroups = spawner.cgroups();
+        let warnings = if !cgroups.is_available() {
+            vec![format!(
+                "resource limits are degraded: {}; memory and process caps are per-process rlimits, CPU is not shared fairly",
+                cgroups.describe()
+            )]
+        } else if !cgroups.can_freeze() {
+            vec![format!(
+                "idle instances are not frozen: {} has no freezer, so what a function leaves running keeps using CPU between invocations",
+                cgroups.describe()
+            )]
+        } else {
+            vec![]
+        };
+        let detail = format!("bubblewrap sandboxes; {}", cgroups.describe());
+        if !cgroups.is_available() {
+            tracing::warn!(detail, "sandbox limits are degraded");
+        }
+        Ok(Self {
+            spawner: Arc::new(spawner),
+            uids: UidPool::new(uid_base, uid_count),
+            bootstraps: lambda_env::bootstraps_dir(work_dir),
+            etc,
+            detail,
+            warnings,
+        })
     }
 
-    /// The log lines written since the last call.
-    pub async fn finish_logs(&mut self) -> Vec<LogLine> {
-        match &mut self.body {
-            Body::Sandbox(s) => s.finish_logs().await,
-            Body::Guest(g) => g.finish_logs(),
+    /// The sandbox an instance runs in: its code at `/var/task`, the bootstraps at `/var/runtime`,
+    /// its layers at `/opt`, the runtime's own directories where the host has them, and its
+    /// limits from its memory (CPU in proportion, as on Lambda).
+    fn sandbox_spec(&self, spec: &InstanceSpec, host_uid: u32) -> SandboxSpec {
+        let mut binds = vec![
+            BindMount {
+                source: spec.code_dir.clone(),
+                dest: "/var/task".into(),
+            },
+            BindMount {
+                source: self.bootstraps.clone(),
+                dest: "/var/runtime".into(),
+            },
+        ];
+        binds.extend(spec.opt_dir.clone().map(|opt| BindMount {
+            source: opt,
+            dest: "/opt".into(),
+        }));
+        for (etc, _) in ETC_FILES {
+            binds.push(BindMount {
+                source: self.etc.join(etc),
+                dest: PathBuf::from("/etc").join(etc),
+            });
+        }
+        binds.extend(spec.runtime.binds.iter().map(|dir| BindMount {
+            source: dir.clone(),
+            dest: dir.clone(),
+        }));
+        let memory_bytes = u64::from(spec.memory_mb) << 20;
+        SandboxSpec {
+            name: spec.name.clone(),
+            command: spec.process.command.clone(),
+            env: spec.process.env.clone(),
+            binds,
+            workdir: "/var/task".into(),
+            tmp_size_bytes: spec.tmp_mb << 20,
+            limits: Limits {
+                memory_bytes,
+                max_processes: spec.max_processes,
+                cpu_shares: (1024 * (memory_bytes >> 20) / MB_PER_CPU_SHARE).max(2),
+            },
+            host_uid,
+            listen_port: spec.runtime_api_port,
         }
     }
+}
 
-    /// Stops the instance: every process of it, its cgroup or its VM.
-    pub async fn stop(self) {
-        match self.body {
-            Body::Sandbox(s) => s.stop().await,
-            Body::Guest(g) => g.stop().await,
-        }
+fn write_etc(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_shared_dir(dir)?;
+    for (name, contents) in ETC_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, contents)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Isolation for NamespaceIsolation {
+    fn backend(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn describe(&self) -> String {
+        self.detail.clone()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Box<dyn RunningInstance>, StartError> {
+        let uid = self
+            .uids
+            .lease()
+            .ok_or(StartError::Exhausted("sandbox uid"))?;
+        let sandbox = self.sandbox_spec(spec, uid.uid());
+        let mut runtime = SandboxedRuntime::start(self.spawner.clone(), sandbox).await?;
+        runtime.uid = Some(uid);
+        Ok(Box::new(runtime))
     }
 }
 
@@ -269,16 +256,14 @@ fn to_pipe(fd: impl Into<OwnedFd>) -> std::io::Result<tokio::net::unix::pipe::Re
 
 impl SandboxedRuntime {
     /// Starts a sandbox and waits until the runtime asks for its first invocation.
-    async fn start(
-        spawner: Arc<Spawner>,
-        spec: SandboxSpec,
-    ) -> Result<Self, (Failure, Vec<LogLine>)> {
+    async fn start(spawner: Arc<Spawner>, spec: SandboxSpec) -> Result<Self, StartError> {
+        let set_up =
+            |e: &dyn std::fmt::Display| StartError::failed(Failure::Sandbox(e.to_string()));
         let sandbox = tokio::task::spawn_blocking(move || spawner.spawn(spec))
             .await
-            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?
-            .map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
-        let mut instance =
-            Self::wire(sandbox).map_err(|e| (Failure::Sandbox(e.to_string()), vec![]))?;
+            .map_err(|e| set_up(&e))?
+            .map_err(|e| set_up(&e))?;
+        let mut instance = Self::wire(sandbox).map_err(|e| set_up(&e))?;
         let failure = tokio::select! {
             signal = instance.signals.recv() => match signal {
                 Some(RuntimeSignal::Ready) => {
@@ -293,7 +278,7 @@ impl SandboxedRuntime {
         };
         let logs = instance.finish_logs().await;
         instance.stop().await;
-        Err((failure, logs))
+        Err(StartError::Failed { failure, logs })
     }
 
     fn wire(mut sandbox: Sandbox) -> std::io::Result<Self> {
@@ -346,10 +331,6 @@ impl SandboxedRuntime {
         })
     }
 
-    fn is_healthy(&self) -> bool {
-        self.healthy
-    }
-
     /// Stops every process of the instance until its next invocation, as Lambda freezes an idle
     /// sandbox: a thread or process the function left running gets no CPU while nobody invokes it.
     /// Where the host has no freezer they keep running (the sandbox reports itself degraded).
@@ -376,21 +357,14 @@ impl SandboxedRuntime {
         }
     }
 
-    fn memory_peak_mb(&self) -> Option<i64> {
-        self.sandbox
-            .as_ref()
-            .and_then(Sandbox::memory_peak_bytes)
-            .map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
-    }
-
-    async fn invoke(
-        &mut self,
-        request_id: &str,
-        event: Bytes,
-        deadline_unix_ms: i64,
-        timeout: Duration,
-        function_arn: String,
-    ) -> InvokeResult {
+    async fn run(&mut self, request: InvokeRequest) -> InvokeResult {
+        let InvokeRequest {
+            request_id,
+            event,
+            deadline_unix_ms,
+            timeout,
+            function_arn,
+        } = request;
         if let Some(sandbox) = &self.sandbox {
             if self.frozen {
                 if let Err(e) = sandbox.thaw() {
@@ -406,7 +380,7 @@ impl SandboxedRuntime {
         let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = NextInvocation {
-            request_id: request_id.to_string(),
+            request_id,
             event,
             deadline_unix_ms,
             function_arn,
@@ -470,6 +444,33 @@ impl SandboxedRuntime {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+    }
+}
+
+#[async_trait]
+impl RunningInstance for SandboxedRuntime {
+    async fn invoke(&mut self, request: InvokeRequest) -> InvokeResult {
+        self.run(request).await
+    }
+
+    async fn logs(&mut self) -> Vec<LogLine> {
+        self.finish_logs().await
+    }
+
+    /// The cgroup's peak since the invocation began.
+    fn memory_peak_mb(&self) -> Option<i64> {
+        self.sandbox
+            .as_ref()
+            .and_then(Sandbox::memory_peak_bytes)
+            .map(|b| i64::try_from(b >> 20).unwrap_or(i64::MAX))
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    async fn stop(self: Box<Self>) {
+        SandboxedRuntime::stop(*self).await;
     }
 }
 

@@ -1,5 +1,5 @@
-//! The engine's guest instances (crates/engine/src/microvm.rs, what the Firecracker backend runs)
-//! driven end to end with the guest agent started as a host process instead of inside a microVM:
+//! The engine's guest instances (`isolation::guest`, what the Firecracker backend runs) driven end
+//! to end with the guest agent started as a host process instead of inside a microVM:
 //! Linux guests do not boot on the hosts this suite runs on (docs/firecracker.md), and everything
 //! after the boot is the same — the launcher trait, the vsock handshake, the framed protocol, the
 //! agent starting the engine's own bootstraps behind the Runtime API, and the engine's pools,
@@ -20,8 +20,8 @@ use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::ExecutionStatus;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_domain::user::User;
-use voltrun_engine::microvm::{
-    Guest, GuestBody, GuestError, GuestLauncher, GuestSpec, Step, TASK_ROOT,
+use voltrun_engine::isolation::guest::{
+    Guest, GuestBody, GuestError, GuestIsolation, GuestLauncher, GuestSpec, Step, TASK_ROOT,
 };
 use voltrun_engine::{Engine, Invocation, InvocationResult, LocalEngine, LocalEngineConfig};
 use voltrun_storage::Store;
@@ -30,6 +30,8 @@ use voltrun_storage::Store;
 /// (`/var/task`, `/var/runtime`) to the host directories the engine keeps them in.
 #[derive(Debug)]
 struct HostAgents {
+    /// The `voltrun-agent` binary.
+    agent: PathBuf,
     sockets: PathBuf,
     bootstraps: PathBuf,
     /// Agents running now: a guest the engine ended must be gone.
@@ -145,7 +147,7 @@ impl HostAgents {
         once: bool,
     ) -> Result<(Box<HostAgent>, PathBuf), String> {
         let socket = self.sockets.join(format!("{name}.sock"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voltrun-agent"))
+        let child = tokio::process::Command::new(&self.agent)
             .arg("--no-init")
             .args(once.then_some("--once"))
             .arg("--unix")
@@ -271,11 +273,38 @@ impl Drop for Setup {
     }
 }
 
-async fn setup() -> Setup {
-    setup_with(None).await
+/// The agent binary `cargo test --workspace` builds (it is another package's, so this test finds it
+/// beside its own executable's directory); `None`, with why, where it is not built.
+fn agent_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or("the test executable has no profile directory")?;
+    let agent = profile_dir.join("voltrun-agent");
+    if agent.is_file() {
+        Ok(agent)
+    } else {
+        Err(format!(
+            "the guest agent is not built at {} (cargo build -p voltrun-agent, or run the whole \
+             workspace's tests)",
+            agent.display()
+        ))
+    }
 }
 
-async fn setup_with(parked: Option<Parked>) -> Setup {
+async fn setup(test: &str) -> Option<Setup> {
+    setup_with(test, None).await
+}
+
+async fn setup_with(test: &str, parked: Option<Parked>) -> Option<Setup> {
+    let agent = match agent_binary() {
+        Ok(agent) => agent,
+        Err(why) => {
+            voltrun_test_support::skip(test, &why);
+            return None;
+        }
+    };
     let dir =
         std::env::temp_dir().join(format!("vg-{}", &Uuid::new_v4().simple().to_string()[..12]));
     std::fs::create_dir_all(dir.join("sockets")).unwrap();
@@ -299,6 +328,7 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         Err(why) => (None, Some(why)),
     };
     let launcher = HostAgents {
+        agent,
         sockets: dir.join("sockets"),
         bootstraps: work_dir.join("runtime").join("bootstraps"),
         running: running.clone(),
@@ -313,21 +343,20 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         user_memory_mb: 4096,
         queue_timeout: Duration::from_secs(10),
         uid_base: 200_000,
-        uid_count: 100,
         tmp_size_mb: 64,
         max_processes: 64,
         node: "test".into(),
         selection: None,
         code_gc_after: None,
     };
-    let engine = LocalEngine::with_guests(
+    let engine = LocalEngine::new(
         config,
         store.clone(),
         voltrun_engine::detect_runtimes(),
-        Arc::new(launcher),
+        Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )
     .unwrap();
-    Setup {
+    Some(Setup {
         engine,
         store,
         user: user.id,
@@ -335,7 +364,7 @@ async fn setup_with(parked: Option<Parked>) -> Setup {
         dir,
         unconfined,
         memory_cgroups,
-    }
+    })
 }
 
 impl Setup {
@@ -437,7 +466,11 @@ def crash(event, context):
 
 #[tokio::test]
 async fn python_through_guest_instances_warm_reuse_errors_timeouts_and_crashes() {
-    let setup = setup().await;
+    let Some(setup) =
+        setup("python_through_guest_instances_warm_reuse_errors_timeouts_and_crashes").await
+    else {
+        return;
+    };
     let runtime = setup.runtime("python");
     let ok = setup
         .deploy(&runtime, "app.py", PYTHON, "app.handler", 30)
@@ -556,7 +589,9 @@ async fn python_through_guest_instances_warm_reuse_errors_timeouts_and_crashes()
 
 #[tokio::test]
 async fn node_and_provided_through_guest_instances() {
-    let setup = setup().await;
+    let Some(setup) = setup("node_and_provided_through_guest_instances").await else {
+        return;
+    };
     let node = setup.runtime("nodejs");
     let js = "exports.handler = async (event, context) => { console.log('node says', event.n); return { doubled: event.n * 2, fn: context.functionName }; };";
     let function = setup
@@ -624,7 +659,11 @@ done
 
 #[tokio::test]
 async fn a_flood_of_output_is_capped_on_the_host_and_the_result_still_arrives() {
-    let setup = setup().await;
+    let Some(setup) =
+        setup("a_flood_of_output_is_capped_on_the_host_and_the_result_still_arrives").await
+    else {
+        return;
+    };
     let runtime = setup.runtime("python");
     let source = "import sys\n\ndef handler(event, context):\n    line = 'x' * 99\n    for _ in range(200_000):\n        print(line)\n    sys.stdout.write('y' * 300_000 + '\\n')\n    return {'done': True}\n";
     let flood = setup
@@ -680,7 +719,11 @@ def handler(event, context):
 
 #[tokio::test]
 async fn memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest() {
-    let setup = setup().await;
+    let Some(setup) =
+        setup("memory_peaks_out_of_memory_deaths_and_log_times_come_from_the_guest").await
+    else {
+        return;
+    };
     let runtime = setup.runtime("python");
     let function = setup
         .deploy(&runtime, "app.py", MEASURED, "app.handler", 30)
@@ -754,7 +797,14 @@ def handler(event, context):
 #[tokio::test]
 async fn a_cold_start_that_finds_a_runtime_waiting_resumes_it_and_reports_a_restore() {
     let parked: Parked = Arc::default();
-    let setup = setup_with(Some(parked.clone())).await;
+    let Some(setup) = setup_with(
+        "a_cold_start_that_finds_a_runtime_waiting_resumes_it_and_reports_a_restore",
+        Some(parked.clone()),
+    )
+    .await
+    else {
+        return;
+    };
     let runtime = setup.runtime("python");
     let function = setup
         .deploy(&runtime, "app.py", RESUMABLE, "app.handler", 30)
