@@ -358,13 +358,7 @@ impl SandboxedRuntime {
     }
 
     async fn run(&mut self, request: InvokeRequest) -> InvokeResult {
-        let InvokeRequest {
-            request_id,
-            event,
-            deadline_unix_ms,
-            timeout,
-            function_arn,
-        } = request;
+        let timeout = request.timeout;
         if let Some(sandbox) = &self.sandbox {
             if self.frozen {
                 if let Err(e) = sandbox.thaw() {
@@ -380,10 +374,10 @@ impl SandboxedRuntime {
         let oom_before = self.sandbox.as_ref().map(Sandbox::oom_kills).unwrap_or(0);
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = NextInvocation {
-            request_id,
-            event,
-            deadline_unix_ms,
-            function_arn,
+            request_id: request.request_id,
+            event: request.event,
+            deadline_unix_ms: request.deadline_unix_ms,
+            function_arn: request.function_arn,
             reply: reply_tx,
         };
         if self.next.send(request).await.is_err() {

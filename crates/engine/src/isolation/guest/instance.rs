@@ -75,24 +75,17 @@ impl GuestInstance {
 
     /// Runs one invocation. A timeout or a broken connection ends the guest before this returns.
     async fn run(&mut self, request: InvokeRequest) -> InvokeResult {
-        let InvokeRequest {
-            request_id,
-            event,
-            deadline_unix_ms,
-            timeout,
-            function_arn,
-        } = request;
         let Some(guest) = self.guest.as_mut() else {
             return InvokeResult::Failed(Failure::Sandbox("the microVM is gone".into()));
         };
         let outcome = guest
             .session
             .invoke(
-                &request_id,
-                event.to_vec(),
-                deadline_unix_ms,
-                &function_arn,
-                timeout,
+                &request.request_id,
+                request.event.to_vec(),
+                request.deadline_unix_ms,
+                &request.function_arn,
+                request.timeout,
             )
             .await;
         // Replies leave the guest warm; every failure ends it.
