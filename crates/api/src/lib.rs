@@ -25,7 +25,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use voltrun_auth::{JwtKeys, PasswordHasher, RateLimiter, SecretBox};
-use voltrun_engine::Engine;
+use voltrun_executions::Executions;
 use voltrun_storage::Store;
 
 pub use client_address::TrustedProxies;
@@ -74,10 +74,6 @@ pub struct ApiConfig {
     pub trusted_proxies: TrustedProxies,
     /// The bearer token `/metrics` and `/health`'s detail require; `None` leaves `/metrics` open.
     pub metrics_token: Option<String>,
-    /// This node's name, recorded on the executions it runs.
-    pub node: String,
-    /// Wakes the asynchronous dispatcher after an execution is queued (none when nothing dispatches).
-    pub dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     pub body_limits: limits::BodyLimits,
     /// Per-user limits on functions, code and queued executions.
     pub quotas: voltrun_storage::UserQuotas,
@@ -86,7 +82,8 @@ pub struct ApiConfig {
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub engine: Arc<dyn Engine>,
+    /// Runs functions: every invocation, pre-warm and release goes through it.
+    pub executions: Arc<Executions>,
     jwt: JwtKeys,
     hasher: PasswordHasher,
     password_work: password_work::PasswordWork,
@@ -100,8 +97,6 @@ pub struct AppState {
     metrics_token_digest: Option<[u8; 32]>,
     api_key_touches: caller::KeyTouches,
     functions: function_cache::FunctionCache,
-    node: String,
-    dispatcher_wake: Option<Arc<tokio::sync::Notify>>,
     started: Instant,
     bodies: limits::BodyGate,
     quotas: voltrun_storage::UserQuotas,
@@ -112,12 +107,12 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
-        engine: Arc<dyn Engine>,
+        executions: Arc<Executions>,
         config: ApiConfig,
     ) -> Result<Self, ApiError> {
         Ok(Self {
             store,
-            engine,
+            executions,
             jwt: JwtKeys::new(&config.jwt_secret, config.access_token_ttl_s),
             hasher: PasswordHasher::new().map_err(ApiError::internal)?,
             password_work: password_work::PasswordWork::new(
@@ -145,8 +140,6 @@ impl AppState {
                 .map(caller::metrics_token_digest),
             api_key_touches: caller::KeyTouches::default(),
             functions: function_cache::FunctionCache::default(),
-            node: config.node,
-            dispatcher_wake: config.dispatcher_wake,
             started: Instant::now(),
             bodies: limits::BodyGate::new(config.body_limits),
             quotas: config.quotas,

@@ -31,3 +31,10 @@ impl ValidationError {
 pub fn is_forbidden_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
+
+/// The current time at the precision both databases keep (microseconds), so that a time read back
+/// equals the time written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let t = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}

@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest as _;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
 use voltrun_domain::layer::FunctionLayer;
-use voltrun_storage::Store;
 
 use crate::EngineError;
 
@@ -111,7 +110,7 @@ impl CodeCache {
     /// lease that keeps it there until dropped.
     pub async fn ensure(
         &self,
-        store: &dyn Store,
+        source: &dyn CodeSource,
         function: &FunctionRecord,
     ) -> Result<(PathBuf, CodeLease), EngineError> {
         // Leased before looking: a collection that has not removed the entry yet now skips it, and
@@ -120,7 +119,7 @@ impl CodeCache {
         let lease = self.lease(&key);
         let dir = self.root.join(&key);
         self.make_once(&key, &dir, || async {
-            let bytes = read_code(store, &function.code_sha256).await?;
+            let bytes = read_code(source, &function.code_sha256).await?;
             let (root, kind, filename, target, extractor) = (
                 self.root.clone(),
                 function.code_kind,
@@ -177,7 +176,7 @@ impl CodeCache {
     /// earlier one's of the same path (see `voltrun_bundle::extract_under_at`).
     pub async fn ensure_layers(
         &self,
-        store: &dyn Store,
+        source: &dyn CodeSource,
         layers: &[FunctionLayer],
     ) -> Result<Option<(PathBuf, CodeLease)>, EngineError> {
         if layers.is_empty() {
@@ -189,7 +188,7 @@ impl CodeCache {
         self.make_once(&key, &dir, || async {
             let mut archives = Vec::with_capacity(layers.len());
             for layer in layers.iter().rev() {
-                archives.push(read_code(store, &layer.code_sha256).await?);
+                archives.push(read_code(source, &layer.code_sha256).await?);
             }
             let (root, target, extractor) = (self.root.clone(), dir.clone(), self.extractor);
             tokio::task::spawn_blocking(move || {
@@ -212,10 +211,10 @@ impl CodeCache {
         Ok(Some((dir, lease)))
     }
 
-    /// Removes the entries (directory and code image) that no function in `store` references and
+    /// Removes the entries (directory and code image) that no function in `source` references and
     /// that no instance has used for `unused_for`, and staging leftovers of unpacks a stopped server
     /// abandoned. Returns the sha256 of each entry removed.
-    pub async fn collect(&self, store: &dyn Store, unused_for: Duration) -> Vec<String> {
+    pub async fn collect(&self, source: &dyn CodeSource, unused_for: Duration) -> Vec<String> {
         let root = self.root.clone();
         let listing = tokio::task::spawn_blocking(move || list_entries(&root))
             .await
@@ -244,7 +243,7 @@ impl CodeCache {
                 continue;
             }
             // Conservative for single files: kept while any function has this code, whatever its name.
-            match store.code_referenced(code_of(&sha)).await {
+            match source.referenced(code_of(&sha)).await {
                 Ok(false) => unreferenced.push(sha),
                 Ok(true) => {}
                 Err(e) => {
@@ -383,17 +382,40 @@ fn code_of(entry: &str) -> &str {
 }
 
 /// The stored code `sha256`.
-async fn read_code(store: &dyn Store, sha256: &str) -> Result<Vec<u8>, EngineError> {
-    store
-        .get_code(sha256)
+async fn read_code(source: &dyn CodeSource, sha256: &str) -> Result<Vec<u8>, EngineError> {
+    source
+        .code(sha256)
         .await
         .map_err(|e| match e {
-            voltrun_storage::StoreError::StorageFull(cause) => {
+            CodeSourceError::StorageFull(cause) => {
                 EngineError::StorageFull(format!("reading code: {cause}"))
             }
-            other => EngineError::Internal(format!("reading code: {other}")),
+            CodeSourceError::Failed(cause) => {
+                EngineError::Internal(format!("reading code: {cause}"))
+            }
         })?
         .ok_or_else(|| EngineError::Internal(format!("code {sha256} is missing from storage")))
+}
+
+/// Where the engine reads the code it unpacks: the platform's storage, which the engine does not
+/// know (the executions service gives it one over the database).
+#[async_trait::async_trait]
+pub trait CodeSource: Send + Sync + std::fmt::Debug {
+    /// The stored bytes of code `sha256` (a function's file or archive, or a layer's archive);
+    /// `None` when nothing has that code.
+    async fn code(&self, sha256: &str) -> Result<Option<Vec<u8>>, CodeSourceError>;
+    /// Whether any function or layer still uses code `sha256`.
+    async fn referenced(&self, sha256: &str) -> Result<bool, CodeSourceError>;
+}
+
+/// Why code could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeSourceError {
+    /// The storage under it is full (a read that needs space, as SQLite's can).
+    #[error("{0}")]
+    StorageFull(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn unpack_error(doing: &str, e: &std::io::Error) -> EngineError {

@@ -1,17 +1,18 @@
-//! The execution engine seam. The API hands invocations to an [`Engine`] and records what it
-//! reports; it never reaches into how or where code runs. Backends (the Linux-namespace sandbox, the
-//! Firecracker microVM manager, a remote scheduler) implement this trait.
+//! The execution engine seam. The executions service hands invocations to an [`Engine`] and records
+//! what it reports; it never reaches into how or where code runs. The local engine
+//! ([`LocalEngine`], the [`scheduler`]) runs them on this host in an [`isolation`] backend; another
+//! engine (a remote scheduler) can implement this trait. The engine knows no database: it reads code
+//! through a [`CodeSource`].
 //!
 //! Until a backend is configured the server runs [`UnavailableEngine`], which refuses every
 //! invocation with a clear reason rather than pretending to run anything.
 
 mod code_cache;
-pub mod executions;
 pub mod isolation;
 mod lambda_env;
 mod metrics;
 pub mod runtimes;
-mod scheduler;
+pub mod scheduler;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use voltrun_domain::execution::{ExecutionOutcome, LogLine};
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
-pub use executions::{Dispatcher, EnvOpener, SyncCompletion, run_sync};
+pub use code_cache::{CodeSource, CodeSourceError};
 pub use isolation::Isolation;
 pub use runtimes::{RuntimeInfo, detect_runtimes};
 pub use scheduler::{LocalEngine, LocalEngineConfig};
@@ -74,10 +75,6 @@ pub enum EngineError {
     StorageFull(String),
     #[error("engine failure: {0}")]
     Internal(String),
-    /// The run ended but the database did not take its record; it is stored once the database
-    /// answers again (see `executions::run_sync`).
-    #[error("the database is unavailable: {0}")]
-    StorageUnavailable(String),
 }
 
 #[async_trait]

@@ -23,10 +23,6 @@ pub fn record(
         .record(duration.as_secs_f64());
 }
 
-pub fn record_execution(status: ExecutionStatus) {
-    metrics::counter!("voltrun_executions_total", "status" => status.as_str()).increment(1);
-}
-
 /// Instances by state, labelled by runtime: `idle` (warm, waiting) and `busy` (running an invocation).
 pub fn instance_state(runtime: &str, state: &'static str, delta: f64) {
     metrics::gauge!("voltrun_instances", "runtime" => runtime.to_string(), "state" => state)

@@ -19,12 +19,13 @@ use voltrun_agent::protocol::StartSpec;
 use voltrun_agent::vsock::AGENT_PORT;
 use voltrun_domain::execution::ExecutionStatus;
 use voltrun_domain::function::{CodeKind, FunctionRecord};
-use voltrun_domain::user::User;
 use voltrun_engine::isolation::guest::{
     Guest, GuestBody, GuestError, GuestIsolation, GuestLauncher, GuestSpec, Step, TASK_ROOT,
 };
-use voltrun_engine::{Engine, Invocation, InvocationResult, LocalEngine, LocalEngineConfig};
-use voltrun_storage::Store;
+use voltrun_engine::{
+    CodeSource, CodeSourceError, Engine, Invocation, InvocationResult, LocalEngine,
+    LocalEngineConfig,
+};
 
 /// Starts `voltrun-agent --no-init --once --unix <socket>` per guest, and maps the guest's paths
 /// (`/var/task`, `/var/runtime`) to the host directories the engine keeps them in.
@@ -253,9 +254,24 @@ impl GuestLauncher for HostAgents {
     }
 }
 
+/// The functions' code, as storage would hand it to the engine.
+#[derive(Debug, Default)]
+struct Code(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+#[async_trait]
+impl CodeSource for Code {
+    async fn code(&self, sha256: &str) -> Result<Option<Vec<u8>>, CodeSourceError> {
+        Ok(self.0.lock().unwrap().get(sha256).cloned())
+    }
+
+    async fn referenced(&self, sha256: &str) -> Result<bool, CodeSourceError> {
+        Ok(self.0.lock().unwrap().contains_key(sha256))
+    }
+}
+
 struct Setup {
     engine: Arc<LocalEngine>,
-    store: Arc<dyn Store>,
+    code: Arc<Code>,
     user: Uuid,
     running: Arc<AtomicUsize>,
     dir: PathBuf,
@@ -308,18 +324,7 @@ async fn setup_with(test: &str, parked: Option<Parked>) -> Option<Setup> {
     let dir =
         std::env::temp_dir().join(format!("vg-{}", &Uuid::new_v4().simple().to_string()[..12]));
     std::fs::create_dir_all(dir.join("sockets")).unwrap();
-    let store =
-        voltrun_storage::connect(&format!("sqlite://{}", dir.join("db.sqlite").display()), 4)
-            .await
-            .unwrap();
-    let user = User {
-        id: Uuid::now_v7(),
-        email: "guests@example.com".into(),
-        name: None,
-        password_hash: "not used".into(),
-        created_at: voltrun_storage::now(),
-    };
-    store.create_user(&user).await.unwrap();
+    let code = Arc::new(Code::default());
     let work_dir = dir.join("engine");
     let running = Arc::new(AtomicUsize::new(0));
     let cgroup_name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -351,15 +356,15 @@ async fn setup_with(test: &str, parked: Option<Parked>) -> Option<Setup> {
     };
     let engine = LocalEngine::new(
         config,
-        store.clone(),
+        code.clone(),
         voltrun_engine::detect_runtimes(),
         Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )
     .unwrap();
     Some(Setup {
         engine,
-        store,
-        user: user.id,
+        code,
+        user: Uuid::now_v7(),
         running,
         dir,
         unconfined,
@@ -386,7 +391,7 @@ impl Setup {
         handler: &str,
         timeout_s: i32,
     ) -> FunctionRecord {
-        let now = voltrun_storage::now();
+        let now = voltrun_domain::now();
         let function = FunctionRecord {
             id: Uuid::now_v7(),
             user_id: self.user,
@@ -411,14 +416,11 @@ impl Setup {
             created_at: now,
             updated_at: now,
         };
-        self.store
-            .create_function(
-                &function,
-                source.as_bytes(),
-                &voltrun_storage::UserQuotas::UNLIMITED,
-            )
-            .await
-            .unwrap();
+        self.code
+            .0
+            .lock()
+            .unwrap()
+            .insert(function.code_sha256.clone(), source.as_bytes().to_vec());
         function
     }
 

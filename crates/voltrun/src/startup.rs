@@ -13,9 +13,9 @@ use voltrun_engine::isolation::guest::{
 };
 use voltrun_engine::isolation::namespace::NamespaceIsolation;
 use voltrun_engine::{
-    Dispatcher, Engine, EnvOpener, LocalEngine, LocalEngineConfig, RuntimeInfo, UnavailableEngine,
-    detect_runtimes,
+    Engine, LocalEngine, LocalEngineConfig, RuntimeInfo, UnavailableEngine, detect_runtimes,
 };
+use voltrun_executions::{EnvOpener, Executions, ExecutionsConfig, StoredCode};
 use voltrun_storage::Store;
 use voltrun_vm::binaries::BinarySearch;
 use voltrun_vm::doctor::{self, DoctorConfig};
@@ -33,32 +33,6 @@ pub struct Application {
     shutdown_timeout: Duration,
     http: crate::config::HttpLimits,
     retention: crate::config::RetentionSettings,
-}
-
-/// Starts the instances functions keep warm (`min_instances`), without delaying start-up.
-fn prewarm_in_background(store: Arc<dyn Store>, engine: Arc<dyn Engine>, open_env: EnvOpener) {
-    tokio::spawn(async move {
-        let functions = match store.functions_to_keep_warm().await {
-            Ok(functions) => functions,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list functions to keep warm");
-                return;
-            }
-        };
-        for function in functions {
-            let id = function.id;
-            let started = match open_env(&function.env_ciphertext) {
-                Ok(env) => engine
-                    .prewarm(function, env)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = started {
-                tracing::warn!(function_id = %id, error = e, "pre-warming failed");
-            }
-        }
-    });
 }
 
 /// This node's name (the host name), recorded on the executions it runs.
@@ -179,7 +153,12 @@ fn namespace_engine(
     let e = &settings.engine;
     let isolation =
         NamespaceIsolation::new(&config.work_dir, e.sandbox_uid_base, e.sandbox_uid_count)?;
-    let engine = LocalEngine::new(config, store, runtimes, Arc::new(isolation))?;
+    let engine = LocalEngine::new(
+        config,
+        Arc::new(StoredCode(store)),
+        runtimes,
+        Arc::new(isolation),
+    )?;
     tracing::info!(
         detail = engine.status().detail,
         "execution engine: namespace sandbox"
@@ -227,7 +206,7 @@ async fn firecracker_engine(
     .map_err(anyhow::Error::msg)?;
     let engine = LocalEngine::new(
         local_config(settings, selection),
-        store,
+        Arc::new(StoredCode(store)),
         runtimes,
         Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )?;
@@ -263,7 +242,7 @@ async fn emulated_engine(
     .map_err(anyhow::Error::msg)?;
     let engine = LocalEngine::new(
         local_config(settings, Some("ENGINE_BACKEND=emulated".into())),
-        store,
+        Arc::new(StoredCode(store)),
         runtimes,
         Arc::new(GuestIsolation::new(Arc::new(launcher))),
     )?;
@@ -328,29 +307,30 @@ impl Application {
             engine,
             local: local_engine,
         } = build_engine(settings, store.clone()).await?;
-        // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue.
-        let dispatcher_wake = match &local_engine {
-            Some(_) => {
-                let secret_box = voltrun_auth::SecretBox::new(settings.encryption_key.expose());
-                let open_env: EnvOpener =
-                    Arc::new(move |sealed: &[u8]| Ok(secret_box.open_json(sealed)?));
-                let dispatcher = Dispatcher::new(
-                    store.clone(),
-                    engine.clone(),
-                    node_name(),
-                    open_env.clone(),
-                    settings.engine.async_parallelism,
-                    Duration::from_millis(settings.engine.retry_backoff_ms),
-                );
-                dispatcher
-                    .start()
-                    .await
-                    .context("starting the asynchronous dispatcher")?;
-                prewarm_in_background(store.clone(), engine.clone(), open_env);
-                Some(dispatcher.waker())
-            }
-            None => None,
+        // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue
+        // and start what functions keep warm.
+        let secret_box = voltrun_auth::SecretBox::new(settings.encryption_key.expose());
+        let open_env: EnvOpener = Arc::new(move |sealed: &[u8]| Ok(secret_box.open_json(sealed)?));
+        let quotas = voltrun_storage::UserQuotas {
+            max_functions: settings.quotas.functions,
+            max_code_bytes: settings.quotas.code_bytes,
+            max_queued_executions: settings.quotas.queued_executions,
         };
+        let mut executions = Executions::new(
+            store.clone(),
+            engine,
+            open_env,
+            ExecutionsConfig {
+                node: node_name(),
+                quotas,
+                async_parallelism: settings.engine.async_parallelism,
+                retry_backoff: Duration::from_millis(settings.engine.retry_backoff_ms),
+            },
+        );
+        executions
+            .start()
+            .await
+            .context("starting the asynchronous dispatcher")?;
         let config = ApiConfig {
             jwt_secret: settings.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
@@ -368,19 +348,13 @@ impl Application {
             },
             trusted_proxies: settings.trusted_proxies.clone(),
             metrics_token: settings.metrics_token.as_ref().map(|t| t.expose().clone()),
-            node: node_name(),
-            dispatcher_wake,
             body_limits: voltrun_api::limits::BodyLimits {
                 deadline: settings.http.body_timeout,
                 max_uploads: settings.http.max_uploads,
             },
-            quotas: voltrun_storage::UserQuotas {
-                max_functions: settings.quotas.functions,
-                max_code_bytes: settings.quotas.code_bytes,
-                max_queued_executions: settings.quotas.queued_executions,
-            },
+            quotas,
         };
-        let state = Arc::new(AppState::new(store.clone(), engine, config)?);
+        let state = Arc::new(AppState::new(store.clone(), Arc::new(executions), config)?);
         let router = voltrun_api::router(state);
         let address = SocketAddr::new(settings.bind_address, settings.port);
         let listener = TcpListener::bind(address)

@@ -13,10 +13,11 @@ use voltrun_domain::ValidationError;
 use voltrun_domain::execution::{
     AttemptRecord, ExecutionError, ExecutionRecord, ExecutionStatus, InvocationType, LogLine,
 };
-use voltrun_engine::{EngineError, Invocation, run_sync};
+use voltrun_engine::EngineError;
+use voltrun_executions::{ExecutionsError, Invoked};
 use voltrun_storage::ExecutionFilter;
 
-use super::functions::{open_env, owned_function};
+use super::functions::owned_function;
 use crate::caller::ExecuteAccess;
 use crate::error::{ApiError, ApiResult};
 use crate::error_docs::{
@@ -169,75 +170,43 @@ pub async fn execute(
     }
     let event = parse_event(&headers, &body)?;
     let function = owned_function(&state, user_id, id).await?;
-    let engine_status = state.engine.status();
-    if !engine_status.ready {
-        // Refuse before recording anything: there is no execution to show for it.
-        return Err(ApiError::EngineUnavailable(format!(
-            "functions cannot run on this server: {}",
-            engine_status.detail
-        )));
-    }
-    let env = open_env(&state, &function.env_ciphertext)?;
-
-    let record = ExecutionRecord::new_queued(
-        user_id,
-        function.id,
-        function.version,
-        invocation_type,
-        event,
-        voltrun_storage::now(),
-    );
-    match invocation_type {
-        InvocationType::Async => {
-            // The queued row is the queue entry: the dispatcher picks it up (also after a restart).
-            // A full queue (the user's quota) refuses it with a 429, and nothing is queued.
-            state
-                .store
-                .enqueue_execution(&record, &state.quotas)
-                .await?;
-            if let Some(wake) = &state.dispatcher_wake {
-                wake.notify_one();
-            }
+    let invoked = state
+        .executions
+        .invoke(user_id, function, event, invocation_type)
+        .await
+        .map_err(invoke_error)?;
+    match invoked {
+        Invoked::Queued(record) => {
             let queued = QueuedResponse {
                 execution_id: record.id,
                 status: ExecutionStatus::Queued,
             };
             Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
         }
-        InvocationType::Sync => {
-            // Recorded running from the start: one write before the run, one (outcome and logs) after.
-            let record = record.started(voltrun_storage::now(), &state.node);
-            state.store.insert_execution(&record).await?;
-            let invocation = Invocation {
-                execution_id: record.id,
-                function,
-                env,
-                event: record.input.clone(),
-            };
-            // Its own task: a client that disconnects drops this handler, not the run, which still
-            // ends and is recorded.
-            let (store, engine) = (state.store.clone(), state.engine.clone());
-            let done =
-                tokio::spawn(async move { run_sync(&store, engine.as_ref(), invocation).await })
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| match e {
-                        EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
-                        EngineError::Overloaded => ApiError::Overloaded,
-                        EngineError::MemoryTooLarge(why) => {
-                            ApiError::Validation(ValidationError::new("memory_mb", why))
-                        }
-                        EngineError::StorageFull(cause) => ApiError::StorageFull(cause),
-                        EngineError::Internal(cause) => ApiError::internal(cause),
-                        EngineError::StorageUnavailable(cause) => {
-                            ApiError::DatabaseUnavailable(cause)
-                        }
-                    })?;
-            // The answer is the record as just stored, built in memory rather than read back; a
-            // synchronous execution has no attempt history (only the dispatcher's retries add one).
-            let record = record.finished(done.outcome, done.logs_truncated);
+        // The answer is the record as just stored, built in memory rather than read back; a
+        // synchronous execution has no attempt history (only the dispatcher's retries add one).
+        Invoked::Finished(record) => {
             Ok(Json(ExecutionResponse::new(record, Some(Vec::new()))).into_response())
         }
+    }
+}
+
+/// Why an invocation was refused, as the API answers it: the one mapping of the service's errors.
+fn invoke_error(e: ExecutionsError) -> ApiError {
+    match e {
+        ExecutionsError::Engine(e) => match e {
+            EngineError::Unavailable(reason) => ApiError::EngineUnavailable(reason),
+            EngineError::Overloaded => ApiError::Overloaded,
+            // The function's configuration asks for what this server never grants: a 422 on the
+            // setting, not a 500.
+            EngineError::MemoryTooLarge(why) => {
+                ApiError::Validation(ValidationError::new("memory_mb", why))
+            }
+            EngineError::StorageFull(cause) => ApiError::StorageFull(cause),
+            EngineError::Internal(cause) => ApiError::internal(cause),
+        },
+        ExecutionsError::Store(e) => e.into(),
+        ExecutionsError::Environment(e) => ApiError::internal(e),
     }
 }
 

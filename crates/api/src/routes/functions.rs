@@ -200,7 +200,7 @@ pub struct CodeResponse {
 }
 
 fn parse_runtime(state: &SharedState, runtime: &str) -> Result<RuntimeFamily, ValidationError> {
-    let offered = state.engine.runtimes();
+    let offered = state.executions.engine().runtimes();
     offered
         .iter()
         .find(|r| r.id == runtime)
@@ -224,20 +224,6 @@ fn parse_concurrency_setting(raw: Option<i64>) -> Result<Option<Option<i32>>, Va
         Some(0) => Ok(Some(None)),
         Some(v) => parse_max_concurrency(v).map(|v| Some(Some(v))),
     }
-}
-
-/// Starts the function's `min_instances` in the background (a deploy answers without waiting).
-/// Called with 0 too: that releases the floor an earlier version or setting held.
-fn keep_warm(state: &SharedState, function: &FunctionRecord, env: &EnvVars) {
-    if !state.engine.status().ready {
-        return;
-    }
-    let (engine, function, env) = (state.engine.clone(), function.clone(), env.clone());
-    tokio::spawn(async move {
-        if let Err(e) = engine.prewarm(function, env).await {
-            tracing::warn!(error = %e, "pre-warming instances failed");
-        }
-    });
 }
 
 pub(crate) fn seal_env(state: &SharedState, env: &EnvVars) -> ApiResult<Vec<u8>> {
@@ -382,7 +368,7 @@ pub async fn create(
             other => other.into(),
         })?;
     tracing::info!(function_id = %record.id, "function created");
-    keep_warm(&state, &record, &env);
+    state.executions.keep_warm(&record, &env);
     Ok((
         StatusCode::CREATED,
         Json(FunctionResponse::new(record, Some(env))),
@@ -679,7 +665,7 @@ pub async fn update(
         ));
     }
     tracing::info!(function_id = %next.id, version = next.version, "function updated");
-    keep_warm(&state, &next, &env);
+    state.executions.keep_warm(&next, &env);
     Ok(Json(FunctionResponse::new(next, Some(env))))
 }
 
@@ -698,8 +684,7 @@ pub async fn delete(
     state.functions.forget(id);
     if deleted {
         // Its warm floor and idle instances go with it, in the background.
-        let engine = state.engine.clone();
-        tokio::spawn(async move { engine.release(id).await });
+        state.executions.release(id);
         tracing::info!(function_id = %id, "function deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

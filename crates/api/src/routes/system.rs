@@ -74,7 +74,7 @@ pub async fn health(
         Ok(Ok(()))
     );
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let engine = state.engine.status();
+    let engine = state.executions.engine().status();
     let (code, status) = match (db_ok, engine.ready) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, false) => (StatusCode::OK, "degraded"),
@@ -136,7 +136,7 @@ pub async fn metrics(State(state): State<SharedState>, operator: Operator) -> Re
 /// The runtimes this server can run.
 #[utoipa::path(get, path = "/api/runtimes", tag = "system", responses((status = 200, body = Vec<RuntimeInfo>)))]
 pub async fn runtimes(State(state): State<SharedState>) -> Json<Vec<RuntimeInfo>> {
-    Json(state.engine.runtimes().to_vec())
+    Json(state.executions.engine().runtimes().to_vec())
 }
 
 /// This document.

@@ -26,13 +26,12 @@ use chrono::Utc;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 use voltrun_domain::function::{EnvVars, FunctionRecord};
-use voltrun_storage::Store;
 
 use self::instance::{Held, Instance};
 use self::outcome::{Ended, Ran};
 use self::pool::Pool;
 use self::shares::{MemoryShare, UserShares};
-use crate::code_cache::CodeCache;
+use crate::code_cache::{CodeCache, CodeSource};
 use crate::isolation::{
     Capacity, Failure, InstanceSpec, InvokeResult, Isolation, Reservation, StartError,
 };
@@ -67,7 +66,8 @@ pub struct LocalEngineConfig {
 #[derive(Debug)]
 pub struct LocalEngine {
     config: LocalEngineConfig,
-    store: Arc<dyn Store>,
+    /// Where code comes from.
+    source: Arc<dyn CodeSource>,
     isolation: Arc<dyn Isolation>,
     runtimes: Vec<RuntimeInfo>,
     code: CodeCache,
@@ -115,11 +115,12 @@ impl From<EngineError> for NotStarted {
 }
 
 impl LocalEngine {
-    /// An engine running instances in `isolation`, offering those of `runtimes` it can run.
-    /// Writes the bootstraps into the work directory. Fails when it can run none of them.
+    /// An engine running instances in `isolation`, offering those of `runtimes` it can run, with
+    /// code from `source`. Writes the bootstraps into the work directory. Fails when it can run none
+    /// of them.
     pub fn new(
         config: LocalEngineConfig,
-        store: Arc<dyn Store>,
+        source: Arc<dyn CodeSource>,
         runtimes: Vec<RuntimeInfo>,
         isolation: Arc<dyn Isolation>,
     ) -> Result<Arc<Self>, EngineError> {
@@ -147,7 +148,7 @@ impl LocalEngine {
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
-            store,
+            source,
             isolation,
             runtimes,
             code,
@@ -183,7 +184,7 @@ impl LocalEngine {
     /// references any more and that no instance has used for `unused_for`. Returns how many entries
     /// went.
     async fn collect_code(&self, unused_for: Duration) -> usize {
-        let removed = self.code.collect(self.store.as_ref(), unused_for).await;
+        let removed = self.code.collect(self.source.as_ref(), unused_for).await;
         for sha in &removed {
             self.isolation.code_removed(&self.code.root().join(sha));
         }
@@ -351,10 +352,10 @@ impl LocalEngine {
         let started = Instant::now();
         let share = self.reserve_share(function).await?;
         let memory = self.reserve_memory(function.memory_mib()).await?;
-        let (code_dir, code_lease) = self.code.ensure(self.store.as_ref(), function).await?;
+        let (code_dir, code_lease) = self.code.ensure(self.source.as_ref(), function).await?;
         let (opt_dir, opt_lease) = self
             .code
-            .ensure_layers(self.store.as_ref(), &function.layers)
+            .ensure_layers(self.source.as_ref(), &function.layers)
             .await?
             .unzip();
         let name = format!("i-{}", Uuid::now_v7().simple());
@@ -524,7 +525,7 @@ impl Engine for LocalEngine {
         let request_id = invocation.execution_id.to_string();
         let mut ended = Ended {
             request_id: request_id.clone(),
-            started_at: voltrun_storage::now(),
+            started_at: voltrun_domain::now(),
             logs: vec![outcome::start_line(&request_id, function.version)],
             result: Err(Failure::TimedOut),
             init: None,
@@ -593,7 +594,7 @@ impl LocalEngine {
     fn finish(&self, function: &FunctionRecord, ended: Ended) -> InvocationResult {
         let (cold, init) = (ended.cold, ended.init.map(|i| i.duration));
         let duration = ended.ran.as_ref().map_or(ended.waited, |ran| ran.duration);
-        let result = outcome::finish(function, ended, &self.config.node, voltrun_storage::now());
+        let result = outcome::finish(function, ended, &self.config.node, voltrun_domain::now());
         crate::metrics::record(
             &function.runtime,
             cold,

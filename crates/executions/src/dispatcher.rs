@@ -1,180 +1,20 @@
-//! Running recorded executions: the bookkeeping around [`Engine::invoke`] that every caller shares
-//! (marking the record running, storing logs, finishing it), and the dispatcher that works through
-//! asynchronous executions queued in the database, with retries and backoff.
-//!
-//! The database is the queue: an asynchronous execution is a `queued` row, so nothing is lost when the
-//! server stops, and a later step can put a distributed queue behind the same interface.
+//! The dispatcher: works through asynchronous executions queued in the database, with retries and
+//! backoff. The database is the queue: an asynchronous execution is a `queued` row, so nothing is
+//! lost when the server stops. What it stores is decided first and written after
+//! ([`Settlement`]), so a database outage meanwhile loses nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use voltrun_domain::execution::{
-    AttemptRecord, ExecutionError, ExecutionOutcome, ExecutionRecord, ExecutionStatus,
-    LOG_CAP_BYTES,
+    AttemptRecord, ExecutionOutcome, ExecutionRecord, ExecutionStatus, LOG_CAP_BYTES,
 };
-use voltrun_domain::function::EnvVars;
+use voltrun_engine::{Engine, EngineError, Invocation, InvocationResult};
 use voltrun_storage::{Store, StoreError};
 
-use crate::{Engine, EngineError, Invocation, InvocationResult};
-
-fn storage(e: StoreError) -> EngineError {
-    match e {
-        StoreError::StorageFull(cause) => EngineError::StorageFull(format!("storage: {cause}")),
-        other if other.is_unavailable() => EngineError::StorageUnavailable(other.to_string()),
-        other => EngineError::Internal(format!("storage: {other}")),
-    }
-}
-
-/// An outcome for a run the platform could not carry out.
-fn platform_failure(error_type: &str, message: String) -> ExecutionOutcome {
-    let now = voltrun_storage::now();
-    ExecutionOutcome {
-        status: ExecutionStatus::Failed,
-        output: None,
-        error: Some(ExecutionError {
-            error_type: error_type.into(),
-            message,
-        }),
-        started_at: now,
-        finished_at: now,
-        duration_ms: 0,
-        init_duration_ms: None,
-        memory_peak_mb: None,
-        cold_start: false,
-        node: String::new(),
-        instance_id: String::new(),
-    }
-}
-
-fn engine_failure(e: &EngineError) -> ExecutionOutcome {
-    let error_type = match e {
-        EngineError::Unavailable(_) => "Platform.EngineUnavailable",
-        EngineError::Overloaded => "Platform.Overloaded",
-        EngineError::MemoryTooLarge(_) => "Platform.MemoryTooLarge",
-        EngineError::StorageFull(_) => "Platform.StorageFull",
-        EngineError::Internal(_) | EngineError::StorageUnavailable(_) => "Platform.Internal",
-    };
-    platform_failure(error_type, e.to_string())
-}
-
-async fn finish(
-    store: &dyn Store,
-    id: uuid::Uuid,
-    outcome: &ExecutionOutcome,
-) -> Result<(), EngineError> {
-    store.finish_execution(id, outcome).await.map_err(storage)?;
-    crate::metrics::record_execution(outcome.status);
-    Ok(())
-}
-
-/// How a synchronous execution ended, as recorded.
-#[derive(Debug, Clone)]
-pub struct SyncCompletion {
-    pub outcome: ExecutionOutcome,
-    /// Whether its logs were cut at [`LOG_CAP_BYTES`].
-    pub logs_truncated: bool,
-}
-
-/// Runs a synchronous execution, already recorded as running (see [`ExecutionRecord::started`]), to
-/// its end, and records the outcome with its logs in one write. Platform failures are recorded on the
-/// execution (as `Platform.*` errors) and returned, so the caller can answer with the matching status
-/// code. When the database refuses the record, it is retried in the background until stored (so the
-/// execution still ends terminal once the database is back) and `StorageUnavailable` is returned.
-pub async fn run_sync(
-    store: &Arc<dyn Store>,
-    engine: &dyn Engine,
-    invocation: Invocation,
-) -> Result<SyncCompletion, EngineError> {
-    let id = invocation.execution_id;
-    match engine.invoke(invocation).await {
-        Ok(InvocationResult { outcome, logs }) => {
-            match store
-                .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
-                .await
-            {
-                Ok(logs_truncated) => {
-                    crate::metrics::record_execution(outcome.status);
-                    Ok(SyncCompletion {
-                        outcome,
-                        logs_truncated,
-                    })
-                }
-                Err(e) => {
-                    let full = matches!(e, StoreError::StorageFull(_));
-                    let e = storage(e);
-                    let store = store.clone();
-                    if full {
-                        // The outcome and logs do not fit (a full disk): record at least that the
-                        // execution ended, a smaller write that may still fit, and keep trying that.
-                        let ended = engine_failure(&e);
-                        if finish(store.as_ref(), id, &ended).await.is_err() {
-                            store_in_background(id, move || {
-                                let (store, ended) = (store.clone(), ended.clone());
-                                async move { store.finish_execution(id, &ended).await }
-                            });
-                        }
-                    } else {
-                        // The database is away: store the whole record once it answers.
-                        store_in_background(id, move || {
-                            let (store, outcome, logs) =
-                                (store.clone(), outcome.clone(), logs.clone());
-                            async move {
-                                store
-                                    .complete_execution(id, &outcome, &logs, LOG_CAP_BYTES)
-                                    .await
-                                    .map(drop)
-                            }
-                        });
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Err(e) => {
-            let outcome = engine_failure(&e);
-            if let Err(stored) = finish(store.as_ref(), id, &outcome).await {
-                let store = store.clone();
-                store_in_background(id, move || {
-                    let (store, outcome) = (store.clone(), outcome.clone());
-                    async move { store.finish_execution(id, &outcome).await }
-                });
-                return Err(stored);
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Retries `write` with backoff (up to [`MAX_SETTLE_BACKOFF`]) until the database takes it.
-fn store_in_background<F, Fut>(id: uuid::Uuid, write: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), StoreError>> + Send,
-{
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            tokio::time::sleep(backoff).await;
-            match write().await {
-                Ok(()) => {
-                    tracing::info!(execution_id = %id, "stored an execution's record once the database answered");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(execution_id = %id, error = %e, "storing an execution's record failed; retrying");
-                    backoff = (backoff * 2).min(MAX_SETTLE_BACKOFF);
-                }
-            }
-        }
-    });
-}
-
-/// Opens a function's sealed environment variables (the key lives with the API and the server).
-pub type EnvOpener = Arc<dyn Fn(&[u8]) -> Result<EnvVars, EnvOpenError> + Send + Sync>;
-
-/// Why a function's environment could not be opened (a damaged value, or another key).
-pub type EnvOpenError = Box<dyn std::error::Error + Send + Sync>;
+use crate::EnvOpener;
+use crate::record::{MAX_SETTLE_BACKOFF, engine_failure, platform_failure, record_execution};
 
 /// Works through queued asynchronous executions.
 pub struct Dispatcher {
@@ -224,12 +64,11 @@ impl Dispatcher {
     }
 
     /// Recovers what a crash left (see [`Store::recover_interrupted`]) and starts dispatching.
-    pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, EngineError> {
+    pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, StoreError> {
         let (failed, requeued) = self
             .store
             .recover_interrupted(&self.node, voltrun_storage::now())
-            .await
-            .map_err(storage)?;
+            .await?;
         if failed + requeued > 0 {
             tracing::warn!(
                 failed_sync = failed,
@@ -384,9 +223,6 @@ impl Dispatcher {
     }
 }
 
-/// The longest wait between two tries to store a settlement.
-const MAX_SETTLE_BACKOFF: Duration = Duration::from_secs(10);
-
 /// What a dispatched execution leaves to store.
 #[derive(Debug)]
 enum Settlement {
@@ -438,7 +274,7 @@ impl Settlement {
                     Then::Retry { due } => store.requeue_execution(id, *due).await?,
                     Then::Finish(outcome) => {
                         store.finish_execution(id, outcome).await?;
-                        crate::metrics::record_execution(outcome.status);
+                        record_execution(outcome.status);
                     }
                 }
                 Ok(true)
