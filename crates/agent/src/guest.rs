@@ -13,6 +13,9 @@
 //!
 //! Ordering: an invocation's log lines are sent before its result. Before sending a result the agent
 //! waits until the runtime's pipes are drained and the readers have forwarded what they read.
+//!
+//! One file on purpose (past 500 lines): the connection loop, the runtime it owns and the relay share
+//! one piece of state, and the order of their steps is the protocol's.
 
 use std::os::fd::AsFd;
 use std::process::Stdio;

@@ -8,6 +8,9 @@
 //! Decoding never panics and never allocates more than the frame it was given: a frame that is too
 //! long, too short, of an unknown version or kind, truncated inside a field, with invalid UTF-8 or
 //! with bytes left over is a [`ProtocolError`].
+//!
+//! One file on purpose (past 500 lines): every message's encoder and decoder sit side by side, so a
+//! change to a message's layout is made to both at once.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

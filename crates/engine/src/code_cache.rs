@@ -2,7 +2,7 @@
 //! where they mount them at `/opt`. This module owns the code directory: one directory per code
 //! sha256 (`<sha256>/`), shared by every version and instance with that code, and one per ordered
 //! set of layers (`opt-<sha256 of their code>/`), each written once (extracted to a temporary
-//! directory, then renamed into place) and never modified; the microVM images `microvm` makes
+//! directory, then renamed into place) and never modified; the images the guest backend makes
 //! beside them (`<entry>.ext4`); which entries live instances are using; and the removal of entries
 //! no function references any more (a layer set's is removed once unused: it is made again from
 //! storage when needed).
@@ -11,6 +11,9 @@
 //! from before the entry is looked up until the instance has stopped, and an entry is only
 //! removed, under the same lock that takes leases, while nobody holds one. (A sandbox bind-mounts
 //! the directory: removing the files under a running one would remove them inside it too.)
+//!
+//! One file on purpose (about 500 lines): making an entry, leasing it and collecting it share one lock
+//! and must be read together.
 
 use std::collections::HashMap;
 use std::fs;

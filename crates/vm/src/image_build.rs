@@ -10,6 +10,9 @@
 //!
 //! Images are rebuilt only when an input changed: the manifest keeps a hash over the agent, the
 //! bootstraps, the kernel and the list (path, size, modification time) of every runtime file.
+//!
+//! One file on purpose (past 500 lines): what goes into an image and the hash that decides whether to
+//! rebuild it must list the same inputs.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,9 @@
 //! own namespaces, cgroups, seccomp filter and host uid, served the Lambda Runtime API on the
 //! sandbox's own loopback by this process, which also reads its output into log lines. Between
 //! invocations the cgroup freezer stops it, as Lambda freezes an idle sandbox.
+//!
+//! One file on purpose (about 500 lines): starting a sandbox, serving its Runtime API and reading its
+//! output are one life cycle.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

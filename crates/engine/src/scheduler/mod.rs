@@ -5,11 +5,12 @@
 //! Instances are pooled per (function, version) ([`pool`]). An invocation takes an idle instance or
 //! starts one (a cold start). Each function may run at most `max_concurrency_per_function`
 //! invocations at once, all instances together stay within a host memory budget, and one user's
-//! within their share of it ([`shares`]); over any of these, an invocation waits up to
+//! within their share of it ([`shares`]; [`admission`] checks all three); over any of these, an invocation waits up to
 //! `queue_timeout`, then fails as overloaded (429 for synchronous calls). Idle instances stop after
 //! `keep_alive`; a new version drains the old version's idle instances. How an invocation ended
 //! becomes its record in [`outcome`]; what the runtime sees of Lambda is [`crate::lambda_env`].
 
+mod admission;
 mod instance;
 mod outcome;
 mod pool;
@@ -23,14 +24,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use chrono::Utc;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 use uuid::Uuid;
 use voltrun_domain::function::{EnvVars, FunctionRecord};
 
 use self::instance::{Held, Instance};
 use self::outcome::{Ended, Ran};
 use self::pool::Pool;
-use self::shares::{MemoryShare, UserShares};
+use self::shares::UserShares;
 use crate::code_cache::{CodeCache, CodeSource};
 use crate::isolation::{
     Capacity, Failure, InstanceSpec, InvokeResult, Isolation, Reservation, StartError,
@@ -251,94 +252,6 @@ impl LocalEngine {
                     function.runtime
                 ))
             })
-    }
-
-    async fn function_slot(
-        &self,
-        function: &FunctionRecord,
-    ) -> Result<OwnedSemaphorePermit, EngineError> {
-        let limit = function
-            .max_concurrency
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(self.config.max_concurrency_per_function);
-        let semaphore = {
-            let mut all = self.concurrency.lock().await;
-            let entry = all
-                .entry(function.id)
-                .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
-            if entry.0 != limit {
-                // A changed limit takes effect for new invocations; running ones finish on the old one.
-                *entry = (limit, Arc::new(Semaphore::new(limit)));
-            }
-            entry.1.clone()
-        };
-        tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned())
-            .await
-            .map_err(|_| EngineError::Overloaded)?
-            .map_err(|_| EngineError::Overloaded)
-    }
-
-    /// The user's share of the memory budget for a new instance of `function`: its idle instances
-    /// (the oldest first) make way for it, then it waits up to the queue timeout for its busy ones.
-    async fn reserve_share(&self, function: &FunctionRecord) -> Result<MemoryShare, EngineError> {
-        let (user, mb) = (function.user_id, u64::from(function.memory_mib()));
-        if mb > self.shares.cap_mb() {
-            return Err(EngineError::MemoryTooLarge(format!(
-                "the function's {mb} MB exceed this server's memory share per user of {} MB (ENGINE_USER_MEMORY_MB)",
-                self.shares.cap_mb()
-            )));
-        }
-        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
-        loop {
-            // Armed before looking: a share given back, or an instance of the user's going idle
-            // (which can then make way), in between still ends the wait below.
-            let changed = self.shares.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(share) = self.shares.try_take(user, mb) {
-                return Ok(share);
-            }
-            match self
-                .pooled(|pool| pool.take_oldest(|i| pool::Pooled::user(i) == user))
-                .await
-            {
-                Some(instance) => instance.stop().await,
-                None => {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return Err(EngineError::Overloaded);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reserves memory for a new instance, evicting idle instances (oldest first) when the budget is
-    /// used up, then waiting up to the queue timeout.
-    async fn reserve_memory(&self, memory_mb: u32) -> Result<OwnedSemaphorePermit, EngineError> {
-        if u64::from(memory_mb) > self.config.memory_budget_mb {
-            return Err(EngineError::MemoryTooLarge(format!(
-                "the function's {memory_mb} MB exceed this host's memory budget of {} MB",
-                self.config.memory_budget_mb
-            )));
-        }
-        let budget = &self.memory.0;
-        loop {
-            if let Ok(permit) = budget.clone().try_acquire_many_owned(memory_mb) {
-                return Ok(permit);
-            }
-            match self.pooled(|pool| pool.take_oldest(|_| true)).await {
-                Some(instance) => instance.stop().await,
-                None => {
-                    return tokio::time::timeout(
-                        self.config.queue_timeout,
-                        budget.clone().acquire_many_owned(memory_mb),
-                    )
-                    .await
-                    .map_err(|_| EngineError::Overloaded)?
-                    .map_err(|_| EngineError::Overloaded);
-                }
-            }
-        }
     }
 
     /// Starts an instance of `function` (a cold start): reserves its memory and its user's share,
