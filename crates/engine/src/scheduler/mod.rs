@@ -262,7 +262,6 @@ impl LocalEngine {
         runtime: &RuntimeInfo,
         env: &EnvVars,
     ) -> Result<Instance, NotStarted> {
-        let started = Instant::now();
         let share = self.reserve_share(function).await?;
         let memory = self.reserve_memory(function.memory_mib()).await?;
         let (code_dir, code_lease) = self.code.ensure(self.source.as_ref(), function).await?;
@@ -284,9 +283,12 @@ impl LocalEngine {
             runtime_api_port: RUNTIME_API_PORT,
             capacity: self.memory.clone(),
         };
-        let running = loop {
+        let (running, started) = loop {
+            // The init duration counts from here: the backend's start and the runtime's init, not
+            // the waits for admission or the code.
+            let started = Instant::now();
             match self.isolation.start(&spec).await {
-                Ok(running) => break running,
+                Ok(running) => break (running, started),
                 Err(StartError::Failed { failure, logs }) => {
                     return Err(NotStarted::Failed { failure, logs });
                 }
@@ -518,3 +520,6 @@ impl LocalEngine {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -92,11 +92,15 @@ impl<T: Pooled> Pool<T> {
     pub fn take_expired(&mut self, keep_alive: Duration, now: Instant) -> Vec<T> {
         let mut taken = Vec::new();
         for (key, list) in &mut self.idle {
-            list.sort_by_key(|i| std::cmp::Reverse(i.last_used()));
+            // Oldest first, as `put` leaves them: the warmest stays last, where `take_warm` looks.
+            list.sort_by_key(|i| i.last_used());
             let floor = self.floors.get(key).copied().unwrap_or(0);
+            let kept_warm = list.len().saturating_sub(floor);
             let mut keep = Vec::new();
             for (n, instance) in list.drain(..).enumerate() {
-                if n < floor || now.saturating_duration_since(instance.last_used()) < keep_alive {
+                if n >= kept_warm
+                    || now.saturating_duration_since(instance.last_used()) < keep_alive
+                {
                     keep.push(instance);
                 } else {
                     taken.push(instance);
@@ -250,6 +254,17 @@ mod tests {
             ["e"],
             "the floor keeps the most recently used even past its keep-alive"
         );
+    }
+
+    #[test]
+    fn reaping_keeps_the_warmest_where_a_warm_start_takes_it() {
+        let (clock, f) = (Clock::new(), Uuid::now_v7());
+        let mut pool = Pool::default();
+        pool.put((f, 1), clock.at("older", 10));
+        pool.put((f, 1), clock.at("warmest", 20));
+        let now = clock.t0 + Duration::from_secs(21);
+        assert!(pool.take_expired(Duration::from_secs(30), now).is_empty());
+        assert_eq!(pool.take_warm((f, 1)).0.map(|i| i.name), Some("warmest"));
     }
 
     #[test]

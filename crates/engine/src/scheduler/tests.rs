@@ -1,0 +1,187 @@
+//! The scheduler driven through its seams: a stand-in backend and code source, so what is measured
+//! and what is evicted can be checked without a sandbox.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::isolation::{InvokeRequest, RunningInstance};
+use crate::runtime_api::RuntimeReply;
+use crate::{CodeSourceError, test_function};
+
+/// A backend with a fixed number of slots (as the namespace backend has host uids): a live instance
+/// holds one until it is stopped.
+#[derive(Debug)]
+struct Slots(Arc<Mutex<usize>>);
+
+#[async_trait]
+impl Isolation for Slots {
+    fn backend(&self) -> &'static str {
+        "stand-in"
+    }
+
+    fn describe(&self) -> String {
+        "stand-in instances".into()
+    }
+
+    async fn start(&self, _spec: &InstanceSpec) -> Result<Box<dyn RunningInstance>, StartError> {
+        let mut free = self.0.lock().unwrap();
+        if *free == 0 {
+            return Err(StartError::Exhausted("slot"));
+        }
+        *free -= 1;
+        Ok(Box::new(Stub(self.0.clone())))
+    }
+}
+
+/// Answers `"done"`, after half a second when the event asks it to.
+#[derive(Debug)]
+struct Stub(Arc<Mutex<usize>>);
+
+#[async_trait]
+impl RunningInstance for Stub {
+    async fn invoke(&mut self, request: InvokeRequest) -> InvokeResult {
+        if request.event.starts_with(b"\"slow\"") {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        InvokeResult::Replied(RuntimeReply::Response(Bytes::from_static(b"\"done\"")))
+    }
+
+    async fn logs(&mut self) -> Vec<voltrun_domain::execution::LogLine> {
+        Vec::new()
+    }
+
+    fn memory_peak_mb(&self) -> Option<i64> {
+        Some(1)
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    async fn stop(self: Box<Self>) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+/// Code that takes `delay` to read, as a busy database's would.
+#[derive(Debug)]
+struct SlowCode(Duration);
+
+#[async_trait]
+impl CodeSource for SlowCode {
+    async fn code(&self, _sha256: &str) -> Result<Option<Vec<u8>>, CodeSourceError> {
+        tokio::time::sleep(self.0).await;
+        Ok(Some(b"#!/bin/sh\n".to_vec()))
+    }
+
+    async fn referenced(&self, _sha256: &str) -> Result<bool, CodeSourceError> {
+        Ok(true)
+    }
+}
+
+fn engine(slots: usize, code_delay: Duration) -> (Arc<LocalEngine>, PathBuf) {
+    let work_dir = std::env::temp_dir().join(format!("scheduler-{}", Uuid::now_v7().simple()));
+    let config = LocalEngineConfig {
+        work_dir: work_dir.clone(),
+        keep_alive: Duration::from_secs(600),
+        max_concurrency_per_function: 4,
+        memory_budget_mb: 4096,
+        user_memory_mb: 4096,
+        queue_timeout: Duration::from_millis(200),
+        // No unprivileged extractor: the stand-in code is one file.
+        uid_base: 0,
+        tmp_size_mb: 16,
+        max_processes: 16,
+        node: "test".into(),
+        selection: None,
+        code_gc_after: None,
+    };
+    let provided = RuntimeInfo {
+        id: "provided".into(),
+        family: "provided".into(),
+        version: None,
+        interpreter: None,
+        binds: Vec::new(),
+    };
+    let engine = LocalEngine::new(
+        config,
+        Arc::new(SlowCode(code_delay)),
+        vec![provided],
+        Arc::new(Slots(Arc::new(Mutex::new(slots)))),
+    )
+    .unwrap();
+    (engine, work_dir)
+}
+
+fn function() -> FunctionRecord {
+    let mut function = test_function("provided");
+    function.code_filename = Some("bootstrap".into());
+    function.code_sha256 = format!("{:064x}", Uuid::now_v7().as_u128());
+    function
+}
+
+async fn invoke(
+    engine: &LocalEngine,
+    function: &FunctionRecord,
+    event: &str,
+) -> Result<InvocationResult, EngineError> {
+    engine
+        .invoke(Invocation {
+            execution_id: Uuid::now_v7(),
+            function: function.clone(),
+            env: EnvVars::new(),
+            event: serde_json::Value::String(event.into()),
+        })
+        .await
+}
+
+#[tokio::test]
+async fn the_init_duration_is_the_backends_start_not_the_wait_for_code() {
+    let (engine, dir) = engine(1, Duration::from_millis(400));
+    let clock = Instant::now();
+    let first = invoke(&engine, &function(), "fast").await.unwrap().outcome;
+    assert!(clock.elapsed() >= Duration::from_millis(400));
+    assert!(first.cold_start);
+    let init = first
+        .init_duration_ms
+        .expect("a cold start reports its init");
+    assert!(init < 200, "init {init} ms counts the code's 400 ms read");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_backend_out_of_slots_makes_an_idle_instance_give_way_but_never_a_busy_one() {
+    let (engine, dir) = engine(1, Duration::ZERO);
+    let (a, b) = (function(), function());
+    assert!(
+        invoke(&engine, &a, "fast")
+            .await
+            .unwrap()
+            .outcome
+            .cold_start
+    );
+    // A's idle instance holds the only slot: B's cold start stops it and takes the slot.
+    let outcome = invoke(&engine, &b, "fast").await.unwrap().outcome;
+    assert_eq!(outcome.output, Some(serde_json::json!("done")));
+    assert!(
+        invoke(&engine, &a, "fast")
+            .await
+            .unwrap()
+            .outcome
+            .cold_start,
+        "A's instance was evicted"
+    );
+
+    // While A's instance is busy, B finds nothing to evict: refused, not queued behind it.
+    let busy = {
+        let (engine, a) = (engine.clone(), a.clone());
+        tokio::spawn(async move { invoke(&engine, &a, "slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(
+        invoke(&engine, &b, "fast").await,
+        Err(EngineError::Overloaded)
+    ));
+    assert!(busy.await.unwrap().is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
