@@ -24,6 +24,9 @@ use voltrun_vm::jailer::JailerConfig;
 
 use crate::config::{EngineBackend, Environment, SecretSource, Settings};
 
+mod prepare;
+pub use prepare::{Secrets, read_host, secrets};
+
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
@@ -258,13 +261,15 @@ async fn emulated_engine(
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        if settings.jwt_secret_source == SecretSource::DataDir {
+        // First, so that a damaged secret file is reported as the configuration error it is.
+        let secrets = secrets(settings)?;
+        if secrets.jwt_secret_source == SecretSource::DataDir {
             tracing::warn!(
                 path = %settings.data_dir.join("jwt_secret").display(),
                 "JWT_SECRET is not set: using a development secret kept in the data directory; set JWT_SECRET in production"
             );
         }
-        if settings.encryption_key_source == SecretSource::DataDir {
+        if secrets.encryption_key_source == SecretSource::DataDir {
             tracing::warn!(
                 "ENCRYPTION_KEY is not set: using a development key kept in the data directory"
             );
@@ -275,7 +280,7 @@ impl Application {
             );
         }
         // The data directory holds the database, secrets and unpacked code: private by default.
-        crate::config::create_private_dir(&settings.data_dir)
+        prepare::create_private_dir(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
         // SQLite creates the database file but not its directory, and would make the file 0644.
         let sqlite_file = settings
@@ -288,10 +293,10 @@ impl Application {
             });
         if let Some(file) = sqlite_file {
             if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                crate::config::create_private_dir(dir)
+                prepare::create_private_dir(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
-            crate::config::create_private_file(file)
+            prepare::create_private_file(file)
                 .with_context(|| format!("creating {}", file.display()))?;
         }
         let store =
@@ -309,7 +314,7 @@ impl Application {
         } = build_engine(settings, store.clone()).await?;
         // Asynchronous executions: recover what a previous stop interrupted, then dispatch the queue
         // and start what functions keep warm.
-        let secret_box = voltrun_auth::SecretBox::new(settings.encryption_key.expose());
+        let secret_box = voltrun_auth::SecretBox::new(secrets.encryption_key.expose());
         let open_env: EnvOpener = Arc::new(move |sealed: &[u8]| Ok(secret_box.open_json(sealed)?));
         let quotas = voltrun_storage::UserQuotas {
             max_functions: settings.quotas.functions,
@@ -332,11 +337,11 @@ impl Application {
             .await
             .context("starting the asynchronous dispatcher")?;
         let config = ApiConfig {
-            jwt_secret: settings.jwt_secret.expose().clone(),
+            jwt_secret: secrets.jwt_secret.expose().clone(),
             access_token_ttl_s: settings.access_token_ttl_s,
             refresh_token_ttl_s: settings.refresh_token_ttl_s,
             session_max_age_s: settings.session_max_age_s,
-            env_encryption_key: *settings.encryption_key.expose(),
+            env_encryption_key: *secrets.encryption_key.expose(),
             auth_limits: AuthLimits {
                 attempts_per_address_per_minute: settings.auth_attempts_per_minute,
                 failed_logins_per_account: settings.login_failures_per_account,
@@ -377,7 +382,10 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        // Handlers are installed before `listening` is logged: a signal sent the moment after
+        // must stop the server cleanly, not kill it (the default action) before it could.
+        let shutdown = shutdown_signal().context("installing the signal handlers")?;
+        self.run_until(shutdown).await
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish within the deadline.
@@ -420,20 +428,15 @@ impl Application {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Completes on SIGTERM or SIGINT; the handlers are in place once this returns.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
+    })
 }

@@ -218,7 +218,10 @@ mod known_secret {
     const SECRET: &str = "a-known-test-secret-of-at-least-32-bytes";
 
     async fn spawn(backend: Backend) -> TestApp {
-        TestApp::spawn_with(backend, |raw| raw.jwt_secret = Some(SECRET.into())).await
+        TestApp::spawn_with(backend, |raw| {
+            raw.auth.jwt_secret = Some(voltrun::config::Secret::new(SECRET.into()))
+        })
+        .await
     }
 
     async fn expired_and_misaddressed_tokens_are_refused(app: TestApp) {
@@ -296,8 +299,7 @@ mod session_max_age {
     use super::*;
 
     async fn a_session_stops_rotating_at_its_maximum_age(backend: Backend) {
-        let app =
-            TestApp::spawn_with(backend, |raw| raw.session_max_age_s = Some("2".into())).await;
+        let app = TestApp::spawn_with(backend, |raw| raw.auth.session_max_age_s = 2).await;
         let user = app.register().await;
         // The access token does not outlive the session either.
         let claims = claims_of(&user.access_token);

@@ -454,7 +454,7 @@ async fn unfinished_body_status(
 
 async fn hostile_requests_get_only_documented_statuses(backend: Backend) {
     // Bodies get a second to arrive, so that the 408s come quickly.
-    let app = TestApp::spawn_with(backend, |raw| raw.http_body_timeout_s = Some("1".into())).await;
+    let app = TestApp::spawn_with(backend, |raw| raw.http.body_timeout_s = 1).await;
     let user = app.register().await;
     let token = user.access_token.as_str();
     let function = app.create_function(token, "probed").await["id"]
@@ -568,7 +568,7 @@ async fn hostile_requests_get_only_documented_statuses(backend: Backend) {
 
     // A second server whose one upload slot is taken: the routes that accept code meet the cap (the
     // others take no upload slot).
-    let capped = TestApp::spawn_with(backend, |raw| raw.http_max_uploads = Some("1".into())).await;
+    let capped = TestApp::spawn_with(backend, |raw| raw.http.max_uploads = 1).await;
     let capped_user = capped.register().await;
     let address = capped.base.trim_start_matches("http://");
     let mut holder = TcpStream::connect(address).await.unwrap();

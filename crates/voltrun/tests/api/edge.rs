@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{Backend, TestApp};
 
-async fn edge_app(customise: impl FnOnce(&mut voltrun::config::RawSettings)) -> TestApp {
+async fn edge_app(customise: impl FnOnce(&mut voltrun::config::SettingsArgs)) -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, customise).await
 }
 
@@ -45,7 +45,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dripping_its_headers_is_cut_off_at_the_header_timeout() {
-    let app = edge_app(|raw| raw.http_header_timeout_s = Some("1".into())).await;
+    let app = edge_app(|raw| raw.http.header_timeout_s = 1).await;
     let mut slow = TcpStream::connect(address(&app)).await.unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -72,7 +72,7 @@ async fn a_client_dripping_its_headers_is_cut_off_at_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_arrive_in_time_gets_408_in_the_error_format() {
-    let app = edge_app(|raw| raw.http_body_timeout_s = Some("1".into())).await;
+    let app = edge_app(|raw| raw.http.body_timeout_s = 1).await;
     let mut slow = TcpStream::connect(address(&app)).await.unwrap();
     slow.write_all(
         b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"email\":",
@@ -92,8 +92,8 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_in_the_error_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_until_one_ends() {
     let app = edge_app(|raw| {
-        raw.http_max_connections = Some("3".into());
-        raw.http_header_timeout_s = Some("30".into());
+        raw.http.max_connections = 3;
+        raw.http.header_timeout_s = 30;
     })
     .await;
     // Three clients that never finish their headers hold every slot.
@@ -133,7 +133,7 @@ async fn connections_past_the_cap_wait_until_one_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_uploads_past_the_cap_get_503_with_retry_after() {
-    let app = edge_app(|raw| raw.http_max_uploads = Some("1".into())).await;
+    let app = edge_app(|raw| raw.http.max_uploads = 1).await;
     let user = app.register().await;
     // One upload in flight: 2 MiB declared, the first half sent, the rest held back.
     let mut first = TcpStream::connect(address(&app)).await.unwrap();
@@ -162,7 +162,7 @@ async fn large_uploads_past_the_cap_get_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
-    let app = edge_app(|raw| raw.http_header_timeout_s = Some("1".into())).await;
+    let app = edge_app(|raw| raw.http.header_timeout_s = 1).await;
     let mut idle = TcpStream::connect(address(&app)).await.unwrap();
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -215,7 +215,7 @@ async fn upload_status(app: &TestApp, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_slots_go_only_to_authenticated_uploaders_and_a_few_per_user() {
-    let app = edge_app(|raw| raw.http_max_uploads = Some("4".into())).await;
+    let app = edge_app(|raw| raw.http.max_uploads = 4).await;
     let (hog, other) = (app.register().await, app.register().await);
     // Anonymous clients stalling chunked bodies on any route hold no upload slot...
     let mut stalled = Vec::new();
@@ -248,8 +248,8 @@ async fn upload_slots_go_only_to_authenticated_uploaders_and_a_few_per_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_connection_at_the_write_timeout() {
     let app = edge_app(|raw| {
-        raw.http_max_connections = Some("1".into());
-        raw.http_write_timeout_s = Some("1".into());
+        raw.http.max_connections = 1;
+        raw.http.write_timeout_s = 1;
     })
     .await;
     // One connection, a tiny receive buffer, and many requests for a large document it never reads:
@@ -278,7 +278,7 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_write_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_at_most_its_share_of_connections() {
-    let app = edge_app(|raw| raw.http_max_connections_per_address = Some("2".into())).await;
+    let app = edge_app(|raw| raw.http.max_connections_per_address = 2).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(address(&app)).await.unwrap();
@@ -310,7 +310,7 @@ async fn one_address_holds_at_most_its_share_of_connections() {
 /// server's memory for as long as it likes; past the slots a 503 with `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_of_large_code_hold_slots_only_until_the_deadline() {
-    let app = edge_app(|raw| raw.http_body_timeout_s = Some("3".into())).await;
+    let app = edge_app(|raw| raw.http.body_timeout_s = 3).await;
     let user = app.register().await;
     // 16 MiB that does not compress: about 22 MiB of base64 JSON, more than loopback's buffers hold.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;

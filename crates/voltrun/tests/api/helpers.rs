@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use voltrun::config::{RawSettings, Settings};
-use voltrun::startup::Application;
+use voltrun::config::{Secret, Settings, SettingsArgs};
+use voltrun::startup::{Application, read_host};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -42,7 +42,7 @@ macro_rules! both_databases {
 }
 
 /// [`both_databases!`] for servers with settings of their own:
-/// `both_databases_with! { |raw| { raw.port = …; } async fn name(app) { … } … }`.
+/// `both_databases_with! { |raw| { raw.server.port = …; } async fn name(app) { … } … }`.
 #[allow(unused_macros)] // not every suite that shares these helpers customises its servers
 macro_rules! both_databases_with {
     (|$raw:ident| $customise:block $(async fn $name:ident($app:ident) $body:block)*) => {
@@ -54,7 +54,7 @@ macro_rules! both_databases_with {
                 async fn $name() {
                     let $app = $crate::helpers::TestApp::spawn_with(
                         $crate::helpers::Backend::Sqlite,
-                        |$raw: &mut voltrun::config::RawSettings| $customise,
+                        |$raw: &mut voltrun::config::SettingsArgs| $customise,
                     )
                     .await;
                     $body
@@ -69,7 +69,7 @@ macro_rules! both_databases_with {
                 async fn $name() {
                     let $app = $crate::helpers::TestApp::spawn_with(
                         $crate::helpers::Backend::Postgres,
-                        |$raw: &mut voltrun::config::RawSettings| $customise,
+                        |$raw: &mut voltrun::config::SettingsArgs| $customise,
                     )
                     .await;
                     $body
@@ -201,29 +201,33 @@ impl TestApp {
         Self::spawn_with(backend, |_| {}).await
     }
 
-    pub async fn spawn_with(backend: Backend, customise: impl FnOnce(&mut RawSettings)) -> Self {
+    pub async fn spawn_with(backend: Backend, customise: impl FnOnce(&mut SettingsArgs)) -> Self {
         let data_dir = std::env::temp_dir().join(format!("voltrun-test-{}", unique()));
         std::fs::create_dir_all(&data_dir).unwrap();
         let database_url = match backend {
             Backend::Sqlite => format!("sqlite://{}", data_dir.join("voltrun.db").display()),
             Backend::Postgres => postgres_database_url().await,
         };
-        let mut raw = RawSettings {
-            port: Some("0".into()),
-            bind_address: Some("127.0.0.1".into()),
-            database_url: Some(database_url.clone()),
-            data_dir: Some(data_dir.display().to_string()),
-            jwt_secret: Some(format!("test-secret-{}", unique())),
-            log_level: Some(std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into())),
-            db_max_connections: Some("5".into()),
-            // The API suite tests the API whatever the host can run; the engine suite opts in.
-            engine_backend: Some("none".into()),
-            metrics_token: Some(format!("metrics-{}", unique())),
-            ..RawSettings::default()
-        };
+        let mut raw = SettingsArgs::default();
+        raw.server.port = 0;
+        raw.server.bind_address = [127, 0, 0, 1].into();
+        raw.server.database_url = Some(Secret::new(database_url.clone()));
+        raw.server.data_dir = data_dir.clone();
+        raw.auth.jwt_secret = Some(Secret::new(
+            format!("test-secret-{}", unique()).into_bytes(),
+        ));
+        raw.server.log_level = std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into());
+        raw.server.db_max_connections = 5;
+        // The API suite tests the API whatever the host can run; the engine suite opts in.
+        raw.engine.backend = voltrun::config::EngineBackend::None;
+        raw.server.metrics_token = Some(Secret::new(format!("metrics-{}", unique())));
         customise(&mut raw);
-        let metrics_token = raw.metrics_token.clone();
-        let settings = Settings::from_raw(raw).expect("test settings");
+        let metrics_token = raw
+            .server
+            .metrics_token
+            .as_ref()
+            .map(|t| t.expose().clone());
+        let settings = Settings::from_args(raw, &read_host()).expect("test settings");
         let _ = rustls::crypto::ring::default_provider().install_default();
         voltrun::telemetry::init(settings.log_format, &settings.log_level);
         let app = Application::build(&settings).await.expect("server starts");

@@ -160,7 +160,7 @@ mod quotas {
     use super::*;
 
     both_databases_with! {
-        |raw| { raw.quota_code_mb_per_user = Some("1".into()); }
+        |raw| { raw.quotas.code_mb_per_user = 1; }
 
         async fn layer_code_counts_against_the_code_quota(app) {
             let user = app.register().await;

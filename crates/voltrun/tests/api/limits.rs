@@ -19,8 +19,9 @@ fn bad_login() -> serde_json::Value {
 #[tokio::test]
 async fn a_client_behind_a_trusted_proxy_cannot_choose_its_address() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_attempts_per_minute = Some("2".into());
-        raw.trusted_proxies = Some("127.0.0.1, 10.0.0.0/8".into());
+        raw.auth.attempts_per_minute = 2;
+        raw.auth.trusted_proxies =
+            voltrun_api::TrustedProxies::parse("127.0.0.1, 10.0.0.0/8").unwrap();
     })
     .await;
     for (n, expected) in [(1, 401), (2, 401), (3, 429)] {
@@ -45,8 +46,8 @@ async fn a_client_behind_a_trusted_proxy_cannot_choose_its_address() {
 #[tokio::test]
 async fn an_ipv6_client_rotating_addresses_in_its_64_is_limited_as_one() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_attempts_per_minute = Some("2".into());
-        raw.trusted_proxies = Some("127.0.0.1".into());
+        raw.auth.attempts_per_minute = 2;
+        raw.auth.trusted_proxies = voltrun_api::TrustedProxies::parse("127.0.0.1").unwrap();
     })
     .await;
     for (n, expected) in [(1, 401), (2, 401), (3, 429)] {
@@ -64,8 +65,8 @@ async fn an_ipv6_client_rotating_addresses_in_its_64_is_limited_as_one() {
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_attempts_per_minute = Some("2".into());
-        raw.trusted_proxies = Some("10.0.0.0/8".into());
+        raw.auth.attempts_per_minute = 2;
+        raw.auth.trusted_proxies = voltrun_api::TrustedProxies::parse("10.0.0.0/8").unwrap();
     })
     .await;
     for (n, expected) in [(1, 401), (2, 401), (3, 429)] {
@@ -77,10 +78,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn login_and_register_are_limited_per_address() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_attempts_per_minute = Some("3".into())
-    })
-    .await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| raw.auth.attempts_per_minute = 3).await;
     // One address spraying guesses over many accounts: each account's own lockout never triggers.
     for n in 0..3 {
         app.send(
@@ -115,8 +113,8 @@ async fn login_and_register_are_limited_per_address() {
 #[tokio::test]
 async fn failed_logins_lock_the_account_for_the_attackers_address_only() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.login_failures_per_account = Some("2".into());
-        raw.trusted_proxies = Some("127.0.0.1".into());
+        raw.auth.login_failures_per_account = 2;
+        raw.auth.trusted_proxies = voltrun_api::TrustedProxies::parse("127.0.0.1").unwrap();
     })
     .await;
     let user = app.register().await;
@@ -159,8 +157,8 @@ async fn failed_logins_lock_the_account_for_the_attackers_address_only() {
 #[tokio::test]
 async fn login_timing_does_not_reveal_whether_an_email_exists() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_attempts_per_minute = Some("1000".into());
-        raw.login_failures_per_account = Some("1000".into());
+        raw.auth.attempts_per_minute = 1000;
+        raw.auth.login_failures_per_account = 1000;
     })
     .await;
     let user = app.register().await;
@@ -211,8 +209,8 @@ async fn tracked_keys(app: &TestApp, limiter: &str) -> u64 {
 #[tokio::test]
 async fn many_client_addresses_keep_the_limiters_at_their_cap() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.trusted_proxies = Some("127.0.0.1".into());
-        raw.auth_limiter_max_keys = Some("32".into());
+        raw.auth.trusted_proxies = voltrun_api::TrustedProxies::parse("127.0.0.1").unwrap();
+        raw.auth.limiter_max_keys = 32;
     })
     .await;
     for n in 0..200 {
@@ -259,8 +257,8 @@ async fn concurrent_logins(app: &TestApp, count: usize, body: serde_json::Value)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_wrong_passwords_get_no_more_guesses_than_the_limit() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.login_failures_per_account = Some("3".into());
-        raw.auth_attempts_per_minute = Some("1000".into());
+        raw.auth.login_failures_per_account = 3;
+        raw.auth.attempts_per_minute = 1000;
     })
     .await;
     let user = app.register().await;
@@ -281,10 +279,10 @@ async fn concurrent_wrong_passwords_get_no_more_guesses_than_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_logins_beyond_the_hashing_cap_is_refused_with_503() {
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.auth_hashing_concurrency = Some("1".into());
-        raw.auth_hashing_queue_timeout_ms = Some("10".into());
-        raw.auth_attempts_per_minute = Some("1000".into());
-        raw.login_failures_per_account = Some("1000".into());
+        raw.auth.hashing_concurrency = Some(1);
+        raw.auth.hashing_queue_timeout_ms = 10;
+        raw.auth.attempts_per_minute = 1000;
+        raw.auth.login_failures_per_account = 1000;
     })
     .await;
     let user = app.register().await;

@@ -36,7 +36,7 @@ mod function_count {
     use super::*;
 
     both_databases_with! {
-        |raw| { raw.quota_functions_per_user = Some("2".into()); }
+        |raw| { raw.quotas.functions_per_user = 2; }
 
         async fn the_function_quota_refuses_one_more_and_changes_nothing(app) {
             let user = app.register().await;
@@ -100,7 +100,7 @@ mod code_bytes {
     use super::*;
 
     both_databases_with! {
-        |raw| { raw.quota_code_mb_per_user = Some("1".into()); }
+        |raw| { raw.quotas.code_mb_per_user = 1; }
 
         async fn the_code_quota_counts_each_function_whole_and_refuses_growth(app) {
             let user = app.register().await;

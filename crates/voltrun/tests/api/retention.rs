@@ -91,8 +91,8 @@ mod by_the_server {
 
     both_databases_with! {
         |raw| {
-            raw.execution_retention_days = Some("30".into());
-            raw.execution_retention_interval_s = Some("1".into());
+            raw.retention.days = 30;
+            raw.retention.interval_s = 1;
         }
 
         async fn the_server_prunes_finished_executions_past_retention_with_their_logs(app) {
@@ -138,7 +138,7 @@ mod step_by_step {
     use super::*;
 
     both_databases_with! {
-        |raw| { raw.execution_retention_days = Some("0".into()); }
+        |raw| { raw.retention.days = 0; }
 
         async fn pruning_goes_in_bounded_steps_logs_first(app) {
             let user = app.register().await;

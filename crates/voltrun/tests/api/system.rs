@@ -173,7 +173,7 @@ both_databases! {
 /// /health's detail to no one: there is no operator to prove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_metrics_token_metrics_are_open_and_health_detail_is_shown_to_none() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |raw| raw.metrics_token = None).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| raw.server.metrics_token = None).await;
     app.send(Method::GET, "/metrics", None, None)
         .await
         .expect(200);
@@ -231,10 +231,13 @@ async fn a_new_data_directory_and_its_files_are_private() {
         .join("data");
     let database = fresh.join("voltrun.db");
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.data_dir = Some(fresh.display().to_string());
-        raw.database_url = Some(format!("sqlite://{}", database.display()));
+        raw.server.data_dir = fresh.clone();
+        raw.server.database_url = Some(voltrun::config::Secret::new(format!(
+            "sqlite://{}",
+            database.display()
+        )));
         // Development secrets kept in the data directory.
-        raw.jwt_secret = None;
+        raw.auth.jwt_secret = None;
     })
     .await;
     app.register().await;

@@ -35,7 +35,7 @@ async fn async_executions_retry_with_backoff_and_record_each_attempt() {
     let Some(app) = engine_app(
         "async_executions_retry_with_backoff_and_record_each_attempt",
         |raw| {
-            raw.engine_retry_backoff_ms = Some("50".into());
+            raw.engine.retry_backoff_ms = 50;
         },
     )
     .await
@@ -281,8 +281,8 @@ async fn enqueue(app: &TestApp, token: &str, id: &str, event: Value) -> crate::h
 /// at the queue quota: the rest answer 429 `queue_full` with Retry-After, and queue nothing.
 async fn a_full_queue_answers_429_and_queues_nothing(backend: crate::helpers::Backend, test: &str) {
     let Some(app) = crate::engine_app_on(backend, test, |raw| {
-        raw.quota_queued_executions_per_user = Some("3".into());
-        raw.engine_async_parallelism = Some("1".into());
+        raw.quotas.queued_executions_per_user = 3;
+        raw.engine.async_parallelism = 1;
     })
     .await
     else {

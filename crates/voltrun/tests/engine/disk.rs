@@ -80,8 +80,8 @@ const LATE_READER: &str = "import time\ndef handler(e, c):\n    time.sleep(e['sl
 async fn unreferenced_code_is_collected_but_never_from_under_an_instance() {
     let test = "unreferenced_code_is_collected_but_never_from_under_an_instance";
     let Some(app) = engine_app(test, |raw| {
-        raw.engine_code_gc_after_s = Some("1".into());
-        raw.engine_keep_alive_s = Some("1".into());
+        raw.engine.code_gc_after_s = 1;
+        raw.engine.keep_alive_s = 1;
     })
     .await
     else {
@@ -167,8 +167,8 @@ async fn a_full_code_cache_answers_503_storage_full_and_the_server_carries_on() 
     let data_dir = std::env::temp_dir().join(format!("voltrun-disk-{}", unique()));
     // The code cache lives on 1 MiB; the database (in the test's own directory) does not.
     let _full = Tmpfs::mount(&data_dir.join("engine").join("code"), "1m", &data_dir);
-    let dir = data_dir.display().to_string();
-    let Some(app) = engine_app(test, |raw| raw.data_dir = Some(dir)).await else {
+    let dir = data_dir.clone();
+    let Some(app) = engine_app(test, |raw| raw.server.data_dir = dir).await else {
         return;
     };
     let python = app.runtime("python").await.unwrap();
@@ -237,7 +237,10 @@ async fn a_full_sqlite_disk_answers_503_storage_full_and_keeps_what_was_committe
     let db_dir = root.join("db");
     let _full = Tmpfs::mount(&db_dir, "1m", &root);
     let url = format!("sqlite://{}", db_dir.join("voltrun.db").display());
-    let app = TestApp::spawn_with(Backend::Sqlite, |raw| raw.database_url = Some(url)).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
+        raw.server.database_url = Some(voltrun::config::Secret::new(url));
+    })
+    .await;
     fill_until_full_then_check_what_was_committed(&app).await;
 }
 

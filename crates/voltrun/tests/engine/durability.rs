@@ -184,7 +184,11 @@ async fn executions_in_flight_when_postgres_goes_away_end_once_it_is_back() {
         }
     };
     let url = pg.url();
-    let Some(app) = engine_app(test, |raw| raw.database_url = Some(url)).await else {
+    let Some(app) = engine_app(test, |raw| {
+        raw.server.database_url = Some(voltrun::config::Secret::new(url));
+    })
+    .await
+    else {
         return;
     };
     let user = app.register().await;

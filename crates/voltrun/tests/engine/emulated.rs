@@ -57,7 +57,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// not.
 async fn emulated_app(
     test: &str,
-    customise: impl FnOnce(&mut voltrun::config::RawSettings),
+    customise: impl FnOnce(&mut voltrun::config::SettingsArgs),
 ) -> Option<(TestApp, tokio::sync::MutexGuard<'static, ()>)> {
     let (config, images) = match emulator() {
         Ok(found) => found,
@@ -70,12 +70,12 @@ async fn emulated_app(
     let qemu = qemu_with_a_wrong_clock(&config.qemu);
     Some((
         TestApp::spawn_with(Backend::Sqlite, |raw| {
-            raw.engine_backend = Some("emulated".into());
-            raw.qemu_bin = Some(qemu.display().to_string());
-            raw.vhost_vsock_bin = Some(config.vhost_vsock.display().to_string());
-            raw.vm_images_dir = Some(images.display().to_string());
-            raw.vm_boot_timeout_ms = Some("60000".into());
-            raw.engine_keep_alive_s = Some("120".into());
+            raw.engine.backend = voltrun::config::EngineBackend::Emulated;
+            raw.vm.qemu_bin = Some(qemu.clone());
+            raw.vm.vhost_vsock_bin = Some(config.vhost_vsock.clone());
+            raw.vm.images_dir = Some(images.clone());
+            raw.vm.boot_timeout_ms = 60000;
+            raw.engine.keep_alive_s = 120;
             customise(raw);
         })
         .await,
@@ -402,7 +402,7 @@ async fn an_emulated_guest_that_does_not_answer_names_the_step_and_leaves_nothin
     let test = "an_emulated_guest_that_does_not_answer_names_the_step_and_leaves_nothing";
     let Some((app, _turn)) = emulated_app(test, |raw| {
         // Far too short for an emulated boot.
-        raw.vm_boot_timeout_ms = Some("200".into());
+        raw.vm.boot_timeout_ms = 200;
     })
     .await
     else {

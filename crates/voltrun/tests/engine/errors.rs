@@ -349,8 +349,8 @@ async fn assert_429_while_the_slot_is_busy(app: &TestApp, token: &str, id: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queues_then_refuses_with_429() {
     let Some(app) = engine_app("concurrency_limit_queues_then_refuses_with_429", |raw| {
-        raw.engine_max_concurrency = Some("1".into());
-        raw.engine_queue_timeout_s = Some("1".into());
+        raw.engine.max_concurrency = 1;
+        raw.engine.queue_timeout_s = 1;
     })
     .await
     else {
@@ -377,7 +377,7 @@ async fn concurrency_limit_queues_then_refuses_with_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_functions_reserved_concurrency_is_its_own_limit() {
     let Some(app) = engine_app("a_functions_reserved_concurrency_is_its_own_limit", |raw| {
-        raw.engine_queue_timeout_s = Some("1".into());
+        raw.engine.queue_timeout_s = 1;
     })
     .await
     else {

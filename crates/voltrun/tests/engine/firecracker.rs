@@ -179,11 +179,11 @@ async fn up_to_the_boot(test: &str, jailed: bool) {
         return;
     };
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.engine_backend = Some("firecracker".into());
-        raw.firecracker_bin = Some(binary.display().to_string());
-        raw.vm_images_dir = Some(images.display().to_string());
-        raw.vm_boot_timeout_ms = Some("1500".into());
-        raw.vm_jailer = Some(jailed.to_string());
+        raw.engine.backend = voltrun::config::EngineBackend::Firecracker;
+        raw.vm.firecracker_bin = Some(binary.clone());
+        raw.vm.images_dir = Some(images.clone());
+        raw.vm.boot_timeout_ms = 1500;
+        raw.vm.jailer = jailed;
     })
     .await;
     let health = app.operator_get("/health").await.expect(200);
@@ -290,17 +290,16 @@ async fn firecracker_backend_refuses_to_start_without_verified_images() {
     // A root image that no longer matches its checksum.
     std::fs::write(images.join("provided.ext4"), b"tampered").unwrap();
     let data_dir = scratch.join("data");
-    let raw = voltrun::config::RawSettings {
-        port: Some("0".into()),
-        bind_address: Some("127.0.0.1".into()),
-        data_dir: Some(data_dir.display().to_string()),
-        jwt_secret: Some("x".repeat(40)),
-        engine_backend: Some("firecracker".into()),
-        firecracker_bin: Some(binary.display().to_string()),
-        vm_images_dir: Some(images.display().to_string()),
-        ..Default::default()
-    };
-    let settings = voltrun::config::Settings::from_raw(raw).unwrap();
+    let mut raw = voltrun::config::SettingsArgs::default();
+    raw.server.port = 0;
+    raw.server.bind_address = [127, 0, 0, 1].into();
+    raw.server.data_dir = data_dir.clone();
+    raw.auth.jwt_secret = Some(voltrun::config::Secret::new(b"x".repeat(40)));
+    raw.engine.backend = voltrun::config::EngineBackend::Firecracker;
+    raw.vm.firecracker_bin = Some(binary.clone());
+    raw.vm.images_dir = Some(images.clone());
+    let settings =
+        voltrun::config::Settings::from_args(raw, &voltrun::startup::read_host()).unwrap();
     let error = voltrun::startup::Application::build(&settings)
         .await
         .expect_err("a server with tampered images started");
@@ -316,7 +315,7 @@ async fn firecracker_backend_refuses_to_start_without_verified_images() {
 async fn auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why() {
     let Some(app) = engine_app(
         "auto_without_a_bootable_guest_picks_the_namespace_sandbox_and_says_why",
-        |raw| raw.engine_backend = Some("auto".into()),
+        |raw| raw.engine.backend = voltrun::config::EngineBackend::Auto,
     )
     .await
     else {
@@ -372,10 +371,10 @@ async fn full_boot_runs_python_and_node_functions_in_microvms() {
         );
     }
     let app = TestApp::spawn_with(Backend::Sqlite, |raw| {
-        raw.engine_backend = Some("firecracker".into());
-        raw.firecracker_bin = Some(binary.display().to_string());
-        raw.vm_images_dir = Some(images.display().to_string());
-        raw.vm_boot_timeout_ms = Some("30000".into());
+        raw.engine.backend = voltrun::config::EngineBackend::Firecracker;
+        raw.vm.firecracker_bin = Some(binary.clone());
+        raw.vm.images_dir = Some(images.clone());
+        raw.vm.boot_timeout_ms = 30000;
     })
     .await;
     let user = app.register().await;

@@ -248,7 +248,7 @@ fn resident_mib() -> u64 {
 async fn a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server() {
     let Some(app) = engine_app(
         "a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server",
-        |raw| raw.engine_keep_alive_s = Some("1".into()),
+        |raw| raw.engine.keep_alive_s = 1,
     )
     .await
     else {
@@ -353,7 +353,7 @@ async fn a_function_flooding_its_runtime_api_and_logs_cannot_exhaust_the_server(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_instances_never_share_a_host_uid() {
     let Some(app) = engine_app("live_instances_never_share_a_host_uid", |raw| {
-        raw.engine_sandbox_uid_count = Some("2".into())
+        raw.engine.sandbox_uid_count = 2
     })
     .await
     else {
@@ -436,7 +436,7 @@ async fn wait_for_processes(name: &str, want_some: bool, within: std::time::Dura
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_or_deleting_releases_the_warm_floor() {
     let Some(app) = engine_app("lowering_or_deleting_releases_the_warm_floor", |raw| {
-        raw.engine_keep_alive_s = Some("1".into())
+        raw.engine.keep_alive_s = 1
     })
     .await
     else {
@@ -686,9 +686,9 @@ async fn code_is_unpacked_by_an_unprivileged_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_hold_the_whole_memory_budget() {
     let Some(app) = engine_app("one_tenant_cannot_hold_the_whole_memory_budget", |raw| {
-        raw.engine_memory_budget_mb = Some("512".into());
-        raw.engine_user_memory_mb = Some("256".into());
-        raw.engine_queue_timeout_s = Some("1".into());
+        raw.engine.memory_budget_mb = Some(512);
+        raw.engine.user_memory_mb = Some(256);
+        raw.engine.queue_timeout_s = 1;
     })
     .await
     else {

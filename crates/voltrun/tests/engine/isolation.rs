@@ -264,7 +264,7 @@ async fn escapes_fail_from_inside_a_function() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_contained() {
     let Some(app) = engine_app("a_fork_bomb_is_contained", |raw| {
-        raw.engine_max_processes = Some("64".into())
+        raw.engine.max_processes = 64
     })
     .await
     else {
@@ -291,10 +291,7 @@ async fn a_fork_bomb_is_contained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tmp_is_size_limited() {
-    let Some(app) = engine_app("tmp_is_size_limited", |raw| {
-        raw.engine_tmp_size_mb = Some("8".into())
-    })
-    .await
+    let Some(app) = engine_app("tmp_is_size_limited", |raw| raw.engine.tmp_size_mb = 8).await
     else {
         return;
     };

@@ -45,7 +45,7 @@ pub use voltrun_test_support::skip;
 /// Starts a server with the namespace engine, or returns `None` after printing why it cannot.
 pub async fn engine_app(
     test: &str,
-    customise: impl FnOnce(&mut voltrun::config::RawSettings),
+    customise: impl FnOnce(&mut voltrun::config::SettingsArgs),
 ) -> Option<TestApp> {
     engine_app_on(Backend::Sqlite, test, customise).await
 }
@@ -54,7 +54,7 @@ pub async fn engine_app(
 pub async fn engine_app_on(
     backend: Backend,
     test: &str,
-    customise: impl FnOnce(&mut voltrun::config::RawSettings),
+    customise: impl FnOnce(&mut voltrun::config::SettingsArgs),
 ) -> Option<TestApp> {
     if let Some(why) = unavailable() {
         skip(test, &why);
@@ -62,8 +62,8 @@ pub async fn engine_app_on(
     }
     Some(
         TestApp::spawn_with(backend, |raw| {
-            raw.engine_backend = Some("namespace".into());
-            raw.engine_keep_alive_s = Some("60".into());
+            raw.engine.backend = voltrun::config::EngineBackend::Namespace;
+            raw.engine.keep_alive_s = 60;
             customise(raw);
         })
         .await,

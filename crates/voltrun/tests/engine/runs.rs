@@ -217,7 +217,7 @@ async fn min_instances_are_prewarmed_and_survive_keep_alive() {
     let Some(app) = engine_app(
         "min_instances_are_prewarmed_and_survive_keep_alive",
         |raw| {
-            raw.engine_keep_alive_s = Some("1".into());
+            raw.engine.keep_alive_s = 1;
         },
     )
     .await
