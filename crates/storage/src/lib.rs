@@ -1,22 +1,39 @@
 //! VoltRun's persistence. One [`Store`] interface, implemented for SQLite (the embedded default) and
 //! PostgreSQL from the same SQL text: sqlx's SQLite driver reads `$N` placeholders as argument N, so
-//! each statement is written once (in `queries.rs`) and expanded for both drivers; only the encoding
-//! of UUIDs differs (native `uuid` on PostgreSQL, hyphenated `TEXT` on SQLite).
+//! each statement is written once, in code generic over a `Dialect` (`dialect.rs`), which
+//! holds what differs: chiefly the encoding of UUIDs (native `uuid` on PostgreSQL, hyphenated `TEXT`
+//! on SQLite) and how writers take turns.
+//!
+//! [`Store`] is the sum of one trait per aggregate, each in its own file with its SQL: users,
+//! sessions and API keys (`users.rs`), functions and their code (`functions.rs`), layers
+//! (`layers.rs`), executions and their logs (`executions.rs`), the asynchronous queue
+//! (`queue.rs`), and the database itself (`store.rs`, [`Admin`]). Rows map to records in
+//! `rows.rs`.
 
+mod dialect;
+mod executions;
+mod functions;
+mod layers;
 mod migrations;
-mod queries;
+mod queue;
+mod rows;
+mod store;
+mod users;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use voltrun_domain::execution::{
-    AttemptRecord, ExecutionOutcome, ExecutionRecord, ExecutionStatus, LogLine,
-};
-use voltrun_domain::function::FunctionRecord;
-use voltrun_domain::layer::LayerRecord;
-use voltrun_domain::user::User;
+use voltrun_domain::execution::ExecutionStatus;
 
+use crate::dialect::{Lite, Pg};
+use crate::store::SqlStore;
+
+pub use executions::Executions;
+pub use functions::Functions;
+pub use layers::Layers;
 pub use migrations::migrate;
+pub use queue::Queue;
+pub use store::Admin;
+pub use users::Users;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -139,7 +156,7 @@ impl UserQuotas {
     };
 }
 
-/// What one step of retention deleted (see [`Store::prune_executions`]).
+/// What one step of retention deleted (see [`Executions::prune_executions`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub log_lines: u64,
@@ -214,184 +231,30 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
-/// The persistence seam. Every method that reads or changes a user's data takes the user's id and
+/// The persistence seam: every aggregate's methods together, one object (`Arc<dyn Store>`) for
+/// callers to hold. Every method that reads or changes a user's data takes the user's id and
 /// scopes its query to it: tenancy is enforced here, not left to callers.
-#[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
-    fn backend(&self) -> &'static str;
-    fn pool_stats(&self) -> PoolStats;
-    async fn ping(&self) -> StoreResult<()>;
-    async fn close(&self);
+///
+/// The methods live on the per-aggregate traits ([`Admin`], [`Users`], [`Functions`], [`Layers`],
+/// [`Executions`], [`Queue`]); they are callable on a `dyn Store` (or any `T: Store`) without
+/// importing those traits.
+pub trait Store:
+    Admin + Users + Functions + Layers + Executions + Queue + Send + Sync + std::fmt::Debug
+{
+}
 
-    async fn create_user(&self, user: &User) -> StoreResult<()>;
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
-    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
-
-    /// Starts `session` with its first refresh token, atomically.
-    async fn create_session(
-        &self,
-        session: &NewSession,
-        first: &NextRefreshToken,
-    ) -> StoreResult<()>;
-    /// Spends `presented_hash` and stores `next` in the same session, atomically. Presenting a
-    /// spent token revokes its session; a session past its `expires_at` rotates no more.
-    async fn rotate_refresh_token(
-        &self,
-        presented_hash: &str,
-        next: &NextRefreshToken,
-        now: DateTime<Utc>,
-    ) -> StoreResult<RefreshOutcome>;
-    /// Revokes the session of the presented (live) refresh token; its id, or `None` when there is
-    /// no such live token.
-    async fn revoke_session(
-        &self,
-        presented_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Uuid>>;
-    /// Whether a session is neither revoked nor past its end (for access tokens, which carry its id).
-    async fn session_is_active(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
-
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
-    async fn list_api_keys(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<ApiKeyRecord>>;
-    async fn delete_api_key(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
-    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
-    async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
-
-    async fn get_code(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
-
-    /// Stores the function and its code (content-addressed: identical code is stored once), unless
-    /// that would take the user past `quotas` (functions, code bytes): then
-    /// [`StoreError::QuotaExceeded`] and nothing is written.
-    async fn create_function(
-        &self,
-        f: &FunctionRecord,
-        code: &[u8],
-        quotas: &UserQuotas,
-    ) -> StoreResult<()>;
-    async fn get_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<FunctionRecord>>;
-    async fn list_functions(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<FunctionRecord>>;
-    /// Writes `f` (and `new_code`, when the code changed) if the stored version is still
-    /// `expected_version`; false when a concurrent update won. Code no function uses any more is removed.
-    /// New code larger than the old is checked against the code-bytes quota
-    /// ([`StoreError::QuotaExceeded`], nothing written); code that does not grow always passes.
-    async fn update_function(
-        &self,
-        f: &FunctionRecord,
-        expected_version: i64,
-        new_code: Option<&[u8]>,
-        quotas: &UserQuotas,
-    ) -> StoreResult<bool>;
-    /// Deletes the function and, when no other function uses it, its code.
-    async fn delete_function(&self, user_id: Uuid, id: Uuid) -> StoreResult<bool>;
-
-    /// Publishes a layer version and stores its code: the version number is the next of that name
-    /// for the user (1 for a new name; numbers are never reused), whatever `layer.version` says.
-    /// The user's layer versions and code bytes (functions' and layers' together) are checked
-    /// against their quotas first ([`StoreError::QuotaExceeded`], nothing written). Returns the
-    /// record as stored.
-    async fn publish_layer(
-        &self,
-        layer: &LayerRecord,
-        code: &[u8],
-        quotas: &UserQuotas,
-    ) -> StoreResult<LayerRecord>;
-    async fn get_layer(
-        &self,
-        user_id: Uuid,
-        name: &str,
-        version: i64,
-    ) -> StoreResult<Option<LayerRecord>>;
-    /// The user's layer versions, newest first.
-    async fn list_layers(&self, user_id: Uuid, page: Page) -> StoreResult<Vec<LayerRecord>>;
-    /// Deletes a layer version and, when nothing else uses it, its code; [`StoreError::InUse`]
-    /// (nothing deleted) while a function uses it. False when there is no such version.
-    async fn delete_layer(&self, user_id: Uuid, name: &str, version: i64) -> StoreResult<bool>;
-
-    /// Inserts a new execution as given: queued, or already running (a synchronous call starts at
-    /// once, so it is recorded running in one write: `started_at`, `node` and `attempts` are stored).
-    async fn insert_execution(&self, e: &ExecutionRecord) -> StoreResult<()>;
-    /// Inserts a queued asynchronous execution unless its user already has
-    /// `quotas.max_queued_executions` queued ([`StoreError::QuotaExceeded`], nothing written).
-    async fn enqueue_execution(&self, e: &ExecutionRecord, quotas: &UserQuotas) -> StoreResult<()>;
-    async fn get_execution(&self, user_id: Uuid, id: Uuid) -> StoreResult<Option<ExecutionRecord>>;
-    async fn list_executions(
-        &self,
-        user_id: Uuid,
-        filter: &ExecutionFilter,
-        page: Page,
-    ) -> StoreResult<Vec<ExecutionRecord>>;
-    /// Marks a queued execution running on `node` and counts the attempt.
-    async fn mark_execution_running(
-        &self,
-        id: Uuid,
-        started_at: DateTime<Utc>,
-        node: &str,
-    ) -> StoreResult<()>;
-    /// Claims up to `limit` queued asynchronous executions that are due, marking them running on
-    /// `node` (one conditional UPDATE per row, so two dispatchers never claim the same one) and
-    /// counting an attempt. Tenants take turns: each user's oldest due execution comes before anyone's
-    /// second, so one user's backlog cannot hold the dispatcher.
-    async fn claim_async(
-        &self,
-        node: &str,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<ExecutionRecord>>;
-    /// Puts a running execution back in the queue, due at `not_before`.
-    async fn requeue_execution(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()>;
-    /// Puts a claimed execution that never ran (no capacity) back in the queue, due at
-    /// `not_before`, taking back the attempt its claim counted.
-    async fn release_claim(&self, id: Uuid, not_before: DateTime<Utc>) -> StoreResult<()>;
-    async fn record_attempt(&self, id: Uuid, attempt: &AttemptRecord) -> StoreResult<()>;
-    async fn execution_attempts(&self, id: Uuid) -> StoreResult<Vec<AttemptRecord>>;
-    /// After a crash of `node`: its running synchronous executions fail with `Platform.NodeLost`
-    /// (their callers are gone). Its running asynchronous ones lost an attempt: it is recorded
-    /// (`Platform.NodeLost`), and they go back to the queue while their function's `max_retries`
-    /// allows another, else fail, so an execution that crashes the server does not run again after
-    /// every restart. Returns (failed, requeued).
-    /// Every user's functions with `min_instances > 0` (pre-warmed at start; not tenant-scoped, for
-    /// the engine only).
-    async fn functions_to_keep_warm(&self) -> StoreResult<Vec<FunctionRecord>>;
-    /// Executions waiting in the queue (for the queue-depth gauge).
-    async fn queued_executions(&self) -> StoreResult<u64>;
-    async fn recover_interrupted(&self, node: &str, now: DateTime<Utc>) -> StoreResult<(u64, u64)>;
-    async fn finish_execution(&self, id: Uuid, outcome: &ExecutionOutcome) -> StoreResult<()>;
-    /// [`Self::append_logs`] and [`Self::finish_execution`] in one transaction, for an execution
-    /// that has no log lines yet (a synchronous one: its logs are stored once, when it ends): stores
-    /// `lines` (within `cap_bytes`) and the outcome. Returns whether the logs were truncated (false,
-    /// with nothing written, when there is no such execution).
-    async fn complete_execution(
-        &self,
-        id: Uuid,
-        outcome: &ExecutionOutcome,
-        lines: &[LogLine],
-        cap_bytes: usize,
-    ) -> StoreResult<bool>;
-    /// Appends log lines, keeping the execution's total within `cap_bytes` and flagging truncation.
-    async fn append_logs(&self, id: Uuid, lines: &[LogLine], cap_bytes: usize) -> StoreResult<()>;
-    async fn execution_logs(
-        &self,
-        user_id: Uuid,
-        id: Uuid,
-    ) -> StoreResult<Option<(Vec<LogLine>, bool)>>;
-
-    /// One bounded step of retention over executions that finished before `before` (queued and
-    /// running ones are never touched): deletes up to `limit` of their log lines or, once they have
-    /// none left, up to `limit` of the executions themselves (their attempts go with them, at most a
-    /// few each). Each step is one statement; all zero means nothing is left to prune.
-    async fn prune_executions(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<Pruned>;
-    /// Whether any function or layer version (of any user) holds the code `sha256`: the engine's
-    /// code cache keeps what is referenced.
-    async fn code_referenced(&self, sha256: &str) -> StoreResult<bool>;
+impl<T> Store for T where
+    T: Admin + Users + Functions + Layers + Executions + Queue + Send + Sync + std::fmt::Debug
+{
 }
 
 /// Opens the database a `DATABASE_URL` names and runs the migrations.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
     let store: std::sync::Arc<dyn Store> =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            std::sync::Arc::new(queries::PgStore::connect(url, max_connections).await?)
+            std::sync::Arc::new(SqlStore::<Pg>::connect(url, max_connections).await?)
         } else if url.starts_with("sqlite:") {
-            std::sync::Arc::new(queries::SqliteStore::connect(url, max_connections).await?)
+            std::sync::Arc::new(SqlStore::<Lite>::connect(url, max_connections).await?)
         } else {
             return Err(StoreError::UnsupportedUrl(
                 url.split('@').next_back().unwrap_or_default().to_string(),
@@ -402,8 +265,4 @@ pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::
 
 /// The current time at the precision both databases keep (microseconds), so that a value written and
 /// read back compares equal.
-pub fn now() -> DateTime<Utc> {
-    let t = Utc::now();
-    let micros = t.timestamp_micros();
-    DateTime::from_timestamp_micros(micros).unwrap_or(t)
-}
+pub use voltrun_domain::now;

@@ -2,7 +2,7 @@
 //! than `EXECUTION_RETENTION_DAYS` ago, with their logs and attempts, in bounded steps with a pause
 //! between them, so a large backlog never becomes one long transaction nor holds SQLite's single
 //! writer for long. Queued and running executions are never touched (see
-//! [`Store::prune_executions`]).
+//! [`Executions::prune_executions`](voltrun_storage::Executions::prune_executions)).
 
 use std::sync::Arc;
 use std::time::Duration;
