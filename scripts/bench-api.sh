@@ -6,7 +6,8 @@
 #
 # It builds release binaries, starts the floor and the server on random loopback ports with a data
 # directory in a temporary directory, registers a user and creates a function with curl, runs wrk,
-# and removes every process and file it started on exit.
+# and removes every process and file it started on exit. Reading wrk's output, the medians, ratios,
+# targets and the report are `voltrun-bench`'s (crates/bench).
 #
 # PostgreSQL: uses VOLTRUN_BENCH_DATABASE_URL when set (the server migrates that database and adds a
 # user and a function to it); otherwise starts a throwaway cluster as scripts/test.sh does.
@@ -58,8 +59,8 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
-log "building release binaries: cargo build --release -p voltrun -p voltrun-floor"
-cargo build --release -p voltrun -p voltrun-floor
+log "building release binaries: cargo build --release -p voltrun -p voltrun-floor -p voltrun-bench"
+cargo build --release -p voltrun -p voltrun-floor -p voltrun-bench
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 VOLTRUN=$TARGET_DIR/release/voltrun
 FLOOR=$TARGET_DIR/release/voltrun-floor
@@ -72,30 +73,20 @@ source scripts/lib/postgres.sh
 source scripts/lib/bench.sh
 bench_init voltrun-bench
 bench_cleanup_extra() { stop_throwaway_postgres; }
+bench_tool "$TARGET_DIR/release/voltrun-bench"
 
 # --- wrk -------------------------------------------------------------------------------------------
-# wrk's own summary, exact: requests, duration (µs), p50 and p99 (µs), non-2xx/3xx, socket errors.
-cat >"$BENCH_TMP/report.lua" <<'LUA'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH %d %d %.0f %.0f %d %d\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
-end
-LUA
+"$BENCH" wrk-script >"$BENCH_TMP/report.lua"
 
 SAMPLES="$BENCH_TMP/samples"
 : >"$SAMPLES"
-# measure SECTION TARGET DB CONNECTIONS URL [wrk args...]: one wrk run; appends a line to SAMPLES:
-# section|target|db|connections|req/s|p50 µs|p99 µs|errors.
+# measure SECTION TARGET DB CONNECTIONS URL [wrk args...]: one wrk run, a JSON line in SAMPLES.
 measure() {
   local section=$1 target=$2 db=$3 conns=$4 url=$5
   shift 5
   RUN=$((RUN + 1))
-  wrk_run "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$section-${target//[^a-z0-9]/_}-c$conns.txt" \
-    "$conns" "$BENCH_TMP/report.lua" "$url" "$@"
-  echo "$section|$target|$db|$conns|$W_RPS|$W_P50|$W_P99|$W_ERRORS" >>"$SAMPLES"
-  log "$(awk -v t="$target" -v d="$db" -v c="$conns" -v r="$W_RPS" -v a="$W_P50" -v b="$W_P99" -v e="$W_ERRORS" \
-    'BEGIN { printf "%-24s %-8s c=%-3s %9s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, d, c, r, a / 1000, b / 1000, e }')"
+  wrk_run "$SAMPLES" "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$section-${target//[^a-z0-9]/_}-c$conns.txt" \
+    "$conns" "$BENCH_TMP/report.lua" "$url" --tag "section=$section" --tag "target=$target" --tag "db=$db" -- "$@"
 }
 RUN=0
 
@@ -165,54 +156,4 @@ for db in $DBS; do
 done
 
 # --- the report ------------------------------------------------------------------------------------
-# Medians over the repeats, per section, target and connection count, in the order measured.
-REPORT=$(awk -F'|' '
-  function median(list,    n, v, i, j, t) {
-    n = split(list, v, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
-  function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
-  function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
-  {
-    key = $1 SUBSEP $2 SUBSEP $4
-    if (!(key in rps)) { order[++keys] = key; target[key] = $2; db[key] = $3; conns[key] = $4; section[key] = $1 }
-    rps[key] = rps[key] " " $5; p50[key] = p50[key] " " $6; p99[key] = p99[key] " " $7; errors[key] += $8
-  }
-  END {
-    for (k = 1; k <= keys; k++) {
-      key = order[k]
-      floor = median(rps[section[key] SUBSEP "floor /hello" SUBSEP conns[key]])
-      printf "%s|%s|%s|%.0f|%s|%s|%.0f|%.0f|%.0f|%d\n", target[key], db[key], conns[key], median(rps[key]),
-        lo(rps[key]), hi(rps[key]), median(p50[key]), median(p99[key]), 100 * median(rps[key]) / floor, errors[key]
-    }
-  }' "$SAMPLES")
-
-echo
-echo "VoltRun API read benchmark: wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), ${DURATION}s per run, $REPEAT runs per figure"
-echo "(medians; the range is the lowest and highest req/s). wrk threads: 1 at 1 connection, 2 at 64."
-echo "JWT-authenticated reads of one function; LOG_LEVEL=warn."
-echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || uname -m)), $(uname -sr)."
-echo "wrk runs on the same cores as the server: the figures compare the API with the bare floor"
-echo "on one machine; they are not a capacity statement. ratio = req/s / floor /hello req/s at the"
-echo "same connection count, measured alongside. errors = non-2xx responses + socket errors."
-echo
-echo "| target                 | db       | conns | req/s  | req/s range    | p50 (ms) | p99 (ms) | ratio | errors |"
-echo "|------------------------|----------|------:|-------:|----------------|---------:|---------:|------:|-------:|"
-while IFS='|' read -r target db conns rps lo hi p50 p99 ratio errors; do
-  awk -v t="$target" -v d="$db" -v c="$conns" -v r="$rps" -v lo="$lo" -v hi="$hi" -v a="$p50" -v b="$p99" \
-    -v q="$ratio" -v e="$errors" \
-    'BEGIN { printf "| %-22s | %-8s | %5s | %6s | %-14s | %8.3f | %8.3f | %4s%% | %6s |\n", t, d, c, r, lo "-" hi, a / 1000, b / 1000, q, e }'
-done <<<"$REPORT"
-echo
-
-# Targets: authenticated reads at >= 50% of the floor's req/s; p99 under 5 ms at 64 connections.
-while IFS='|' read -r target db conns rps lo hi p50 p99 ratio errors; do
-  [ "$target" = "GET /api/functions/:id" ] || continue
-  line="target $db c=$conns: req/s >= 50% of floor: $([ "$ratio" -ge 50 ] && echo met || echo MISSED) ($ratio%)"
-  if [ "$conns" = 64 ]; then
-    line="$line; p99 < 5 ms: $([ "$p99" -lt 5000 ] && echo met || echo MISSED) ($(awk -v v="$p99" 'BEGIN { printf "%.3f", v / 1000 }') ms)"
-  fi
-  [ "$errors" = 0 ] || line="$line; $errors ERRORS"
-  echo "$line"
-done <<<"$REPORT"
+"$BENCH" report api --samples "$SAMPLES" --duration "$DURATION" --repeat "$REPEAT"

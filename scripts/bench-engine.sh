@@ -19,7 +19,9 @@
 # Needs root (the sandbox), bubblewrap, wrk, curl, cargo, /usr/bin/python3 and node/npm; installs
 # bubblewrap and wrk with apt-get when missing, and the peers into BENCH_CACHE_DIR (a venv and an npm
 # prefix, reused on later runs). Everything listens on 127.0.0.1 only; every process and temporary
-# file it started is removed on exit.
+# file it started is removed on exit. The cold-start driver, the reading of wrk's output, the
+# statistics, the verdicts and the report are `voltrun-bench` (crates/bench); this script installs,
+# starts, deploys and calls wrk and it.
 #
 # Settings (environment):
 #   BENCH_DURATION   seconds per wrk run (default 5, at most 60)
@@ -120,12 +122,14 @@ case " $RUNTIMES " in *" node "*)
   fi ;;
 esac
 
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -n "${BENCH_VOLTRUN:-}" ]; then
   VOLTRUN=$(realpath "$BENCH_VOLTRUN")
+  log "building the benchmark tool: cargo build --release -p voltrun-bench"
+  cargo build --release -p voltrun-bench
 else
-  log "building the release server: cargo build --release -p voltrun"
-  cargo build --release -p voltrun
-  TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+  log "building the release server: cargo build --release -p voltrun -p voltrun-bench"
+  cargo build --release -p voltrun -p voltrun-bench
   # A copy: another build in the same target directory cannot replace it mid-run.
   VOLTRUN_BUILT=$TARGET_DIR/release/voltrun
 fi
@@ -143,6 +147,7 @@ if [ -n "${VOLTRUN_BUILT:-}" ]; then
   cp "$VOLTRUN_BUILT" "$BENCH_TMP/voltrun"
   VOLTRUN=$BENCH_TMP/voltrun
 fi
+bench_tool "$TARGET_DIR/release/voltrun-bench"
 
 
 # json_get FIELD: reads a JSON document on stdin and prints one top-level field.
@@ -202,88 +207,21 @@ deploy() {
 
 # --- wrk -------------------------------------------------------------------------------------------
 EVENT='{"bench": true, "n": 1}'
-cat >"$BENCH_TMP/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$EVENT'
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH %d %d %.0f %.0f %d %d\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
-end
-LUA
+"$BENCH" wrk-script --post-json "$EVENT" >"$BENCH_TMP/post.lua"
 
 SAMPLES="$BENCH_TMP/samples"
 : >"$SAMPLES"
 RUN=0
-# measure RUNTIME TARGET CONNECTIONS URL [wrk args...]: one wrk run; appends
-# runtime|target|connections|req/s|p50 µs|p99 µs|errors to SAMPLES.
+# measure RUNTIME TARGET CONNECTIONS URL [wrk args...]: one wrk run, a JSON line in SAMPLES.
 measure() {
   local rt=$1 target=$2 conns=$3 url=$4
   shift 4
   RUN=$((RUN + 1))
-  wrk_run "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$rt-$target-c$conns.txt" "$conns" "$BENCH_TMP/post.lua" "$url" "$@"
-  echo "$rt|$target|$conns|$W_RPS|$W_P50|$W_P99|$W_ERRORS" >>"$SAMPLES"
-  log "$(awk -v t="$rt $target" -v c="$conns" -v r="$W_RPS" -v a="$W_P50" -v b="$W_P99" -v e="$W_ERRORS" \
-    'BEGIN { printf "%-16s c=%-3s %7s req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s", t, c, r, a / 1000, b / 1000, e }')"
+  wrk_run "$SAMPLES" "$BENCH_TMP/wrk-$(printf '%02d' "$RUN")-$rt-$target-c$conns.txt" "$conns" \
+    "$BENCH_TMP/post.lua" "$url" --tag "runtime=$rt" --tag "target=$target" -- "$@"
 }
 
 warm_up() { timeout $((WARMUP + 60)) wrk -t2 -c32 -d"$1" --timeout 10s -s "$BENCH_TMP/post.lua" "${@:2}" >/dev/null 2>&1 || true; }
-
-# --- cold starts -----------------------------------------------------------------------------------
-# Takes turns: bump the version (PUT), time one invocation (a new instance), time one bare spawn of
-# the interpreter. Prints "p50 p99" lines for e2e, init_duration_ms and the floor, in ms.
-cat >"$BENCH_TMP/cold.py" <<'PY'
-import http.client, json, subprocess, sys, time
-
-# cold.py OUT N NAME,URL,TOKEN,FUNCTION_ID[;...] -- FLOOR COMMAND...
-out, n, spec = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-floor_cmd = sys.argv[sys.argv.index("--") + 1:]
-event = json.dumps({"bench": True, "n": 1})
-
-class Target:
-    def __init__(self, item):
-        self.name, url, token, self.function = item.split(",")
-        host, port = url.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        self.headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-        self.e2e, self.init = [], []
-
-    def call(self, method, path, body):
-        self.conn.request(method, path, body=body, headers=self.headers)
-        response = self.conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            sys.exit(f"{self.name}: {method} {path}: {response.status} {data[:300]!r}")
-        return json.loads(data)
-
-def pct(values, p):
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
-
-targets = [Target(item) for item in spec.split(";")]
-floor = []
-for i in range(n + 1):
-    for t in targets:
-        t.call("PUT", f"/api/functions/{t.function}", json.dumps({"description": f"cold start {i}"}))
-        start = time.perf_counter()
-        result = t.call("POST", f"/api/functions/{t.function}/execute", event)
-        took = (time.perf_counter() - start) * 1000
-        if result.get("status") != "succeeded" or result.get("cold_start") is not True:
-            sys.exit(f"{t.name}: expected a successful cold start, got {json.dumps(result)[:500]}")
-        if i > 0:  # the first: the code is unpacked, the interpreter's files are read from disk
-            t.e2e.append(took)
-            t.init.append(result.get("init_duration_ms") or 0)
-    start = time.perf_counter()
-    subprocess.run(floor_cmd, check=True)
-    if i > 0:
-        floor.append((time.perf_counter() - start) * 1000)
-with open(out, "w") as f:
-    rows = [(t.name, name, values) for t in targets for name, values in (("e2e", t.e2e), ("init", t.init))]
-    for target, name, values in rows + [("floor", "floor", floor)]:
-        f.write(f"{target} {name} {pct(values, 50):.2f} {pct(values, 99):.2f} "
-                + ",".join(f"{v:.2f}" for v in values) + "\n")
-PY
 
 # --- the runs --------------------------------------------------------------------------------------
 COLD="$BENCH_TMP/cold"
@@ -320,17 +258,16 @@ for rt in $RUNTIMES; do
   [ -n "$runtime" ] || fail "the server offers no $family runtime"
 
   log "$rt: cold starts ($COLD_N, after one not counted), with as many bare spawns of ${floor_cmd[*]}"
-  spec=""
+  cold_targets=()
   for srv in "${SERVERS[@]}"; do
     cold_id=$(deploy "$srv" "cold-$rt" "$runtime" "$file" "$source")
     [ -n "$cold_id" ] || fail "$srv: deploying cold-$rt failed"
-    spec="$spec${spec:+;}$srv,${URL[$srv]},${TOKEN[$srv]},$cold_id"
+    cold_targets+=(--target "$srv,${URL[$srv]},${TOKEN[$srv]},$cold_id")
   done
-  timeout 900 "$PYTHON" "$BENCH_TMP/cold.py" "$BENCH_TMP/cold-$rt" "$COLD_N" "$spec" -- "${floor_cmd[@]}" \
-    || fail "the cold-start run failed"
-  sed "s/^/$rt /" "$BENCH_TMP/cold-$rt" >>"$COLD"
-  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$BENCH_TMP/cold-$rt" "$BENCH_RAW_DIR/"; fi
-  log "$rt: $(awk '{ printf "%s %s p50 %s p99 %s; ", $1, $2, $3, $4 }' "$BENCH_TMP/cold-$rt")"
+  timeout 900 "$BENCH" cold --runtime "$rt" --count "$COLD_N" --out "$BENCH_TMP/cold-$rt.json" \
+    "${cold_targets[@]}" -- "${floor_cmd[@]}" || fail "the cold-start run failed"
+  cat "$BENCH_TMP/cold-$rt.json" >>"$COLD"
+  if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$BENCH_TMP/cold-$rt.json" "$BENCH_RAW_DIR/"; fi
 
   log "$rt: warm invocations; starting $peer_name"
   declare -A WARM_URL WARM_ID
@@ -369,100 +306,8 @@ for rt in $RUNTIMES; do
 done
 
 # --- the report ------------------------------------------------------------------------------------
-# Medians over the repeats, per runtime, target and connection count.
-REPORT=$(awk -F'|' '
-  function median(list,    n, v, i, j, t) {
-    n = split(list, v, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
-  {
-    key = $1 SUBSEP $2 SUBSEP $3
-    if (!(key in rps)) order[++keys] = key
-    rps[key] = rps[key] " " $4; p50[key] = p50[key] " " $5; p99[key] = p99[key] " " $6; errors[key] += $7
-  }
-  END {
-    for (k = 1; k <= keys; k++) {
-      split(order[k], f, SUBSEP)
-      printf "%s|%s|%s|%.0f|%.0f|%.0f|%d\n", f[1], f[2], f[3], median(rps[order[k]]), median(p50[order[k]]),
-        median(p99[order[k]]), errors[order[k]]
-    }
-  }' "$SAMPLES")
-
-fig() { awk -F'|' -v r="$1" -v t="$2" -v c="$3" -v col="$4" '$1 == r && $2 == t && $3 == c { print $col }' <<<"$REPORT"; }
-cold() { awk -v r="$1" -v t="$2" -v n="$3" -v col="$4" '$1 == r && $2 == t && $3 == n { print $col }' "$COLD"; }
-ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-# verdict EXPRESSION: "met" when the awk expression (numbers only) is true.
-verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
-
-echo
-echo "VoltRun execution-engine benchmark: wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), ${DURATION}s per run,"
-echo "$REPEAT runs per warm figure (medians; the servers and the peer take turns) after ${WARMUP}s of warm-up at"
-echo "32 connections each; $COLD_N cold starts per runtime."
-echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || uname -m)), $(uname -sr)."
-echo "VoltRun: release build, SQLite, ENGINE_BACKEND=namespace, LOG_LEVEL=warn, JWT auth, every execution"
-echo "recorded with its logs. Cold start = PUT (new version), then the first invocation: client-side"
-echo "end-to-end; init = the server's init_duration_ms; floor = a bare interpreter spawn, same run."
-echo "wrk shares the cores with the server and the peer: compare the ratios, not the absolute figures."
-[ -z "$BASELINE" ] || echo "baseline: $BASELINE, measured in turns with VoltRun ($VOLTRUN)."
-echo
-if [ -n "$BASELINE" ]; then
-  echo "| runtime | measure | VoltRun | baseline | VoltRun / baseline | peer or floor | VoltRun vs peer or floor | target | |"
-  echo "|---|---|---:|---:|---:|---:|---:|---|---|"
-else
-  echo "| runtime | measure | VoltRun | peer or floor | VoltRun vs peer or floor | target | |"
-  echo "|---|---|---:|---:|---:|---|---|"
-fi
-# row MEASURE OURS BASELINE OTHER VERSUS TARGET VERDICT
-row() {
-  if [ -n "$BASELINE" ]; then
-    local vs=""
-    [ -z "$3" ] || vs=$(awk -v a="$2" -v b="$3" 'BEGIN { if (b + 0 > 0) printf "%.2fx", a / b }')
-    echo "| $rt | $1 | $2 | $3 | $vs | $4 | $5 | $6 | $7 |"
-  else
-    echo "| $rt | $1 | $2 | $4 | $5 | $6 | $7 |"
-  fi
-}
-ERRORS=0
-for rt in $RUNTIMES; do
-  floor_name="\`$([ "$rt" = python ] && echo "python3 -c pass" || echo "node -e 0")\`"
-  f50=$(cold "$rt" floor floor 4); f99=$(cold "$rt" floor floor 5)
-  e50=$(cold "$rt" voltrun e2e 4); e99=$(cold "$rt" voltrun e2e 5)
-  b50="" b99="" bi50="" bi99=""
-  if [ -n "$BASELINE" ]; then
-    b50=$(cold "$rt" baseline e2e 4); b99=$(cold "$rt" baseline e2e 5)
-    bi50=$(cold "$rt" baseline init 4); bi99=$(cold "$rt" baseline init 5)
-  fi
-  row "cold start p50 (ms)" "$e50" "$b50" "$f50 $floor_name" "$(awk -v a="$e50" -v b="$f50" 'BEGIN { printf "%+.1f ms", a - b }')" \
-    "<= floor + 10 ms" "$(verdict "$e50 - $f50 <= 10")"
-  row "cold start p99 (ms)" "$e99" "$b99" "$f99" "$(awk -v a="$e99" -v b="$f99" 'BEGIN { printf "%+.1f ms", a - b }')" "" ""
-  row "init_duration_ms p50" "$(cold "$rt" voltrun init 4)" "$bi50" "" "" "" ""
-  row "init_duration_ms p99" "$(cold "$rt" voltrun init 5)" "$bi99" "" "" "" ""
-  p50=$(fig "$rt" voltrun 1 5); p99=$(fig "$rt" voltrun 1 6)
-  q50=$(fig "$rt" peer 1 5); q99=$(fig "$rt" peer 1 6)
-  bp50="" bp99=""
-  if [ -n "$BASELINE" ]; then bp50=$(ms "$(fig "$rt" baseline 1 5)"); bp99=$(ms "$(fig "$rt" baseline 1 6)"); fi
-  row "warm c=1 p50 (ms)" "$(ms "$p50")" "$bp50" "$(ms "$q50")" "$(ratio "$p50" "$q50")" "<= 2 ms" "$(verdict "$p50 <= 2000")"
-  row "warm c=1 p99 (ms)" "$(ms "$p99")" "$bp99" "$(ms "$q99")" "$(ratio "$p99" "$q99")" "" ""
-  for c in "${CONNECTIONS[@]}"; do
-    r=$(fig "$rt" voltrun "$c" 4); s=$(fig "$rt" peer "$c" 4)
-    b=""
-    [ -z "$BASELINE" ] || b=$(fig "$rt" baseline "$c" 4)
-    target="" ok=""
-    if [ "$c" != 1 ]; then target=">= 1.0x peer"; ok=$(verdict "$r / $s >= 1.0"); fi
-    row "warm c=$c req/s" "$r" "$b" "$s" "$(ratio "$r" "$s")" "$target" "$ok"
-    if [ "$c" != 1 ]; then
-      p99=$(fig "$rt" voltrun "$c" 6); q99=$(fig "$rt" peer "$c" 6); bp99=""
-      [ -z "$BASELINE" ] || bp99=$(ms "$(fig "$rt" baseline "$c" 6)")
-      row "warm c=$c p99 (ms)" "$(ms "$p99")" "$bp99" "$(ms "$q99")" "$(ratio "$p99" "$q99")" "" ""
-    fi
-    for srv in "${SERVERS[@]}" peer; do
-      ERRORS=$((ERRORS + $(fig "$rt" "$srv" "$c" 7)))
-    done
-  done
-done
-echo
-echo "Peers: functions-framework $PY_PEER_VERSION (PyPI; gunicorn, 1 worker, its default threads) and"
-echo "@google-cloud/functions-framework $NODE_PEER_VERSION (npm), serving the same no-op handler directly."
-echo "errors (non-2xx + socket errors, all runs): $ERRORS"
+report_args=(--samples "$SAMPLES" --cold "$COLD" --duration "$DURATION" --repeat "$REPEAT" --warmup "$WARMUP"
+  --cold-n "$COLD_N" --voltrun "$VOLTRUN" --python-peer-version "$PY_PEER_VERSION"
+  --node-peer-version "$NODE_PEER_VERSION")
+[ -z "$BASELINE" ] || report_args+=(--baseline "$BASELINE")
+"$BENCH" report engine "${report_args[@]}"

@@ -1,16 +1,19 @@
 # Shared by the benchmark scripts (source it; they define `log`): a temporary directory, background
-# processes on free loopback ports that are all stopped on exit, and one wrk run read into figures.
+# processes on free loopback ports that are all stopped on exit, and one wrk run. What is computed
+# from wrk's output (and everything else the reports say) is crates/bench's (`voltrun-bench`).
 #
 #   bench_init PREFIX            BENCH_TMP (a new temporary directory), PIDS, and the exit trap; the
 #                                trap also calls `bench_cleanup_extra` when the script defines it
+#   bench_tool BINARY            after `cargo build --release -p voltrun-bench`: copies BINARY into
+#                                BENCH_TMP (so another build cannot replace it mid-run) and sets BENCH
 #   start NAME METHOD PATH CMD…  runs CMD in the background with PORT set to a free loopback port
 #                                (CMD may also name it as "{PORT}"), waits until METHOD PATH gets an
 #                                HTTP answer; sets STARTED_PORT and STARTED_PID
 #   stop_pid PID                 stops one of them
-#   wrk_run OUT CONNS SCRIPT URL [wrk args…]
-#                                one wrk run (SCRIPT: a Lua script that prints the "BENCH" summary
-#                                line), its output kept in OUT (and copied to BENCH_RAW_DIR when set);
-#                                sets W_RPS, W_P50, W_P99 (µs) and W_ERRORS
+#   wrk_run SAMPLES OUT CONNS SCRIPT URL [--tag K=V…] -- [wrk args…]
+#                                one wrk run (SCRIPT: from `voltrun-bench wrk-script`), its output kept
+#                                in OUT (and copied to BENCH_RAW_DIR when set), read by
+#                                `voltrun-bench wrk-summary` into one JSON line appended to SAMPLES
 
 bench_init() {
   BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
@@ -29,6 +32,11 @@ bench_cleanup() {
   done
   if declare -F bench_cleanup_extra >/dev/null; then bench_cleanup_extra; fi
   rm -rf "$BENCH_TMP"
+}
+
+bench_tool() {
+  cp "$1" "$BENCH_TMP/voltrun-bench"
+  BENCH=$BENCH_TMP/voltrun-bench
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -73,16 +81,15 @@ stop_pid() {
 }
 
 wrk_run() {
-  local out=$1 conns=$2 script=$3 url=$4
-  shift 4
+  local samples=$1 out=$2 conns=$3 script=$4 url=$5
+  shift 5
+  local tags=()
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do tags+=("$1"); shift; done
+  [ "$#" -eq 0 ] || shift
   local threads=1
   [ "$conns" -gt 1 ] && threads=2
   timeout $((DURATION + 30)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency --timeout 10s \
     -s "$script" "$@" "$url" >"$out" 2>&1 || { log "wrk failed:"; cat "$out" >&2; exit 1; }
   if [ -n "${BENCH_RAW_DIR:-}" ]; then mkdir -p "$BENCH_RAW_DIR" && cp "$out" "$BENCH_RAW_DIR/"; fi
-  local requests duration bad socket
-  read -r requests duration W_P50 W_P99 bad socket < <(awk '$1 == "BENCH" { print $2, $3, $4, $5, $6, $7 }' "$out")
-  [ -n "${requests:-}" ] || { log "could not read wrk's summary:"; cat "$out" >&2; exit 1; }
-  W_RPS=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-  W_ERRORS=$((bad + socket))
+  "$BENCH" wrk-summary "${tags[@]}" "$out" >>"$samples" || exit 1
 }
