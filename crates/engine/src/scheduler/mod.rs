@@ -5,16 +5,18 @@
 //! Instances are pooled per (function, version) ([`pool`]). An invocation takes an idle instance or
 //! starts one (a cold start). Each function may run at most `max_concurrency_per_function`
 //! invocations at once, all instances together stay within a host memory budget, and one user's
-//! within their share of it ([`shares`]; [`admission`] checks all three); over any of these, an invocation waits up to
-//! `queue_timeout`, then fails as overloaded (429 for synchronous calls). Idle instances stop after
-//! `keep_alive`; a new version drains the old version's idle instances. How an invocation ended
-//! becomes its record in [`outcome`]; what the runtime sees of Lambda is [`crate::lambda_env`].
+//! within their share of it ([`shares`]; [`admission`] checks all three); over any of these, an
+//! invocation waits up to `queue_timeout`, then fails as overloaded (429 for synchronous calls).
+//! Idle instances stop after `keep_alive`; a new version drains the old version's idle instances.
+//! How an invocation ended becomes its record in [`outcome`]; [`warm`] keeps `min_instances`
+//! floors; what the runtime sees of Lambda is [`crate::lambda_env`].
 
 mod admission;
 mod instance;
 mod outcome;
 mod pool;
 mod shares;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -323,22 +325,6 @@ impl LocalEngine {
             started,
         ))
     }
-
-    /// Keeps `function`'s floor of warm instances after one of them ended: starts its replacement
-    /// in the background.
-    async fn rewarm_after_loss(&self, function: &FunctionRecord, env: &EnvVars) {
-        let key = (function.id, function.version);
-        if self.pooled(|pool| pool.floor(key)).await == 0 {
-            return;
-        }
-        let Some(me) = self.me.upgrade() else { return };
-        let (function, env) = (function.clone(), env.clone());
-        tokio::spawn(async move {
-            if let Err(e) = me.prewarm(function, env).await {
-                tracing::warn!(error = %e, "re-warming after an instance ended failed");
-            }
-        });
-    }
 }
 
 /// Stops instances off the invocation's path (stopping takes milliseconds: kill, reap, remove the
@@ -372,48 +358,11 @@ fn with_selection(detail: String, selection: Option<&str>) -> String {
 #[async_trait]
 impl Engine for LocalEngine {
     async fn prewarm(&self, function: FunctionRecord, env: EnvVars) -> Result<usize, EngineError> {
-        let key = (function.id, function.version);
-        let wanted = usize::try_from(function.min_instances).unwrap_or(0);
-        // The new version's floor replaces the old versions' idle instances at once: each holds
-        // memory, a uid and its user's share, and an update must not add a floor to the old one.
-        let (have, stale) = self.pooled(|pool| pool.set_floor(key, wanted)).await;
-        for instance in stale {
-            instance.stop().await;
-        }
-        if have >= wanted {
-            return Ok(0);
-        }
-        let runtime = self.runtime_of(&function)?;
-        let mut started = 0;
-        for _ in have..wanted {
-            let mut instance = match self.start_instance(&function, &runtime, &env).await {
-                Ok(instance) => instance,
-                Err(NotStarted::Refused(e)) => return Err(e),
-                Err(NotStarted::Failed { failure, .. }) => {
-                    return Err(EngineError::Internal(format!(
-                        "pre-warming failed: {failure:?}"
-                    )));
-                }
-            };
-            // Its initialisation happened ahead of time: invocations on it are not cold starts.
-            instance.init = None;
-            // An update or a deletion made while it started has replaced this version's floor
-            // (and drained the pool of this version): it is not kept.
-            if let Some(late) = self.pooled(|pool| pool.put_prewarmed(key, instance)).await {
-                late.stop().await;
-                break;
-            }
-            metrics::counter!("voltrun_prewarmed_instances_total", "runtime" => runtime.id.clone())
-                .increment(1);
-            started += 1;
-        }
-        Ok(started)
+        self.keep_floor(function, env).await
     }
 
     async fn release(&self, function_id: Uuid) {
-        for instance in self.pooled(|pool| pool.release(function_id)).await {
-            instance.stop().await;
-        }
+        self.forget(function_id).await;
     }
 
     fn status(&self) -> EngineStatus {

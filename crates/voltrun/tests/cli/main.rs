@@ -2,7 +2,7 @@
 //! SQLite database of its own, and runs the real `voltrun` binary against it with a config
 //! directory of its own.
 
-#[path = "../api/helpers.rs"]
+#[path = "../support/mod.rs"]
 #[macro_use]
 #[allow(dead_code, unused_macros)]
 mod api_helpers;

@@ -2,7 +2,7 @@
 //! namespace sandbox by a real server over HTTP. Needs root and bubblewrap; where either is missing,
 //! each test prints why it did not run (scripts/test.sh says so in its summary too).
 
-#[path = "../api/helpers.rs"]
+#[path = "../support/mod.rs"]
 #[macro_use]
 #[allow(dead_code, unused_macros)]
 mod helpers;

@@ -1,4 +1,6 @@
-//! Test harness: `TestApp::spawn` starts a server on a fresh database and returns a client for it.
+//! What the server's suites (api, engine, cli) share, in one place: `TestApp::spawn` starts a server
+//! on a fresh database and returns a client for it, and `both_databases!` runs a test on SQLite and
+//! on PostgreSQL. Each suite includes it as its `helpers` module.
 
 use std::sync::Arc;
 
