@@ -215,6 +215,12 @@ mod tests {
             ("AWS_LAMBDA_LOG_STREAM_NAME", "2026/11/30/[7]i-1"),
             ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand"),
             ("LAMBDA_TASK_ROOT", "/var/task"),
+            ("LAMBDA_RUNTIME_DIR", "/var/runtime"),
+            ("AWS_REGION", "local"),
+            ("AWS_DEFAULT_REGION", "local"),
+            ("TZ", ":UTC"),
+            ("LANG", "C.UTF-8"),
+            ("HOME", "/tmp"),
             ("PATH", "/usr/local/bin:/usr/bin:/bin:/opt/bin"),
         ] {
             assert_eq!(var(&process, name), [value], "{name}");
@@ -270,10 +276,11 @@ mod tests {
         assert_eq!(var(&process, "AWS_LAMBDA_LOG_FORMAT"), ["JSON"]);
         assert_eq!(var(&process, "AWS_LAMBDA_LOG_LEVEL"), ["WARN"]);
 
-        let no_interpreter = runtime("python3.11", None);
-        assert!(matches!(
-            runtime_process(&function, &no_interpreter, &EnvVars::new(), "i", day()),
-            Err(EngineError::Internal(_))
-        ));
+        for id in ["python3.11", "nodejs20"] {
+            assert!(matches!(
+                runtime_process(&function, &runtime(id, None), &EnvVars::new(), "i", day()),
+                Err(EngineError::Internal(_))
+            ));
+        }
     }
 }

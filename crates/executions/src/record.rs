@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_platform_failure_is_recorded_with_its_platform_error_type() {
+    fn each_platform_refusal_has_its_platform_error_type() {
         let recorded = |e: EngineError| {
             let outcome = engine_failure(&e);
             assert_eq!(outcome.status, ExecutionStatus::Failed);

@@ -351,6 +351,31 @@ mod tests {
             error_type(Err(Failure::Sandbox("no uid".into()))).as_deref(),
             Some("Platform.SandboxError")
         );
+        assert_eq!(
+            outcome(Err(Failure::Init(crate::runtime_api::InitFailure {
+                error_type: "Runtime.ImportModuleError".into(),
+                message: "No module named 'app'".into(),
+            }))),
+            (
+                ExecutionStatus::Failed,
+                None,
+                Some((
+                    "Runtime.ImportModuleError".into(),
+                    "No module named 'app'".into()
+                ))
+            )
+        );
+        assert_eq!(
+            outcome(Ok(RuntimeReply::Error {
+                error_type: "ValueError".into(),
+                message: "bad".into(),
+            })),
+            (
+                ExecutionStatus::Failed,
+                None,
+                Some(("Runtime.Unhandled".into(), "ValueError: bad".into()))
+            )
+        );
     }
 
     #[test]

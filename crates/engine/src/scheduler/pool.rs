@@ -42,7 +42,16 @@ impl<T: Pooled> Pool<T> {
     /// instance of the function's other versions, which a new version drains.
     pub fn take_warm(&mut self, key: PoolKey) -> (Option<T>, Vec<T>) {
         let stale = self.take_other_versions(key);
-        let warm = self.idle.get_mut(&key).and_then(Vec::pop);
+        // Concurrent invocations put their instances back in whatever order they end: look for
+        // the most recently used rather than trusting the list's order.
+        let warm = self.idle.get_mut(&key).and_then(|list| {
+            let warmest = list
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, i)| i.last_used())
+                .map(|(pos, _)| pos)?;
+            Some(list.remove(warmest))
+        });
         self.idle.retain(|_, list| !list.is_empty());
         (warm, stale)
     }
@@ -254,6 +263,20 @@ mod tests {
             ["e"],
             "the floor keeps the most recently used even past its keep-alive"
         );
+    }
+
+    #[test]
+    fn a_warm_start_takes_the_most_recently_used_whatever_order_they_came_back_in() {
+        let (clock, f) = (Clock::new(), Uuid::now_v7());
+        let mut pool = Pool::default();
+        pool.put((f, 1), clock.at("warmest", 20));
+        pool.put((f, 1), clock.at("older", 10));
+        assert_eq!(pool.take_warm((f, 1)).0.map(|i| i.name), Some("warmest"));
+
+        // Eviction within one version's list takes its oldest, wherever it sits.
+        pool.put((f, 1), clock.at("oldest", 5));
+        assert_eq!(pool.take_oldest(|_| true).map(|i| i.name), Some("oldest"));
+        assert_eq!(pool.take_oldest(|_| true).map(|i| i.name), Some("older"));
     }
 
     #[test]

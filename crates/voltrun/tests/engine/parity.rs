@@ -696,13 +696,16 @@ fn mask_runtime_paths(text: &str) -> String {
 }
 
 /// `lines` without Node.js's report of an exception nobody handled, from its
-/// `node:internal/process/…` line to its `Node.js v…` line.
+/// `node:internal/process/…` line to its `Node.js v…` line (or, where the process was stopped
+/// before it wrote all of it, to the platform's own `[ERROR]` line, which is kept).
 fn without_nodes_crash_dump(lines: &[String]) -> Vec<String> {
     let mut kept = Vec::new();
     let mut in_dump = false;
     for line in lines {
         if line.starts_with("stderr: node:internal/process/") {
             in_dump = true;
+        } else if in_dump && line.starts_with("stderr: [ERROR] ") {
+            in_dump = false;
         }
         if !in_dump {
             kept.push(line.clone());
@@ -726,6 +729,13 @@ async fn same_init_failure(app: &TestApp, token: &str, (builtin, oracle): (&str,
     let mut theirs = seen(app, token, oracle, json!({})).await;
     theirs.lines.retain(|l| !l.contains("LAMBDA_WARNING: "));
     theirs.lines = without_nodes_crash_dump(&theirs.lines);
+    assert!(
+        !ours
+            .lines
+            .iter()
+            .any(|l| l.starts_with("stderr: node:internal/process/")),
+        "the built-in runtime reports its init error without dying of it: {ours:?}"
+    );
     let masked = |s: &Seen| {
         (
             s.status.clone(),
