@@ -113,4 +113,44 @@ both_databases! {
         assert_eq!(store.execution_attempts(survivor).await.unwrap().len(), 2);
         store.close().await;
     }
+
+    async fn a_run_is_stored_with_its_logs_capped_and_a_retry_goes_back_in_the_queue(app) {
+        // What the engine's runs store, checked here on both databases (the engine suite runs on
+        // SQLite): a synchronous run's outcome and logs in one write, cut at the cap; an
+        // asynchronous retry requeued with its attempt counted.
+        use voltrun_domain::execution::{LogLine, LogStream};
+        let user = app.register().await;
+        let f = app.create_function(&user.access_token, "runs").await["id"].as_str().unwrap().to_string();
+        let user_id = user.id.parse().unwrap();
+        let ids = queue(&app, &user.id, &f, 2).await;
+        let store = app.store().await;
+        assert_eq!(store.claim_async("node-a", voltrun_storage::now(), 2).await.unwrap().len(), 2);
+
+        let lines: Vec<LogLine> = (0..10)
+            .map(|n| LogLine {
+                timestamp: voltrun_storage::now(),
+                stream: LogStream::Stdout,
+                line: format!("line {n} {}", "x".repeat(90)),
+            })
+            .collect();
+        // Room for three lines of 98 bytes and their overhead, not four.
+        let cap = 3 * (98 + voltrun_domain::execution::LOG_LINE_OVERHEAD_BYTES) + 10;
+        let outcome = crate::helpers::sample_outcome(ExecutionStatus::Succeeded);
+        assert!(store.complete_execution(ids[0], &outcome, &lines, cap).await.unwrap(), "truncated");
+        let done = store.get_execution(user_id, ids[0]).await.unwrap().unwrap();
+        assert_eq!(done.status, ExecutionStatus::Succeeded);
+        assert_eq!(done.output, outcome.output);
+        assert!(done.logs_truncated);
+        let (stored, truncated) = store.execution_logs(user_id, ids[0]).await.unwrap().unwrap();
+        assert!(truncated);
+        let kept: Vec<&str> = stored.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(kept, lines[..3].iter().map(|l| l.line.as_str()).collect::<Vec<_>>());
+        // No such execution: nothing written.
+        assert!(!store.complete_execution(Uuid::now_v7(), &outcome, &lines, cap).await.unwrap());
+
+        store.requeue_execution(ids[1], voltrun_storage::now()).await.unwrap();
+        let again = store.claim_async("node-b", voltrun_storage::now(), 1).await.unwrap();
+        assert_eq!((again[0].id, again[0].attempts), (ids[1], 2), "the retry counts its attempt");
+        store.close().await;
+    }
 }
