@@ -201,12 +201,7 @@ impl Executions {
             return;
         }
         let (engine, function, env) = (self.engine.clone(), function.clone(), env.clone());
-        tokio::spawn(async move {
-            let id = function.id;
-            if let Err(e) = engine.prewarm(function, env).await {
-                tracing::warn!(function_id = %id, error = %e, "pre-warming instances failed");
-            }
-        });
+        tokio::spawn(async move { prewarm(engine.as_ref(), function, Ok(env)).await });
     }
 
     /// Forgets a deleted function: its warm floor goes, and its idle instances stop (in the
@@ -232,19 +227,30 @@ impl Executions {
                 }
             };
             for function in functions {
-                let id = function.id;
-                let started = match open_env(&function.env_ciphertext) {
-                    Ok(env) => engine
-                        .prewarm(function, env)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = started {
-                    tracing::warn!(function_id = %id, error = e, "pre-warming failed");
-                }
+                let env = open_env(&function.env_ciphertext);
+                prewarm(engine.as_ref(), function, env).await;
             }
         });
+    }
+}
+
+/// Starts `function`'s floor of warm instances with its opened environment, saying why when it
+/// cannot (pre-warming runs in the background: nobody waits for its answer).
+async fn prewarm(
+    engine: &dyn Engine,
+    function: FunctionRecord,
+    env: Result<EnvVars, EnvOpenError>,
+) {
+    let id = function.id;
+    let started = match env {
+        Ok(env) => engine
+            .prewarm(function, env)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("opening the function's environment: {e}")),
+    };
+    if let Err(e) = started {
+        tracing::warn!(function_id = %id, error = e, "pre-warming instances failed");
     }
 }
 

@@ -81,26 +81,20 @@ impl NamespaceIsolation {
     /// sandboxes mount from `work_dir`. Sandboxes run as host uids `uid_base .. uid_base +
     /// uid_count`, one per live instance. Fails (with why) where this host cannot run sandboxes.
     pub fn new(work_dir: &Path, uid_base: u32, uid_count: u32) -> Result<Self, EngineError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            EngineError::Unavailable(if what.is_empty() {
-                e.to_string()
-            } else {
-                format!("{what}: {e}")
-            })
-        };
+        let unavailable = EngineError::Unavailable;
         let is_root = std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata("/proc/self").map_err(|e| unavailable("", &e))?,
+            &std::fs::metadata("/proc/self").map_err(|e| unavailable(e.to_string()))?,
         ) == 0;
         if !is_root {
-            return Err(EngineError::Unavailable(
+            return Err(unavailable(
                 "the namespace sandbox needs root (to run sandboxes as unprivileged uids and set cgroup limits)".into(),
             ));
         }
         // Sandboxes mount code and runtime files from the work directory.
-        create_shared_dir(work_dir).map_err(|e| unavailable("work directory", &e))?;
+        create_shared_dir(work_dir).map_err(|e| unavailable(format!("work directory: {e}")))?;
         let etc = lambda_env::runtime_dir(work_dir).join("etc");
-        write_etc(&etc).map_err(|e| unavailable("writing the sandboxes' /etc", &e))?;
-        let spawner = Spawner::new(work_dir).map_err(|e| unavailable("", &e))?;
+        write_etc(&etc).map_err(|e| unavailable(format!("writing the sandboxes' /etc: {e}")))?;
+        let spawner = Spawner::new(work_dir).map_err(|e| unavailable(e.to_string()))?;
         let cgroups = spawner.cgroups();
         let warnings = if !cgroups.is_available() {
             vec![format!(
